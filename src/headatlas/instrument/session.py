@@ -1,0 +1,260 @@
+"""The instrumentation session: one registered attention function, switched on per model.
+
+``instrumented(model, edits=..., taps=...)`` switches the model's attention implementation to
+headatlas's registered function for the duration of a ``with`` block. That function calls the
+model's own attention (sdpa, or the model's own eager function when a pattern is needed),
+records what the taps ask for, applies the edits to ``z`` and returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+
+from ..errors import HeadAtlasError, InputError, UnsupportedArchitectureError
+from .edits import Edit
+
+PatternReducer = Callable[[int, torch.Tensor, "LayerCall"], Any]
+
+
+@dataclass(frozen=True)
+class Taps:
+    """What to read during a session.
+
+    - ``z``: each head's output before the output projection, ``[batch, seq, n_heads, d_head]``
+      per layer (after edits: what the output projection actually receives).
+    - ``qkv``: query ``[batch, n_heads, seq, d_head]`` (after rotary), key and value
+      ``[batch, n_kv_heads, kv_seq, d_head]`` (GQA: see ``Recording.kv_head``).
+    - ``pattern``: keep each layer's whole attention pattern ``[batch, n_heads, q, k]``.
+    - ``reducer``: ``fn(layer, pattern, call) -> value`` called per layer with the pattern, whose
+      results are kept instead of the pattern (never holds all layers' ``[q, k]`` at once).
+    - ``layers``: restrict taps to these layers (default: all).
+    - ``grad``: keep ``z`` attached to the graph with ``retain_grad()``, so ``z.grad`` is set by
+      ``backward()`` (attribution patching). Default: detached copies.
+    - ``float32``: store detached copies in float32 (default True).
+    """
+
+    z: bool = False
+    qkv: bool = False
+    pattern: bool = False
+    reducer: PatternReducer | None = None
+    layers: Sequence[int] | None = None
+    grad: bool = False
+    float32: bool = True
+
+    @property
+    def needs_pattern(self) -> bool:
+        return self.pattern or self.reducer is not None
+
+
+@dataclass
+class LayerCall:
+    """What the attention function saw in one call of one layer."""
+
+    layer: int
+    module: Any
+    query: torch.Tensor                 # [B, H, q, d]
+    key: torch.Tensor                   # [B, KV, k, d]
+    value: torch.Tensor                 # [B, KV, k, d]
+    absolute_positions: torch.Tensor    # [q] positions of the queries in the sequence
+
+    def local_indices(self, positions: torch.Tensor) -> torch.Tensor:
+        """Indices into this call's query axis of the given absolute positions (those present)."""
+        start = int(self.absolute_positions[0])
+        n = self.absolute_positions.numel()
+        keep = positions[(positions >= start) & (positions < start + n)]
+        return keep - start
+
+
+@dataclass
+class Recording:
+    """What the taps captured. Per-layer lists hold one entry per call (several during generation)."""
+
+    n_layers: int
+    group_size: int
+    _z: dict[int, list[torch.Tensor]] = field(default_factory=dict)
+    _q: dict[int, list[torch.Tensor]] = field(default_factory=dict)
+    _k: dict[int, torch.Tensor] = field(default_factory=dict)
+    _v: dict[int, torch.Tensor] = field(default_factory=dict)
+    _pattern: dict[int, list[torch.Tensor]] = field(default_factory=dict)
+    reduced: dict[int, list[Any]] = field(default_factory=dict)
+    layers_seen: set[int] = field(default_factory=set)
+
+    def z(self, layer: int) -> torch.Tensor:
+        """``[batch, seq, n_heads, d_head]`` (calls concatenated along seq)."""
+        return self._cat(self._z, layer, dim=1)
+
+    def q(self, layer: int) -> torch.Tensor:
+        return self._cat(self._q, layer, dim=2)
+
+    def k(self, layer: int) -> torch.Tensor:
+        """Keys of the last call (with a KV cache: all keys so far) ``[batch, n_kv_heads, k, d_head]``."""
+        return self._get(self._k, layer)
+
+    def v(self, layer: int) -> torch.Tensor:
+        return self._get(self._v, layer)
+
+    def pattern(self, layer: int) -> torch.Tensor:
+        """``[batch, n_heads, q, k]`` of the first call (use ``patterns`` for every call)."""
+        return self._get(self._pattern, layer)[0]
+
+    def patterns(self, layer: int) -> list[torch.Tensor]:
+        return self._get(self._pattern, layer)
+
+    def z_all(self) -> torch.Tensor:
+        """All layers' z stacked: ``[n_layers, batch, seq, n_heads, d_head]``."""
+        return torch.stack([self.z(layer) for layer in range(self.n_layers)])
+
+    def kv_head(self, head: int) -> int:
+        return head // self.group_size
+
+    def _get(self, store: dict, layer: int):
+        if layer not in store:
+            raise KeyError(f"layer {layer} was not recorded (recorded: {sorted(store)}); check Taps(...)")
+        return store[layer]
+
+    def _cat(self, store: dict, layer: int, dim: int) -> torch.Tensor:
+        parts = self._get(store, layer)
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=dim)
+
+
+class _Session:
+    def __init__(self, edits: Sequence[Edit], taps: Taps, n_layers: int, group_size: int):
+        self.taps = taps
+        self.edits: dict[int, list[Edit]] = {}
+        for e in edits:
+            if not isinstance(e, Edit):
+                raise InputError(f"not an edit: {e!r} (expected a HeadEdit or an object with layer and apply)")
+            if not 0 <= int(e.layer) < n_layers:
+                raise InputError(f"edit on layer {e.layer}, but the model has {n_layers} layers (0..{n_layers - 1})")
+            self.edits.setdefault(int(e.layer), []).append(e)
+        tap_layers = range(n_layers) if taps.layers is None else taps.layers
+        self.tap_layers = frozenset(int(x) for x in tap_layers)
+        self.recording = Recording(n_layers=n_layers, group_size=group_size)
+        self.calls: dict[int, int] = {}
+
+    def wants_pattern(self, layer: int) -> bool:
+        return self.taps.needs_pattern and layer in self.tap_layers
+
+    def _keep(self, t: torch.Tensor) -> torch.Tensor:
+        t = t.detach()
+        return t.float() if self.taps.float32 else t.clone()
+
+    def positions(self, layer: int, q_len: int, k_len: int, device: torch.device) -> torch.Tensor:
+        """Absolute positions of this call's queries: counted across the calls of this session
+        (cached generation), or read off the key length when a cache was filled before it."""
+        offset = max(self.calls.get(layer, 0), k_len - q_len)
+        self.calls[layer] = offset + q_len
+        return torch.arange(offset, offset + q_len, device=device)
+
+    def after(self, call: LayerCall, z: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+        layer = call.layer
+        rec = self.recording
+        rec.layers_seen.add(layer)
+        tapped = layer in self.tap_layers
+        if tapped and weights is not None:
+            if self.taps.pattern:
+                rec._pattern.setdefault(layer, []).append(self._keep(weights))
+            if self.taps.reducer is not None:
+                rec.reduced.setdefault(layer, []).append(self.taps.reducer(layer, weights, call))
+        if tapped and self.taps.qkv:
+            rec._q.setdefault(layer, []).append(self._keep(call.query))
+            rec._k[layer] = self._keep(call.key)
+            rec._v[layer] = self._keep(call.value)
+        edits = self.edits.get(layer)
+        if edits:
+            z = z.clone() if torch.is_grad_enabled() else z.contiguous()
+            for e in edits:
+                z = e.apply(z, call)
+        if tapped and self.taps.z:
+            if self.taps.grad and z.requires_grad:
+                z.retain_grad()
+                rec._z.setdefault(layer, []).append(z)
+            else:
+                rec._z.setdefault(layer, []).append(self._keep(z))
+        return z
+
+
+_ACTIVE: contextvars.ContextVar[dict[int, _Session] | None] = contextvars.ContextVar("headatlas_sessions", default=None)
+
+
+def active_session(module: Any) -> _Session | None:
+    sessions = _ACTIVE.get()
+    if not sessions:
+        return None
+    return sessions.get(module.__dict__.get("_headatlas_owner_id"))
+
+
+def _configs(model: Any) -> list[Any]:
+    seen: dict[int, Any] = {}
+    for m in model.modules():
+        cfg = getattr(m, "config", None)
+        if cfg is not None and hasattr(cfg, "_attn_implementation"):
+            seen.setdefault(id(cfg), cfg)
+            for key in getattr(cfg, "sub_configs", {}) or {}:
+                sub = getattr(cfg, key, None)
+                if sub is not None and hasattr(sub, "_attn_implementation"):
+                    seen.setdefault(id(sub), sub)
+    return list(seen.values())
+
+
+@contextlib.contextmanager
+def instrumented(target: Any, edits: Sequence[Edit] = (), taps: Taps | None = None) -> Iterator[Recording]:
+    """Run ``target`` (a :class:`LoadedModel` or an HF model) with head taps and edits.
+
+    >>> with instrumented(m, edits=[zero(3, 1)], taps=Taps(z=True)) as rec:   # doctest: +SKIP
+    ...     logits = m.model(ids).logits
+    >>> rec.z(3).shape                                                           # doctest: +SKIP
+    torch.Size([1, 7, 9, 64])
+
+    The model's attention implementation is switched for the block and restored after. Works
+    under ``torch.no_grad()`` and with gradients, in any dtype, and with ``generate`` (positions
+    count across calls of one session).
+    """
+    from ..models.loading import LoadedModel
+    from .registry import install, instrumented_name
+
+    model = target.model if isinstance(target, LoadedModel) else target
+    if isinstance(target, LoadedModel):
+        layout = target.layout
+        n_layers, group = target.info.n_layers, target.info.group_size
+    else:
+        from ..models.arch import check_supported
+        from ..models.info import info_from_config
+
+        layout = check_supported(model)
+        info = info_from_config(model.config, name="", dtype="", device="")
+        n_layers, group = info.n_layers, info.group_size
+    install()
+    session = _Session(edits, taps or Taps(), n_layers, group)
+    configs = _configs(model)
+    previous = [(cfg, cfg._attn_implementation) for cfg in configs]
+    base = previous[0][1] if previous else "sdpa"
+    new_name = instrumented_name(base)
+    for module in layout.attention_modules:
+        module.__dict__["_headatlas_owner_id"] = id(model)  # a plain int: not a registered submodule
+    sessions = dict(_ACTIVE.get() or {})
+    if id(model) in sessions:
+        raise HeadAtlasError("this model already has an active headatlas session; nest edits in one session instead")
+    sessions[id(model)] = session
+    token = _ACTIVE.set(sessions)
+    forwards = [0]
+    hook = model.register_forward_pre_hook(lambda *_: forwards.__setitem__(0, forwards[0] + 1))
+    for cfg, _ in previous:
+        cfg._attn_implementation_internal = new_name
+    try:
+        yield session.recording
+    finally:
+        for cfg, old in previous:
+            cfg._attn_implementation_internal = old
+        hook.remove()
+        _ACTIVE.reset(token)
+    if forwards[0] and not session.recording.layers_seen:
+        raise UnsupportedArchitectureError(
+            f"{type(model).__name__} ran but never called the attention-function registry: "
+            "its attention layers are not supported by headatlas"
+        )

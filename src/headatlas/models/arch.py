@@ -1,0 +1,98 @@
+"""Architecture facts: the one table that knows module names of specific architectures.
+
+headatlas reads and writes heads through transformers' attention-function registry, so an
+architecture is supported when its attention layers call that registry. What remains
+architecture-specific is where the output projection (W_O) and the final norm live; both are
+found generically, with this table as the list of what is tested.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import UnsupportedArchitectureError
+
+# model_type -> name of the attention output projection inside the attention module.
+# These are the architectures the test-suite exercises on tiny random models; others whose
+# attention goes through the registry work too (the runtime check in instrument/ guards them).
+TESTED_ARCHITECTURES: dict[str, str] = {
+    "llama": "o_proj",
+    "gpt2": "c_proj",
+    "gemma3_text": "o_proj",
+    "qwen2": "o_proj",
+}
+_OUT_PROJ_NAMES = ("o_proj", "c_proj", "out_proj", "dense", "wo")
+_FINAL_NORM_NAMES = ("norm", "ln_f", "final_layer_norm", "final_layernorm", "final_norm")
+
+
+@dataclass(frozen=True)
+class AttentionLayout:
+    """Where the heads live in a loaded model."""
+
+    attention_modules: tuple[nn.Module, ...]   # index = layer
+    out_proj_name: str
+
+
+def supports_attention_interface(model: nn.Module) -> bool:
+    return bool(getattr(type(model), "_supports_attention_backend", False))
+
+
+def attention_modules(model: nn.Module) -> tuple[nn.Module, ...]:
+    """The self-attention modules ordered by ``layer_idx``."""
+    found: dict[int, nn.Module] = {}
+    for module in model.modules():
+        idx = getattr(module, "layer_idx", None)
+        if idx is None or not type(module).__name__.endswith("Attention"):
+            continue
+        if getattr(module, "is_cross_attention", False):
+            continue
+        found.setdefault(int(idx), module)
+    return tuple(found[i] for i in sorted(found))
+
+
+def check_supported(model: nn.Module) -> AttentionLayout:
+    """Refuse models whose attention does not route through ``AttentionInterface``."""
+    model_type = getattr(model.config, "model_type", "?")
+    if not supports_attention_interface(model):
+        raise UnsupportedArchitectureError(
+            f"{type(model).__name__} (model_type={model_type!r}) does not route attention through "
+            "transformers' AttentionInterface, so headatlas cannot read or write its heads.\n"
+            f"Tested architectures: {', '.join(sorted(TESTED_ARCHITECTURES))}; any decoder-only model "
+            "whose class sets `_supports_attention_backend = True` (Llama, Mistral, Qwen2/3, Gemma 1-3, "
+            "GPT-2, GPT-NeoX, Phi, OLMo, ...) should work."
+        )
+    modules = attention_modules(model)
+    if not modules:
+        raise UnsupportedArchitectureError(
+            f"found no self-attention modules with a layer_idx in {type(model).__name__}"
+        )
+    name = TESTED_ARCHITECTURES.get(model_type)
+    if name is None:
+        name = next((n for n in _OUT_PROJ_NAMES if hasattr(modules[0], n)), None)
+    if name is None or not hasattr(modules[0], name):
+        raise UnsupportedArchitectureError(
+            f"cannot find the attention output projection of {type(modules[0]).__name__} "
+            f"(looked for {', '.join(_OUT_PROJ_NAMES)})"
+        )
+    return AttentionLayout(attention_modules=modules, out_proj_name=name)
+
+
+def out_proj_weight(module: nn.Module, name: str) -> torch.Tensor:
+    """W_O as ``[d_model, n_heads * d_head]`` (nn.Linear layout), whatever the layer class."""
+    proj = getattr(module, name)
+    weight = proj.weight
+    if type(proj).__name__ == "Conv1D":  # GPT-2 stores [in, out]
+        weight = weight.t()
+    return weight
+
+
+def final_norm(model: nn.Module) -> nn.Module | None:
+    base = getattr(model, "base_model", model)
+    for n in _FINAL_NORM_NAMES:
+        mod = getattr(base, n, None)
+        if isinstance(mod, nn.Module):
+            return mod
+    return None
