@@ -1,0 +1,1 @@
+"""Seeded synthetic prompt generators. Each returns token ids plus the metadata a score needs."""
