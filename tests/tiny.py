@@ -97,3 +97,23 @@ def random_ids(batch: int = 2, seq: int = 12, seed: int = 0) -> torch.Tensor:
     ids = torch.randint(3, VOCAB, (batch, seq), generator=g)
     ids[:, 0] = ToyTokenizer.bos_token_id
     return ids
+
+
+def toy_fast_tokenizer():
+    """A real (saveable) ``PreTrainedTokenizerFast`` over the same 64 words ``t0..t63`` (BOS ``t1``, EOS ``t2``,
+    PAD ``t0``), for tests that save a model folder to disk and load it back by path."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"t{i}": i for i in range(VOCAB)}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="t0"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="t1", eos_token="t2", pad_token="t0", unk_token="t0")
+
+
+def save_tiny_folder(path, kind: str = "llama", seed: int = 0):
+    """Save a tiny random model and a saveable tokenizer into ``path``; returns the hf model."""
+    model, _ = tiny_model(kind, seed)
+    model.save_pretrained(path)
+    toy_fast_tokenizer().save_pretrained(path)
+    return model
