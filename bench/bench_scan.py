@@ -1,0 +1,251 @@
+"""The whole detector battery on smollm2-135m vs the plain forward passes over the same prompts.
+
+How: a forward pre-hook on the model records every batch each detector runs (input ids, attention
+mask, KV-cache length) while ``headatlas.scan`` runs; then the same batches are replayed through the
+plain model (no instrumentation, no scoring, ``torch.inference_mode``), in the same order, with a KV
+cache where the scan used one (generation). The ratio scan time / replay time is the overhead of
+the detectors over the floor of their forward passes (target <= 2x).
+
+Coverage check: a pre-hook on layer 0's attention counts the query tokens it sees; the recorded
+top-level forwards must account for all of them (a detector that ran layers by hand would show up
+as coverage < 100%, and its work would be missing from the replay).
+
+Run: ``python bench/bench_scan.py [--model smollm2-135m] [--detectors a,b] [--quick] [--seed 0]``.
+Writes the "scan" section of bench/RESULTS.md (``--no-write`` to only print).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import headatlas  # noqa: E402
+from collect import machine_line, write_section  # noqa: E402
+from headatlas.scan import ScanProgress  # noqa: E402
+
+
+@dataclass
+class Call:
+    """One recorded forward: what to feed the plain model to redo it."""
+
+    tag: str
+    input_ids: torch.Tensor | None
+    inputs_embeds_shape: tuple[int, ...] | None
+    attention_mask: torch.Tensor | None
+    past_len: int          # tokens already in the KV cache when the call ran (0: no cache / fresh)
+    use_cache: bool
+    decoder_only: bool     # called on the decoder (no LM head)
+    logits_to_keep: Any = None   # generation computes only the last position's logits
+
+    @property
+    def tokens(self) -> int:
+        shape = self.input_ids.shape if self.input_ids is not None else self.inputs_embeds_shape
+        return int(shape[0] * shape[1])
+
+
+@dataclass
+class Recorder:
+    """Records top-level forwards (and decoder-only forwards not nested in one), tagged by detector."""
+
+    tag: str = ""
+    calls: list[Call] = field(default_factory=list)
+    layer0_tokens: dict[str, int] = field(default_factory=dict)
+    _depth: int = 0
+
+
+def _cache_len(cache: Any) -> int:
+    if cache is None:
+        return 0
+    try:
+        return int(cache.get_seq_length())
+    except Exception:  # legacy tuple caches
+        try:
+            return int(cache[0][0].shape[-2])
+        except Exception:
+            return 0
+
+
+@contextlib.contextmanager
+def record_forwards(m: Any) -> Iterator[Recorder]:
+    rec = Recorder()
+    model = m.model
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+
+    def make_pre(decoder_only: bool):
+        def pre(module, args, kwargs):
+            nested = rec._depth > 0
+            rec._depth += 1
+            if nested:
+                return
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            embeds = kwargs.get("inputs_embeds")
+            mask = kwargs.get("attention_mask")
+            past = kwargs.get("past_key_values", kwargs.get("cache"))   # the name differs across transformers versions
+            rec.calls.append(Call(
+                tag=rec.tag,
+                input_ids=ids.detach().cpu().clone() if isinstance(ids, torch.Tensor) else None,
+                inputs_embeds_shape=tuple(embeds.shape) if isinstance(embeds, torch.Tensor) else None,
+                attention_mask=mask.detach().cpu().clone() if isinstance(mask, torch.Tensor) else None,
+                past_len=_cache_len(past),
+                use_cache=bool(kwargs.get("use_cache")) or past is not None,
+                decoder_only=decoder_only,
+                logits_to_keep=kwargs.get("logits_to_keep"),
+            ))
+        return pre
+
+    def post(module, args, kwargs, output):
+        rec._depth -= 1
+
+    def layer0(module, args, kwargs):
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        if isinstance(hidden, torch.Tensor):
+            rec.layer0_tokens[rec.tag] = rec.layer0_tokens.get(rec.tag, 0) + int(hidden.shape[0] * hidden.shape[1])
+
+    handles = [model.register_forward_pre_hook(make_pre(False), with_kwargs=True),
+               model.register_forward_hook(post, with_kwargs=True, always_call=True),
+               m.layout.attention_modules[0].register_forward_pre_hook(layer0, with_kwargs=True)]
+    if decoder is not None and decoder is not model:
+        handles += [decoder.register_forward_pre_hook(make_pre(True), with_kwargs=True),
+                    decoder.register_forward_hook(post, with_kwargs=True, always_call=True)]
+    try:
+        yield rec
+    finally:
+        for h in handles:
+            h.remove()
+
+
+class Tagger(ScanProgress):
+    def __init__(self, rec: Recorder) -> None:
+        self.rec = rec
+
+    def start(self, name: str, index: int, total: int) -> None:
+        self.rec.tag = name
+        print(f"[{index + 1}/{total}] {name} ...", flush=True)
+
+    def finish(self, name: str, seconds: float, status: str) -> None:
+        print(f"    {status} in {seconds:.1f} s", flush=True)
+
+
+def _cache_kwarg(model: Any) -> str:
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    return "past_key_values" if "past_key_values" in params else "cache"
+
+
+def replay(m: Any, calls: list[Call]) -> tuple[float, int]:
+    """Run the recorded batches through the plain model; returns (seconds, calls not replayable)."""
+    from transformers import DynamicCache
+
+    model = m.model
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
+    cache_kw = _cache_kwarg(model)
+    cache, unreplayable = None, 0
+    device = m.device
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for c in calls:
+            kw: dict[str, Any] = {}
+            if c.input_ids is not None:
+                kw["input_ids"] = c.input_ids.to(device)
+            elif c.inputs_embeds_shape is not None:
+                kw["inputs_embeds"] = torch.zeros(c.inputs_embeds_shape, dtype=m.dtype, device=device)
+            else:
+                unreplayable += 1
+                continue
+            if c.attention_mask is not None:
+                kw["attention_mask"] = c.attention_mask.to(device)
+            if c.use_cache:
+                if c.past_len == 0 or cache is None or _cache_len(cache) != c.past_len:
+                    if c.past_len != 0:
+                        unreplayable += 1   # a cache we cannot rebuild: run without it
+                        cache = None
+                        kw["use_cache"] = False
+                    else:
+                        cache = DynamicCache()
+                if cache is not None:
+                    kw[cache_kw], kw["use_cache"] = cache, True
+            else:
+                kw["use_cache"] = False
+            if c.logits_to_keep is not None and not c.decoder_only:
+                kw["logits_to_keep"] = c.logits_to_keep
+            (decoder if c.decoder_only else model)(**kw)
+    return time.perf_counter() - t0, unreplayable
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--detectors", default=None, help="comma-separated (default: all registered)")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    m = headatlas.load(args.model, device="cpu")
+    with record_forwards(m) as rec:
+        t0 = time.perf_counter()
+        atlas = headatlas.scan(m, args.detectors, seed=args.seed, quick=args.quick, batch_size=args.batch_size,
+                               progress=Tagger(rec), resume=False)
+        total_scan = time.perf_counter() - t0
+    rows, total_plain, total_calls, total_tokens, total_bad = [], 0.0, 0, 0, 0
+    for name in atlas.detectors:
+        calls = [c for c in rec.calls if c.tag == name]
+        plain, bad = replay(m, calls)
+        tokens = sum(c.tokens for c in calls)
+        seen = rec.layer0_tokens.get(name, 0)
+        covered = tokens / seen if seen else float("nan")
+        scan_s = atlas.timings[name]
+        status = "skipped" if atlas.result(name).skipped else f"{len(atlas.labelled(name))} labelled"
+        rows.append((name, status, len(calls), tokens, covered, scan_s, plain,
+                     scan_s / plain if plain > 0 else float("nan")))
+        total_plain += plain
+        total_calls += len(calls)
+        total_tokens += tokens
+        total_bad += bad
+    ratio = total_scan / total_plain if total_plain > 0 else float("nan")
+    lines = [
+        "## scan: the whole detector battery vs its plain forward passes",
+        "",
+        f"Model `{args.model}` ({m.info.n_layers} x {m.info.n_heads} heads), float32, CPU: {machine_line()}.",
+        f"`headatlas.scan(..., quick={args.quick}, seed={args.seed}, batch_size={args.batch_size})`; every forward the",
+        "detectors ran was recorded (input ids, mask, KV-cache length) and replayed through the plain model",
+        "(no instrumentation, no scoring, inference mode) in the same order. Ratio = scan time / replay time;",
+        "target <= 2x. Coverage = recorded tokens / tokens seen by layer 0's attention (100%: nothing ran",
+        "outside the recorded forwards).",
+        "",
+        "| detector | result | forwards | tokens | coverage | scan s | plain s | ratio |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, status, n, tok, cov, s, p, r in rows:
+        cov_s = "-" if math.isnan(cov) else f"{cov:.0%}"
+        r_s = f"{r:.2f}x" if n else "- (shared data)"
+        lines.append(f"| {name} | {status} | {n} | {tok:,} | {cov_s} | {s:.2f} | {p:.2f} | {r_s} |")
+    seen_all = sum(rec.layer0_tokens.values())
+    cov_all = f"{total_tokens / seen_all:.0%}" if seen_all else "-"
+    lines += [f"| **all** | | {total_calls} | {total_tokens:,} | {cov_all} | {total_scan:.2f} | {total_plain:.2f} | "
+              f"**{ratio:.2f}x** |", "",
+              "A detector with no forwards of its own reuses data another detector computed earlier in the scan"
+              " (its time is then only its scoring).", ""]
+    if total_bad:
+        lines.append(f"{total_bad} recorded call(s) could not be replayed exactly (KV cache or embeddings); see bench_scan.py.")
+    text = "\n".join(lines)
+    print(text)
+    if not args.no_write:
+        write_section("scan", text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,371 @@
+"""The Atlas: every detector's scores, null baselines and labels for one model, with the
+evidence behind each label, and its JSON / DataFrame / HTML forms.
+
+Heads are named ``L{layer}H{head}`` everywhere. An atlas is built by :func:`headatlas.scan`
+(or from results directly) and is self-contained: it keeps each detector's stage and method, so
+it can be read back and rendered without the detectors being installed.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Iterable
+
+import numpy as np
+
+from ..detectors.base import STAGES, Detector, DetectorResult
+from ..errors import AtlasFileError, InputError
+from . import schema
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+MIXED = "mixed"
+
+
+def head_name(layer: int, head: int) -> str:
+    """``L{layer}H{head}``."""
+    return f"L{int(layer)}H{int(head)}"
+
+
+@dataclass(frozen=True)
+class DetectorMeta:
+    """What an atlas keeps about a detector besides its result (so it renders without the registry)."""
+
+    name: str
+    stage: str
+    method: str = ""
+    summary: str = ""
+    citation: str = ""
+    version: int = 1
+
+    @classmethod
+    def from_detector(cls, d: Detector) -> "DetectorMeta":
+        return cls(name=d.name, stage=d.stage, method=d.method, summary=d.summary, citation=d.citation,
+                   version=int(d.version))
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """One detector's numbers for one head: the score, its null, the z-score and whether it is labelled;
+    ``extras`` holds the detector's extra per-head values (e.g. the induction copying score)."""
+
+    detector: str
+    stage: str
+    layer: int
+    head: int
+    score: float
+    null_mean: float
+    null_std: float
+    z: float
+    labelled: bool
+    extras: dict[str, float | str] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return head_name(self.layer, self.head)
+
+
+@dataclass(frozen=True)
+class HeadView:
+    """Everything the atlas knows about one head: ``labels`` (the detectors that labelled it, best
+    z first) and ``evidence`` (every detector that ran, labelled or not)."""
+
+    layer: int
+    head: int
+    labels: list[Evidence]
+    evidence: dict[str, Evidence]
+
+    @property
+    def name(self) -> str:
+        return head_name(self.layer, self.head)
+
+    @property
+    def stages(self) -> frozenset[str]:
+        return frozenset(e.stage for e in self.labels)
+
+
+class Atlas:
+    """Detector results for one model.
+
+    ``model``: the model's info (``ModelInfo.to_dict()`` plus a weights ``fingerprint``);
+    ``results``: detector name -> :class:`DetectorResult` (scores ``[n_layers, n_heads]``);
+    ``meta``: detector name -> :class:`DetectorMeta`; ``timings``: seconds per detector;
+    ``settings``: the scan settings (quick, n_prompts, batch_size, ...).
+    """
+
+    def __init__(self, model: dict[str, Any], results: dict[str, DetectorResult] | Iterable[DetectorResult],
+                 meta: dict[str, DetectorMeta], *, seed: int = 0, settings: dict[str, Any] | None = None,
+                 timings: dict[str, float] | None = None, headatlas_version: str | None = None,
+                 created: str | None = None) -> None:
+        from .. import __version__
+
+        if not isinstance(results, dict):
+            results = {r.name: r for r in results}
+        self.model = dict(model)
+        self.n_layers = int(self.model["n_layers"])
+        self.n_heads = int(self.model["n_heads"])
+        self._results: dict[str, DetectorResult] = {}
+        self.meta: dict[str, DetectorMeta] = {}
+        for name, r in results.items():
+            if name not in meta:
+                raise ValueError(f"no DetectorMeta for detector {name!r}")
+            if meta[name].stage not in STAGES:
+                raise ValueError(f"detector {name!r} has unknown stage {meta[name].stage!r}")
+            _check_shapes(r, self.n_layers, self.n_heads)
+            self._results[name] = r
+            self.meta[name] = meta[name]
+        self.seed = int(seed)
+        self.settings = dict(settings or {})
+        self.timings = {k: float(v) for k, v in (timings or {}).items()}
+        self.headatlas_version = headatlas_version or __version__
+        self.created = created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+    # ----- access -------------------------------------------------------------------------------
+    @property
+    def detectors(self) -> list[str]:
+        """Names of the detectors held, in scan order."""
+        return list(self._results)
+
+    @property
+    def model_name(self) -> str:
+        return str(self.model.get("name", ""))
+
+    def result(self, name: str) -> DetectorResult:
+        try:
+            return self._results[name]
+        except KeyError:
+            held = ", ".join(self.detectors) or "none"
+            raise InputError(f"this atlas holds no detector {name!r}; it holds: {held}") from None
+
+    def scores(self, name: str) -> np.ndarray:
+        """``[n_layers, n_heads]`` scores of detector ``name`` (NaN where it was skipped)."""
+        return np.array(self.result(name).scores, copy=True)
+
+    def z(self, name: str) -> np.ndarray:
+        """``[n_layers, n_heads]`` z-scores of detector ``name`` against its null."""
+        return self.result(name).z
+
+    def labelled(self, name: str) -> list[tuple[int, int]]:
+        """Heads that detector ``name`` labelled, best first (``[]``: none found, or skipped)."""
+        return [(int(layer), int(head)) for layer, head in self.result(name).labelled]
+
+    def skipped(self) -> dict[str, str]:
+        """Detector name -> the reason it could not run on this model."""
+        return {n: r.skipped for n, r in self._results.items() if r.skipped}
+
+    def evidence(self, name: str, layer: int, head: int) -> Evidence:
+        self._check_head(layer, head)
+        r = self.result(name)
+        lh = (int(layer), int(head))
+        return Evidence(detector=name, stage=self.meta[name].stage, layer=lh[0], head=lh[1],
+                        score=float(r.scores[lh]), null_mean=float(r.null_mean[lh]), null_std=float(r.null_std[lh]),
+                        z=float(r.z[lh]), labelled=lh in set(map(tuple, r.labelled)),
+                        extras={k: _scalar(v[lh]) for k, v in r.extras.items() if self._per_head(v)})
+
+    def head(self, layer: int, head: int) -> HeadView:
+        """The labels of head ``(layer, head)`` with their stage and evidence, and every other
+        detector's numbers for it (skipped detectors are left out)."""
+        self._check_head(layer, head)
+        ev = {n: self.evidence(n, layer, head) for n, r in self._results.items() if not r.skipped}
+        labels = sorted((e for e in ev.values() if e.labelled), key=lambda e: -_finite_or(e.z, -math.inf))
+        return HeadView(layer=int(layer), head=int(head), labels=labels, evidence=ev)
+
+    def stages(self) -> dict[tuple[int, int], frozenset[str]]:
+        """Per head ``(layer, head)``, the set of stages (KR/ICI/LR/EP) of its labels (empty: unlabelled)."""
+        out: dict[tuple[int, int], set[str]] = {(la, h): set() for la in range(self.n_layers) for h in range(self.n_heads)}
+        for name, r in self._results.items():
+            for lh in r.labelled:
+                out[(int(lh[0]), int(lh[1]))].add(self.meta[name].stage)
+        return {k: frozenset(v) for k, v in out.items()}
+
+    def stage_grid(self) -> np.ndarray:
+        """``[n_layers, n_heads]`` of str: ``""`` (no label), a stage code, or ``"mixed"``."""
+        grid = np.full((self.n_layers, self.n_heads), "", dtype=object)
+        for (layer, h), st in self.stages().items():
+            grid[layer, h] = next(iter(st)) if len(st) == 1 else (MIXED if st else "")
+        return grid
+
+    def top_heads(self, name: str, k: int = 5, *, labelled_only: bool = True) -> list[Evidence]:
+        """The ``k`` best heads of detector ``name`` by score: its labelled heads (``labelled_only``),
+        or all heads with a finite score."""
+        r = self.result(name)
+        if labelled_only:
+            heads = sorted(map(tuple, r.labelled), key=lambda lh: -_finite_or(float(r.scores[lh]), -math.inf))
+        else:
+            flat = np.where(np.isfinite(r.scores), r.scores, -np.inf).ravel()
+            order = [int(i) for i in np.argsort(-flat, kind="stable") if np.isfinite(flat[i])]
+            heads = [divmod(i, self.n_heads) for i in order]
+        return [self.evidence(name, layer, h) for layer, h in heads[: max(0, int(k))]]
+
+    # ----- tables -------------------------------------------------------------------------------
+    def to_dataframe(self) -> "pd.DataFrame":
+        """One row per head x detector: ``layer, head, head_id, detector, stage, score, null_mean,
+        null_std, z, labelled`` plus one column per extra per-head array (NaN where a detector has
+        no such extra; a name that clashes with a base column is prefixed ``extra_``)."""
+        import pandas as pd
+
+        base = ["layer", "head", "head_id", "detector", "stage", "score", "null_mean", "null_std", "z", "labelled"]
+        layers, heads = np.meshgrid(np.arange(self.n_layers), np.arange(self.n_heads), indexing="ij")
+        extra_names: list[str] = []
+        for r in self._results.values():
+            for k, v in r.extras.items():
+                col = f"extra_{k}" if k in base else k
+                if self._per_head(v) and col not in extra_names:
+                    extra_names.append(col)
+        frames = []
+        n = self.n_layers * self.n_heads
+        for name, r in self._results.items():
+            lab = np.zeros((self.n_layers, self.n_heads), dtype=bool)
+            for layer, h in r.labelled:
+                lab[layer, h] = True
+            cols: dict[str, Any] = {
+                "layer": layers.ravel(), "head": heads.ravel(),
+                "head_id": [head_name(la, h) for la, h in zip(layers.ravel(), heads.ravel())],
+                "detector": [name] * n, "stage": [self.meta[name].stage] * n,
+                "score": r.scores.astype(float).ravel(), "null_mean": r.null_mean.astype(float).ravel(),
+                "null_std": r.null_std.astype(float).ravel(), "z": r.z.astype(float).ravel(), "labelled": lab.ravel(),
+            }
+            for col in extra_names:
+                key = col[len("extra_"):] if col.startswith("extra_") and col[len("extra_"):] in base else col
+                v = r.extras.get(key)
+                cols[col] = np.asarray(v).ravel() if v is not None and self._per_head(v) else np.full(n, np.nan)
+            frames.append(pd.DataFrame(cols))
+        if not frames:
+            return pd.DataFrame(columns=base + extra_names)
+        return pd.concat(frames, ignore_index=True)
+
+    def summary(self, top: int = 5) -> str:
+        """A plain-text summary: per detector, its top labelled heads (score, null, z), "none found",
+        or the reason it was skipped."""
+        info = self.model
+        lines = [f"headatlas atlas of {self.model_name} ({info.get('architecture', '?')}, {self.n_layers} layers x "
+                 f"{self.n_heads} heads), seed {self.seed}"]
+        for name in self.detectors:
+            r = self._results[name]
+            m = self.meta[name]
+            if r.skipped:
+                lines.append(f"  {name} [{m.stage}]: skipped: {r.skipped}")
+                continue
+            tops = self.top_heads(name, top)
+            if not tops:
+                best = self.top_heads(name, 1, labelled_only=False)
+                hint = f" (best {best[0].name}: score {best[0].score:.3g}, z {best[0].z:.3g})" if best else ""
+                lines.append(f"  {name} [{m.stage}]: none found{hint}")
+                continue
+            heads = ", ".join(f"{e.name} {e.score:.3g} (null {e.null_mean:.3g}, z {e.z:.3g})" for e in tops)
+            more = len(r.labelled) - len(tops)
+            lines.append(f"  {name} [{m.stage}]: {len(r.labelled)} labelled: {heads}" + (f", +{more} more" if more > 0 else ""))
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return (f"Atlas({self.model_name!r}, {self.n_layers}x{self.n_heads} heads, detectors={self.detectors}, "
+                f"seed={self.seed})")
+
+    # ----- JSON -----------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """The atlas as plain JSON (schema ``headatlas.atlas/1``)."""
+        return {
+            "schema": schema.SCHEMA,
+            "headatlas_version": self.headatlas_version,
+            "created": self.created,
+            "model": schema.encode(self.model),
+            "seed": self.seed,
+            "settings": schema.encode(self.settings),
+            "detectors": [{"meta": asdict(self.meta[n]), "seconds": schema.encode(self.timings.get(n, math.nan)),
+                           "result": schema.result_to_dict(r)} for n, r in self._results.items()],
+        }
+
+    @classmethod
+    def from_dict(cls, doc: Any, source: str = "atlas") -> "Atlas":
+        """Inverse of :meth:`to_dict`; :class:`AtlasFileError` on anything malformed."""
+        schema.check_schema(doc, source)
+        try:
+            return cls._from_checked_dict(doc, source)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            raise AtlasFileError(f"{source}: malformed atlas ({type(exc).__name__}: {exc})") from None
+
+    @classmethod
+    def _from_checked_dict(cls, doc: dict[str, Any], source: str) -> "Atlas":
+        schema._check_keys(doc, ("schema", "headatlas_version", "created", "model", "seed", "settings", "detectors"), source)
+        if not isinstance(doc["detectors"], list):
+            raise AtlasFileError(f"{source}: \"detectors\" must be a list")
+        results, meta, timings = {}, {}, {}
+        for i, entry in enumerate(doc["detectors"]):
+            where = f"{source}: detectors[{i}]"
+            if not isinstance(entry, dict):
+                raise AtlasFileError(f"{where}: expected an object")
+            schema._check_keys(entry, ("meta", "seconds", "result"), where)
+            try:
+                m = DetectorMeta(**entry["meta"])
+            except TypeError as exc:
+                raise AtlasFileError(f"{where}: bad detector meta ({exc})") from None
+            r = schema.result_from_dict(entry["result"], where)
+            if r.name != m.name:
+                raise AtlasFileError(f"{where}: result named {r.name!r} under meta {m.name!r}")
+            results[m.name], meta[m.name] = r, m
+            seconds = schema.decode(entry["seconds"])
+            if not (isinstance(seconds, float) and math.isnan(seconds)):
+                timings[m.name] = seconds
+        model = schema.decode(doc["model"])
+        if not isinstance(model, dict) or "n_layers" not in model or "n_heads" not in model:
+            raise AtlasFileError(f"{source}: \"model\" must hold n_layers and n_heads")
+        return cls(model, results, meta, seed=doc["seed"], settings=schema.decode(doc["settings"]),
+                   timings=timings, headatlas_version=str(doc["headatlas_version"]), created=str(doc["created"]))
+
+    def save(self, path: str | os.PathLike) -> str:
+        """Write the atlas as JSON, atomically (temp file + ``os.replace``); returns the path."""
+        return str(schema.atomic_write_text(path, schema.dumps(self.to_dict()) + "\n"))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Atlas":
+        """Read an atlas written by :meth:`save`; :class:`AtlasFileError` on a missing, corrupt or foreign
+        file, or one written with a newer schema."""
+        return cls.from_dict(schema.read_json(path), source=str(path))
+
+    # ----- HTML -----------------------------------------------------------------------------------
+    def to_html(self) -> str:
+        """One self-contained HTML page (plotly.js inlined once): see :mod:`headatlas.atlas.report`."""
+        from .report import render_html
+
+        return render_html(self)
+
+    def save_html(self, path: str | os.PathLike) -> str:
+        return str(schema.atomic_write_text(path, self.to_html()))
+
+    # ----- helpers --------------------------------------------------------------------------------
+    def _per_head(self, v: Any) -> bool:
+        """An extra with one value per head (``[n_layers, n_heads]``); others live only in the JSON."""
+        return np.shape(v) == (self.n_layers, self.n_heads)
+
+    def _check_head(self, layer: int, head: int) -> None:
+        if not 0 <= int(layer) < self.n_layers or not 0 <= int(head) < self.n_heads:
+            raise InputError(f"no head {head_name(layer, head)} in this atlas: the model has {self.n_layers} layers "
+                             f"x {self.n_heads} heads (L0H0..L{self.n_layers - 1}H{self.n_heads - 1})")
+
+
+def _check_shapes(r: DetectorResult, n_layers: int, n_heads: int) -> None:
+    want = (n_layers, n_heads)
+    for key in ("scores", "null_mean", "null_std"):
+        shape = np.shape(getattr(r, key))
+        if shape != want:
+            raise ValueError(f"detector {r.name!r}: {key} has shape {shape}, expected [n_layers, n_heads] = {list(want)}")
+    for layer, head in r.labelled:
+        if not (0 <= layer < n_layers and 0 <= head < n_heads):
+            raise ValueError(f"detector {r.name!r} labelled {head_name(layer, head)}, outside the model")
+
+
+def _scalar(x: Any) -> float | str:
+    if isinstance(x, (str, np.str_)):
+        return str(x)
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _finite_or(x: float, default: float) -> float:
+    return x if math.isfinite(x) else default

@@ -1,0 +1,239 @@
+"""The atlas JSON schema ``headatlas.atlas/1``: lossless, NaN-safe encoding of detector results.
+
+Plain JSON has no NaN, infinity, tuples or typed arrays, so values that need them are tagged:
+
+- arrays: ``{"__ndarray__": {"dtype": "float64", "shape": [L, H], "data": [...]}}`` (row-major, flat);
+  non-finite floats inside ``data`` are the strings ``"nan"``, ``"inf"``, ``"-inf"``;
+- a non-finite float scalar: ``{"__float__": "nan"}``; a tuple: ``{"__tuple__": [...]}``;
+- a dict with non-string keys: ``{"__items__": [[key, value], ...]}``.
+
+Finite floats are written with ``repr`` precision, so float64 and float32 values come back
+bit-for-bit. Readers reject a missing/foreign schema, a newer major version, and unknown keys
+(each with :class:`~headatlas.errors.AtlasFileError`); a later schema adds an explicit migration.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..detectors.base import DetectorResult
+from ..errors import AtlasFileError
+
+SCHEMA_NAME = "headatlas.atlas"
+SCHEMA_MAJOR = 1
+SCHEMA = f"{SCHEMA_NAME}/{SCHEMA_MAJOR}"
+PARTIAL_SCHEMA = f"headatlas.partial/{SCHEMA_MAJOR}"
+
+_NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+_TAGS = ("__ndarray__", "__float__", "__tuple__", "__items__")
+
+
+def _float_token(x: float) -> float | str:
+    if math.isfinite(x):
+        return x
+    return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+
+
+def encode_array(a: np.ndarray) -> dict[str, Any]:
+    """A numpy array as a tagged JSON object (any shape; float, int, bool or str dtype)."""
+    a = np.asarray(a)
+    if a.dtype.kind == "f":
+        data: list[Any] = [_float_token(float(x)) for x in a.ravel().tolist()]
+    elif a.dtype.kind in "biu":
+        data = a.ravel().tolist()
+    elif a.dtype.kind == "U":
+        data = [str(x) for x in a.ravel().tolist()]
+    else:
+        raise TypeError(f"cannot store an array of dtype {a.dtype} in an atlas")
+    return {"__ndarray__": {"dtype": a.dtype.str.lstrip("<>=|") if a.dtype.kind == "U" else str(a.dtype),
+                            "shape": list(a.shape), "data": data}}
+
+
+def decode_array(obj: dict[str, Any]) -> np.ndarray:
+    spec = obj["__ndarray__"]
+    dtype = np.dtype(spec["dtype"])
+    data = spec["data"]
+    if dtype.kind == "f":
+        data = [_NONFINITE[x] if isinstance(x, str) else x for x in data]
+    arr = np.array(data, dtype=dtype)
+    return arr.reshape([int(n) for n in spec["shape"]])
+
+
+def encode(value: Any) -> Any:
+    """Any JSON-able value plus numpy arrays/scalars, tuples and non-finite floats -> plain JSON."""
+    if isinstance(value, np.ndarray):
+        return encode_array(value)
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        x = float(value)
+        return x if math.isfinite(x) else {"__float__": _float_token(x)}
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, tuple):
+        return {"__tuple__": [encode(v) for v in value]}
+    if isinstance(value, list):
+        return [encode(v) for v in value]
+    if isinstance(value, dict):
+        if all(isinstance(k, str) for k in value) and not any(k in _TAGS for k in value):
+            return {k: encode(v) for k, v in value.items()}
+        return {"__items__": [[encode(k), encode(v)] for k, v in value.items()]}
+    raise TypeError(f"cannot store a {type(value).__name__} in an atlas: {value!r:.80}")
+
+
+def decode(value: Any) -> Any:
+    """Inverse of :func:`encode`."""
+    if isinstance(value, list):
+        return [decode(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if len(value) == 1:
+        (tag, inner), = value.items()
+        if tag == "__ndarray__":
+            return decode_array(value)
+        if tag == "__float__":
+            return _NONFINITE[inner]
+        if tag == "__tuple__":
+            return tuple(decode(v) for v in inner)
+        if tag == "__items__":
+            return {_hashable(decode(k)): decode(v) for k, v in inner}
+    return {k: decode(v) for k, v in value.items()}
+
+
+def _hashable(key: Any) -> Any:
+    return tuple(_hashable(k) for k in key) if isinstance(key, (list, tuple)) else key
+
+
+RESULT_KEYS = ("name", "scores", "null_mean", "null_std", "labelled", "min_score", "min_z", "data_description",
+               "null_description", "n_prompts", "seed", "extras", "details", "skipped")
+
+
+def result_to_dict(r: DetectorResult) -> dict[str, Any]:
+    """One :class:`DetectorResult` as plain JSON (every field, extras and details included)."""
+    return {
+        "name": r.name,
+        "scores": encode_array(r.scores),
+        "null_mean": encode_array(r.null_mean),
+        "null_std": encode_array(r.null_std),
+        "labelled": [[int(layer), int(head)] for layer, head in r.labelled],
+        "min_score": encode(float(r.min_score)),
+        "min_z": encode(float(r.min_z)),
+        "data_description": r.data_description,
+        "null_description": r.null_description,
+        "n_prompts": int(r.n_prompts),
+        "seed": int(r.seed),
+        "extras": {str(k): encode_array(np.asarray(v)) for k, v in r.extras.items()},
+        "details": encode(r.details),
+        "skipped": r.skipped,
+    }
+
+
+def result_from_dict(d: Any, where: str = "result") -> DetectorResult:
+    """Inverse of :func:`result_to_dict`; :class:`AtlasFileError` on a malformed entry."""
+    if not isinstance(d, dict):
+        raise AtlasFileError(f"{where}: expected an object, got {type(d).__name__}")
+    _check_keys(d, RESULT_KEYS, where)
+    try:
+        return DetectorResult(
+            name=str(d["name"]),
+            scores=decode_array(d["scores"]),
+            null_mean=decode_array(d["null_mean"]),
+            null_std=decode_array(d["null_std"]),
+            labelled=[(int(layer), int(head)) for layer, head in d["labelled"]],
+            min_score=float(decode(d["min_score"])),
+            min_z=float(decode(d["min_z"])),
+            data_description=str(d["data_description"]),
+            null_description=str(d["null_description"]),
+            n_prompts=int(d["n_prompts"]),
+            seed=int(d["seed"]),
+            extras={k: decode_array(v) for k, v in d["extras"].items()},
+            details=decode(d["details"]),
+            skipped=d["skipped"],
+        )
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise AtlasFileError(f"{where}: malformed detector result ({type(exc).__name__}: {exc})") from None
+
+
+def _check_keys(d: dict[str, Any], expected: tuple[str, ...], where: str) -> None:
+    missing = [k for k in expected if k not in d]
+    unknown = [k for k in d if k not in expected]
+    if missing or unknown:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing)}")
+        if unknown:
+            parts.append(f"unknown {', '.join(unknown)}")
+        raise AtlasFileError(f"{where}: {'; '.join(parts)} (schema {SCHEMA})")
+
+
+def check_schema(doc: Any, source: str, *, expected_name: str = SCHEMA_NAME) -> None:
+    """Refuse a document that is not ours, or is from a newer major version."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("schema"), str):
+        raise AtlasFileError(f"{source} is JSON but not a headatlas atlas (no \"schema\": \"{expected_name}/N\" field)")
+    name, _, major = doc["schema"].partition("/")
+    if name != expected_name or not major.isdigit():
+        raise AtlasFileError(f"{source} is a {doc['schema']!r} document, not a headatlas atlas ({expected_name}/N)")
+    if int(major) > SCHEMA_MAJOR:
+        raise AtlasFileError(f"{source} uses schema {doc['schema']}, newer than this headatlas reads "
+                             f"({SCHEMA}); upgrade headatlas to read it")
+    if int(major) < 1:
+        raise AtlasFileError(f"{source}: unknown schema version {doc['schema']!r}")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Parse a JSON file; :class:`AtlasFileError` on a missing, unreadable or corrupt file."""
+    p = Path(path)
+    if not p.exists():
+        raise AtlasFileError(f"no atlas file at {p}")
+    if p.is_dir():
+        raise AtlasFileError(f"{p} is a folder; pass the atlas.json inside it")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AtlasFileError(f"cannot read {p}: {exc}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise AtlasFileError(f"{p} is not valid JSON (corrupt or truncated: {exc})") from None
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` via a temp file in the same folder and ``os.replace``: a crash
+    mid-write leaves the previous file intact."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, p)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return p
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def dumps(doc: Any) -> str:
+    """JSON text of an already-encoded document (strict: refuses NaN that slipped through)."""
+    return json.dumps(doc, allow_nan=False, indent=1, ensure_ascii=False)

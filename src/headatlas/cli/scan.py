@@ -1,0 +1,144 @@
+"""``headatlas scan MODEL``, ``headatlas detectors`` and ``headatlas report ATLAS.json``."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ..models import DEFAULT_MODEL
+from ..scan import ScanProgress
+from . import app
+from .common import console, load_model, user_errors
+
+out_console = Console()
+
+
+class RichScanProgress(ScanProgress):
+    """One rich progress bar per detector (its ``ScanConfig.progress`` ticks drive the bar)."""
+
+    def __init__(self, progress: Progress, names: list[str]) -> None:
+        self.progress = progress
+        self.tasks = {n: progress.add_task(n, total=None, start=False) for n in names}
+
+    def start(self, name: str, index: int, total: int) -> None:
+        self.progress.start_task(self.tasks[name])
+        self.progress.update(self.tasks[name], description=f"[bold]{name}[/] ({index + 1}/{total})")
+
+    def update(self, name: str, done: int, total: int) -> None:
+        self.progress.update(self.tasks[name], completed=done, total=max(total, 1))
+
+    def finish(self, name: str, seconds: float, status: str) -> None:
+        task = self.tasks[name]
+        total = self.progress.tasks[task].total or 1
+        colour = "green" if status == "done" else ("cyan" if status == "resumed" else "yellow")
+        short = status if len(status) < 60 else status[:57] + "..."
+        self.progress.update(task, total=total, completed=total,
+                             description=f"[bold]{name}[/] [{colour}]{short}[/] ({seconds:.1f} s)")
+        self.progress.stop_task(task)
+
+
+def default_out(model: str) -> Path:
+    """``./atlas-<model>`` where ``<model>`` is the short name, or the last part of a path/id."""
+    stem = Path(model.rstrip("/\\")).name or "model"
+    if stem.lower().endswith(".gguf"):
+        stem = stem[: -len(".gguf")]
+    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in stem)
+    return Path(f"atlas-{safe}")
+
+
+def summary_table(atlas, top: int) -> Table:
+    table = Table("detector", "stage", "labelled", "top heads (score, null, z)", title=f"headatlas: {atlas.model_name}")
+    for name in atlas.detectors:
+        r = atlas.result(name)
+        stage = atlas.meta[name].stage
+        if r.skipped:
+            table.add_row(name, stage, "-", f"[yellow]skipped:[/] {r.skipped}")
+            continue
+        tops = atlas.top_heads(name, top)
+        if not tops:
+            best = atlas.top_heads(name, 1, labelled_only=False)
+            hint = f" [dim](best {best[0].name}: {best[0].score:.3g}, z {_z(best[0].z)})[/]" if best else ""
+            table.add_row(name, stage, "0", f"[magenta]none found[/]{hint}")
+            continue
+        cells = "\n".join(f"{e.name}  {e.score:.3g}  (null {e.null_mean:.3g}, z {_z(e.z)})" for e in tops)
+        more = len(r.labelled) - len(tops)
+        table.add_row(name, stage, str(len(r.labelled)), cells + (f"\n[dim]+{more} more[/]" if more > 0 else ""))
+    return table
+
+
+def _z(z: float) -> str:
+    return "nan" if math.isnan(z) else f"{z:.3g}"
+
+
+@app.command("scan")
+def scan_cmd(
+    model: str = typer.Argument(DEFAULT_MODEL, help="bundled name, HF id, model folder or .gguf file"),
+    detectors: str = typer.Option(None, "--detectors", "-d", help="comma-separated detector names (default: all)"),
+    out: Path = typer.Option(None, "--out", "-o", help="output folder (default ./atlas-<model>)"),
+    seed: int = typer.Option(0, help="seed of every prompt generator"),
+    device: str = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda when available)"),
+    dtype: str = typer.Option(None, help="float32 (default), bfloat16, float16"),
+    quick: bool = typer.Option(False, "--quick", help="smallest data that still gives a meaningful null"),
+    batch_size: int = typer.Option(8, "--batch-size", help="rows per forward pass"),
+    n_prompts: int = typer.Option(None, "--n-prompts", help="prompts per detector (default: each detector's own)"),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="reuse finished detectors from OUT/partial"),
+    top: int = typer.Option(5, help="heads per type in the summary table"),
+) -> None:
+    """Scan every head of MODEL with the registered detectors; write OUT/atlas.json and OUT/atlas.html."""
+    from ..scan import resolve_detectors, scan
+
+    with user_errors():
+        names = resolve_detectors(detectors)
+        out_dir = out if out is not None else default_out(model)
+        m = load_model(model, device, dtype)
+        console.print(f"scanning [bold]{m.info.name}[/] ({m.info.n_layers} layers x {m.info.n_heads} heads) "
+                      f"with {len(names)} detector(s), seed {seed}{', quick' if quick else ''} -> {out_dir}")
+        columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        try:
+            with Progress(*columns, console=console, transient=False) as bar:
+                atlas = scan(m, names, seed=seed, quick=quick, out=out_dir, resume=resume,
+                             progress=RichScanProgress(bar, names), batch_size=batch_size, n_prompts=n_prompts)
+        except KeyboardInterrupt:
+            console.print(f"[yellow]interrupted[/]: finished detectors are kept in {out_dir / 'partial'}; "
+                          "run the same command again to resume")
+            raise typer.Exit(code=130) from None
+    out_console.print(summary_table(atlas, top))
+    console.print(f"wrote {out_dir / 'atlas.json'} and {out_dir / 'atlas.html'}")
+
+
+@app.command("detectors")
+def detectors_cmd() -> None:
+    """List the registered detectors: name, stage, method and what each one scores."""
+    from ..detectors import STAGES, all_detectors
+
+    dets = all_detectors()
+    if not dets:
+        out_console.print("no detectors are registered")
+        return
+    table = Table("name", "stage", "method", "what it scores",
+                  caption="stages: " + ", ".join(f"{k} = {v}" for k, v in STAGES.items()))
+    for d in dets:
+        table.add_row(d.name, d.stage, d.method, d.summary)
+    out_console.print(table)
+
+
+@app.command("report")
+def report_cmd(
+    atlas_json: Path = typer.Argument(..., metavar="ATLAS.json", help="an atlas written by `headatlas scan`"),
+    out: Path = typer.Option(None, "--out", "-o", help="HTML file to write (default: next to the JSON, .html)"),
+    top: int = typer.Option(5, help="heads per type in the summary table"),
+) -> None:
+    """Re-render the HTML report of a saved atlas and print its summary."""
+    from ..atlas import Atlas
+
+    with user_errors():
+        atlas = Atlas.load(atlas_json)
+        target = out if out is not None else atlas_json.with_suffix(".html")
+        atlas.save_html(target)
+    out_console.print(summary_table(atlas, top))
+    console.print(f"wrote {target}")

@@ -1,0 +1,228 @@
+"""``headatlas.scan``: run registered detectors on one model and collect their results in an :class:`Atlas`.
+
+The scan is resumable: with ``out`` set, each finished detector's result is written atomically
+to ``out/partial/<name>.json`` under a key that fingerprints the model (name, sizes, dtype, device
+and a digest of its weights), the seed, the scan settings and the detector's version; a rerun with
+the same key loads it instead of recomputing. At the end ``out/atlas.json`` and ``out/atlas.html``
+are written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .atlas import Atlas, DetectorMeta, schema
+from .detectors import base as registry
+from .detectors.base import DetectorResult, ScanConfig, skipped_result
+from .errors import HeadAtlasError, InputError
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[str, int, int], None]
+
+
+class ScanProgress:
+    """Callbacks a scan makes (all optional; override the ones you need).
+
+    ``start(name, index, total)`` before detector ``index`` of ``total``; ``update(name, done, total)``
+    as the detector reports progress (``ScanConfig.progress``); ``finish(name, seconds, status)``
+    with status ``"done"``, ``"resumed"`` or ``"skipped: <reason>"``.
+    """
+
+    def start(self, name: str, index: int, total: int) -> None:
+        pass
+
+    def update(self, name: str, done: int, total: int) -> None:
+        pass
+
+    def finish(self, name: str, seconds: float, status: str) -> None:
+        pass
+
+
+class _CallableProgress(ScanProgress):
+    def __init__(self, fn: ProgressFn) -> None:
+        self.fn = fn
+
+    def update(self, name: str, done: int, total: int) -> None:
+        self.fn(name, done, total)
+
+
+def resolve_detectors(detectors: str | Sequence[str] | None) -> list[str]:
+    """Detector names to run: ``None`` -> every registered detector; a comma-separated string or a list
+    -> those names (order kept, duplicates dropped). InputError on an unknown name, listing the available."""
+    if detectors is None:
+        names = list(registry.names())
+        if not names:
+            raise InputError("no detectors are registered (headatlas.detectors is empty); nothing to scan")
+        return names
+    if isinstance(detectors, str):
+        detectors = [d for d in (p.strip() for p in detectors.split(",")) if d]
+    names = []
+    for d in detectors:
+        registry.get(d)  # InputError listing the available ones
+        if d not in names:
+            names.append(d)
+    if not names:
+        raise InputError(f"no detector named; available: {', '.join(registry.names())}")
+    return names
+
+
+def model_fingerprint(m: Any) -> str:
+    """A digest of a loaded model's weights: per parameter its name, shape, dtype, sum, absolute sum and
+    a strided sample of values (cheap: one pass over the weights, no copies)."""
+    import torch
+
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, p in m.model.named_parameters():
+            flat = p.detach().reshape(-1)
+            step = max(1, flat.numel() // 256)
+            h.update(f"{name}|{tuple(p.shape)}|{p.dtype}".encode())
+            h.update(flat[::step][:256].float().cpu().numpy().tobytes())
+            h.update(np.array([flat.float().sum().item(), flat.float().abs().sum().item()]).tobytes())
+    return h.hexdigest()[:20]
+
+
+def _canonical(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray) or type(obj).__module__.startswith("torch"):
+        arr = np.asarray(obj.detach().cpu() if hasattr(obj, "detach") else obj)
+        return ["array", str(arr.dtype), list(arr.shape), hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()]
+    if isinstance(obj, dict):
+        return {str(k): _canonical(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(obj, (list, tuple)):
+        return [_canonical(v) for v in obj]
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return repr(obj)
+
+
+def digest(obj: Any) -> str:
+    """A stable hex digest of a JSON-like object (arrays and tensors by their bytes)."""
+    text = json.dumps(_canonical(obj), sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _partial_path(out: Path, name: str) -> Path:
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    return out / "partial" / f"{safe}.json"
+
+
+def _load_partial(path: Path, key: str, name: str) -> tuple[DetectorResult, float] | None:
+    if not path.is_file():
+        return None
+    try:
+        doc = schema.read_json(path)
+        if not isinstance(doc, dict) or doc.get("schema") != schema.PARTIAL_SCHEMA or doc.get("key") != key:
+            return None
+        result = schema.result_from_dict(doc["result"], str(path))
+        if result.name != name:
+            return None
+        return result, float(doc.get("seconds", float("nan")))
+    except (HeadAtlasError, KeyError, TypeError, ValueError) as exc:
+        log.warning("ignoring unreadable partial result %s (%s); recomputing", path, exc)
+        return None
+
+
+def _write_partial(path: Path, key: str, meta: DetectorMeta, result: DetectorResult, seconds: float) -> None:
+    from dataclasses import asdict
+
+    doc = {"schema": schema.PARTIAL_SCHEMA, "key": key, "detector": asdict(meta), "seconds": seconds,
+           "result": schema.result_to_dict(result)}
+    schema.atomic_write_text(path, schema.dumps(doc))
+
+
+def _check_result(result: Any, name: str, n_layers: int, n_heads: int) -> DetectorResult:
+    if not isinstance(result, DetectorResult):
+        raise HeadAtlasError(f"detector {name!r} returned {type(result).__name__}, not a DetectorResult")
+    if result.name != name:
+        raise HeadAtlasError(f"detector {name!r} returned a result named {result.name!r}")
+    for key in ("scores", "null_mean", "null_std"):
+        shape = np.shape(getattr(result, key))
+        if shape != (n_layers, n_heads):
+            raise HeadAtlasError(f"detector {name!r} returned {key} of shape {shape}; expected ({n_layers}, {n_heads})")
+    return result
+
+
+def scan(model: Any, detectors: str | Sequence[str] | None = None, *, seed: int = 0, quick: bool = False,
+         out: str | os.PathLike | None = None, resume: bool = True,
+         progress: ScanProgress | ProgressFn | None = None, batch_size: int = 8, n_prompts: int | None = None,
+         options: dict[str, Any] | None = None) -> Atlas:
+    """Score every head of ``model`` with each detector and return the :class:`Atlas`.
+
+    - ``model``: anything :func:`headatlas.load` accepts (a bundled name, an HF id or folder, a
+      ``.gguf`` path, a ``(model, tokenizer)`` pair or a loaded model).
+    - ``detectors``: names (a list or ``"a,b"``); default every registered detector.
+    - ``seed``, ``quick``, ``batch_size``, ``n_prompts``, ``options``: passed to each detector in its
+      :class:`ScanConfig`.
+    - ``out``: a folder; after every detector its result is written to ``out/partial/<name>.json``, at the
+      end ``out/atlas.json`` and ``out/atlas.html`` (all atomically). ``resume`` reuses partial results
+      computed with the same model, seed, settings and detector version.
+    - ``progress``: a :class:`ScanProgress`, or ``fn(name, done, total)``.
+
+    A detector that raises :class:`InputError` (its data does not fit this model) becomes a skipped
+    result carrying the reason; any other exception propagates.
+    """
+    from .models import load
+
+    names = resolve_detectors(detectors)
+    if batch_size < 1:
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
+    if n_prompts is not None and n_prompts < 1:
+        raise InputError(f"n_prompts must be >= 1, got {n_prompts}")
+    m = load(model)
+    prog = progress if isinstance(progress, ScanProgress) else (_CallableProgress(progress) if progress else ScanProgress())
+    info = m.info.to_dict()
+    fingerprint = model_fingerprint(m)
+    settings = {"quick": bool(quick), "n_prompts": n_prompts, "batch_size": int(batch_size)}
+    common_key = {"model": info, "weights": fingerprint, "seed": int(seed), "settings": settings,
+                  "options": options or {}, "schema": schema.PARTIAL_SCHEMA}
+    out_dir = Path(out) if out is not None else None
+    n_layers, n_heads = m.info.n_layers, m.info.n_heads
+
+    results: dict[str, DetectorResult] = {}
+    metas: dict[str, DetectorMeta] = {}
+    timings: dict[str, float] = {}
+    for index, name in enumerate(names):
+        det = registry.get(name)
+        meta = DetectorMeta.from_detector(det)
+        key = digest({**common_key, "detector": name, "version": int(det.version)})
+        prog.start(name, index, len(names))
+        path = _partial_path(out_dir, name) if out_dir is not None else None
+        loaded = _load_partial(path, key, name) if (path is not None and resume) else None
+        if loaded is not None:
+            result, seconds = loaded
+            status = "resumed"
+        else:
+            config = ScanConfig(seed=int(seed), n_prompts=n_prompts, batch_size=int(batch_size), quick=bool(quick),
+                                progress=lambda done, total, _n=name: prog.update(_n, done, total),
+                                options=dict(options or {}))
+            t0 = time.perf_counter()
+            try:
+                result = _check_result(det.run(m, config), name, n_layers, n_heads)
+            except InputError as exc:
+                result = skipped_result(name, n_layers, n_heads, str(exc), int(seed))
+            seconds = time.perf_counter() - t0
+            status = "done"
+            if path is not None:
+                _write_partial(path, key, meta, result, seconds)
+        if result.skipped:
+            status = f"skipped: {result.skipped}"
+        results[name], metas[name], timings[name] = result, meta, seconds
+        prog.finish(name, seconds, status)
+
+    model_info = {**info, "fingerprint": fingerprint, "source": m.source}
+    if options:
+        settings["options"] = sorted(options)   # their names only: values can be large arrays
+    atlas = Atlas(model_info, results, metas, seed=int(seed), settings=settings, timings=timings)
+    if out_dir is not None:
+        atlas.save(out_dir / "atlas.json")
+        atlas.save_html(out_dir / "atlas.html")
+    return atlas
