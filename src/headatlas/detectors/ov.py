@@ -1,0 +1,143 @@
+"""A head's direct effect on the logits (its OV path), through the linearised final norm.
+
+Head ``h`` of layer ``l`` writes ``out = z_h @ W_O[h]`` (``[d_model]``) into the residual stream.
+Its *direct logit attribution* (DLA) on token ``t`` is ``(N_x(out)) @ W_U[t]`` where ``N_x`` is the
+final norm linearised at the real residual ``x`` it normalises: the scale the norm applies to
+``x`` (``1 / rms(x)``, or ``1 / std(x)`` after centering) is frozen and applied to ``out``, times the
+norm weight. For an RMS norm, summing ``N_x`` over all components of ``x`` gives ``N(x)`` exactly.
+
+Only ``[d_model]``-sized products are formed: the mean and spread of a head's effect over the
+whole vocabulary come from ``mean(W_U)`` and the Gram matrix ``W_U^T W_U / V``, never from a
+``[.., vocab]`` tensor per head.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from ..models import LoadedModel
+
+
+@dataclass(frozen=True)
+class Readout:
+    """The final norm (linearised) and unembedding of a model, in float32.
+
+    - ``weight``: ``[d_model]`` the norm's elementwise scale (ones when the model has no final norm)
+    - ``center``: LayerNorm-style mean subtraction; ``eps``: the norm's epsilon
+    - ``W_U``: ``[vocab, d_model]``; ``mean_u``: ``[d_model]`` mean row; ``gram``: ``[d_model, d_model]`` = ``W_U^T W_U / vocab``
+    """
+
+    weight: torch.Tensor
+    center: bool
+    eps: float
+    has_norm: bool
+    W_U: torch.Tensor
+    mean_u: torch.Tensor
+    gram: torch.Tensor
+
+    def scale(self, resid: torch.Tensor) -> torch.Tensor:
+        """``[..., d_model] -> [..., 1]``: the factor the norm divides ``resid`` by (frozen)."""
+        if not self.has_norm:
+            return torch.ones_like(resid[..., :1])
+        r = resid.float()
+        if self.center:
+            r = r - r.mean(-1, keepdim=True)
+        return torch.sqrt(r.pow(2).mean(-1, keepdim=True) + self.eps)
+
+    def normalise(self, out: torch.Tensor, resid: torch.Tensor) -> torch.Tensor:
+        """The linearised norm applied to a component ``out [..., d_model]`` of ``resid`` (broadcastable)."""
+        v = out.float()
+        if self.center:
+            v = v - v.mean(-1, keepdim=True)
+        return v / self.scale(resid) * self.weight
+
+
+def _norm_weight(norm: nn.Module, d_model: int) -> tuple[torch.Tensor, bool, float]:
+    """Elementwise scale, centering flag and eps of a final norm, read generically.
+
+    LayerNorm (centering) reads its weight; an RMS-type norm ``N(x) = c * x / rms(x)`` (whatever
+    its parametrisation, e.g. ``1 + w``) is probed with a vector of ones: ``c = N(1) * rms(1)``."""
+    if isinstance(norm, nn.LayerNorm):
+        w = norm.weight.detach().float() if norm.weight is not None else torch.ones(d_model)
+        return w, True, float(norm.eps)
+    eps = float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
+    p = next(norm.parameters(), None)
+    ones = torch.ones(1, d_model, device=p.device if p is not None else "cpu",
+                      dtype=p.dtype if p is not None else torch.float32)
+    with torch.no_grad():
+        c = norm(ones).float()[0] * (1.0 + eps) ** 0.5
+    return c, False, eps
+
+
+def readout(m: LoadedModel) -> Readout:
+    """The model's :class:`Readout` (computed once per loaded model, cached on it)."""
+    key = "headatlas.detectors.ov.readout"
+    if key in m._cache:
+        return m._cache[key]
+    W_U = m.unembed().weight.detach().float()
+    d_model = W_U.shape[1]
+    norm = m.final_norm()
+    if norm is None:
+        weight, center, eps, has = torch.ones(d_model, device=W_U.device), False, 0.0, False
+    else:
+        weight, center, eps = _norm_weight(norm, d_model)
+        has = True
+    r = Readout(weight=weight.to(W_U.device), center=center, eps=eps, has_norm=has, W_U=W_U,
+                mean_u=W_U.mean(0), gram=W_U.t() @ W_U / W_U.shape[0])
+    m._cache[key] = r
+    return r
+
+
+@contextlib.contextmanager
+def capture_final_residual(m: LoadedModel) -> Iterator[list[torch.Tensor]]:
+    """Record the residual stream entering the final norm (``[batch, seq, d_model]``, one entry per
+    forward); without a final norm, the last hidden state entering the unembedding."""
+    store: list[torch.Tensor] = []
+    module = m.final_norm() or m.unembed()
+    handle = module.register_forward_pre_hook(lambda _mod, args: store.append(args[0].detach().float()))
+    try:
+        yield store
+    finally:
+        handle.remove()
+
+
+def head_outputs(z: torch.Tensor, W_O: torch.Tensor) -> torch.Tensor:
+    """``z [..., n_heads, d_head]``, ``W_O [n_heads, d_head, d_model]`` -> ``[..., n_heads, d_model]``:
+    what each head writes into the residual stream (before the output bias)."""
+    return torch.einsum("...hd,hdm->...hm", z.float(), W_O.float())
+
+
+def logit_effects(out: torch.Tensor, resid: torch.Tensor, tokens: torch.Tensor, r: Readout) -> dict[str, torch.Tensor]:
+    """Direct effect of residual components on the logits of chosen tokens.
+
+    ``out [..., n, d_model]`` (e.g. ``n`` heads), ``resid [..., d_model]`` the residual they belong
+    to, ``tokens [...]`` one token per position. Returns ``[..., n]`` tensors:
+    ``logit`` (the direct effect on ``tokens``' logit), ``mean`` and ``std`` (over the vocabulary)
+    and ``z`` = ``(logit - mean) / std``, the standardised effect (scale-free: 0 for a head with no
+    token-specific effect, > 0 when it favours the token more than the typical vocabulary entry)."""
+    u = r.normalise(out, resid[..., None, :])                       # [..., n, M]
+    w_t = r.W_U[tokens.clamp_min(0)]                                # [..., M]
+    logit = (u * w_t[..., None, :]).sum(-1)
+    mean = u @ r.mean_u
+    second = ((u @ r.gram) * u).sum(-1)
+    std = (second - mean.pow(2)).clamp_min(1e-12).sqrt()
+    return {"logit": logit, "mean": mean, "std": std, "z": (logit - mean) / std}
+
+
+def direct_logit_effect(m: LoadedModel, layer: int, z: torch.Tensor, resid: torch.Tensor,
+                        tokens: torch.Tensor) -> torch.Tensor:
+    """Each head's direct effect on the logit of ``tokens``: ``[..., n_heads]``.
+
+    ``z [..., n_heads, d_head]`` the layer's head outputs (e.g. ``rec.z(layer)``), ``resid
+    [..., d_model]`` the final residual at the same positions (:func:`capture_final_residual`),
+    ``tokens [...]``."""
+    r = readout(m)
+    out = head_outputs(z.to(r.W_U.device), m.W_O(layer).detach().to(r.W_U.device))
+    return logit_effects(out, resid.to(r.W_U.device), tokens.to(r.W_U.device), r)["logit"]
