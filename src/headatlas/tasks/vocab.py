@@ -34,12 +34,14 @@ def _clean_ids_cached(key: int, tokenizer: Any, limit: int) -> torch.Tensor:
         piece = tokenizer.convert_ids_to_tokens(i)
         if not isinstance(piece, str) or piece.startswith("<") and piece.endswith(">") or piece.startswith("[") and piece.endswith("]"):
             continue
+        if not tokenizer.decode([i]).strip():  # whitespace-only pieces (runs of newlines, spaces)
+            continue
         ids.append(i)
     return torch.tensor(ids, dtype=torch.long)
 
 
 def clean_token_ids(tokenizer: Any, *, limit: int | None = None) -> torch.Tensor:
-    """Ids of ordinary tokens (no special, no ``<...>`` control pieces). ``limit`` caps the id range
+    """Ids of ordinary tokens (no special, no ``<...>`` control pieces, no whitespace-only pieces). ``limit`` caps the id range
     (low ids are the frequent BPE merges; a cap keeps random tokens ordinary)."""
     return _clean_ids_cached(id(tokenizer), tokenizer, int(limit or vocab_size(tokenizer)))
 
