@@ -73,13 +73,14 @@ def _make_attention(base: str) -> Callable:
         if session is None:
             return base_fn(module, query, key, value, attention_mask, **kwargs)
         layer = int(module.layer_idx)
+        fn, mask = base_fn, attention_mask
         if session.wants_pattern(layer):
+            fn = _eager_for(type(module))
             mask = _additive_mask(attention_mask, query, key, kwargs) if base == "sdpa" else attention_mask
-            z, weights = _eager_for(type(module))(module, query, key, value, mask, **kwargs)
-        else:
-            z, weights = base_fn(module, query, key, value, attention_mask, **kwargs)
+        z, weights = fn(module, query, key, value, mask, **kwargs)
         positions = session.positions(layer, query.shape[2], key.shape[2], query.device)
-        call = LayerCall(layer=layer, module=module, query=query, key=key, value=value, absolute_positions=positions)
+        call = LayerCall(layer=layer, module=module, query=query, key=key, value=value, absolute_positions=positions,
+                         attention=fn, mask=mask, kwargs=kwargs)
         z = session.after(call, z, weights)
         return z, weights
 

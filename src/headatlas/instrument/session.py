@@ -61,6 +61,17 @@ class LayerCall:
     key: torch.Tensor                   # [B, KV, k, d]
     value: torch.Tensor                 # [B, KV, k, d]
     absolute_positions: torch.Tensor    # [q] positions of the queries in the sequence
+    attention: Callable[..., tuple[torch.Tensor, Any]] | None = None  # the function that computed z
+    mask: Any = None                    # the attention mask it was given
+    kwargs: dict[str, Any] = field(default_factory=dict)  # scaling, dropout, sliding_window, ...
+
+    def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """Recompute this layer's attention on other inputs, with the same function, mask and
+        arguments as the real call: ``z [B, q, H, d_head]`` (path patching's receiver recomputation)."""
+        if self.attention is None:
+            raise HeadAtlasError("this LayerCall carries no attention function")
+        z, _ = self.attention(self.module, query, key, value, self.mask, **self.kwargs)
+        return z
 
     def local_indices(self, positions: torch.Tensor) -> torch.Tensor:
         """Indices into this call's query axis of the given absolute positions (those present)."""

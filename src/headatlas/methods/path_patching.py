@@ -9,8 +9,8 @@ For a sender ``s`` and receivers ``R`` (in later layers):
 3. a clean run where each receiver's attention is recomputed with the chosen input(s) (``q``, ``k`` and/or
    ``v``) from step 2 and the others from the clean run gives the metric.
 
-Step 3 recomputes the receivers' attention with transformers' sdpa function on the layer's own mask; every
-call checks that it reproduces the head's real output on the unmodified inputs (else it refuses). With
+Step 3 recomputes the receivers' attention with the layer's own attention function, mask and arguments
+(``LayerCall.attend``), so softcapping, sliding windows and sinks stay the model's. With
 grouped-query attention, a receiver's key/value input is its own: siblings sharing the kv head keep theirs.
 Many senders run at once, one sender per batch row, and each run starts at the first layer it can change.
 """
@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..errors import InputError, UnsupportedArchitectureError
+from ..errors import InputError
 from ..instrument import Edit, HeadEdit, RowHeadPatch, Taps, instrumented
 from ..instrument.session import LayerCall
 from ..models.loading import LoadedModel
@@ -45,27 +45,16 @@ def _check_via(via: str | Sequence[str]) -> tuple[str, ...]:
 @dataclass(eq=False)
 class ReceiverInputPatch:
     """Recompute the output of ``heads`` of ``layer`` with their ``via`` inputs taken from ``source``
-    (``{"q": [N, H, S, d], "k": [N, KV, S, d], "v": ...}``, row ``i`` of the source for batch row ``i``)."""
+    (``{"q": [N, H, S, d], "k": [N, KV, S, d], "v": ...}``, row ``i`` of the source for batch row ``i``),
+    through the layer's own attention function, mask and arguments (``LayerCall.attend``)."""
 
     layer: int
     heads: list[int]
     via: tuple[str, ...]
     source: dict[str, torch.Tensor]
-    masks: dict[int, Any]
-    tol: float = 1e-4
 
     def apply(self, z: torch.Tensor, call: LayerCall) -> torch.Tensor:
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-        module = call.module
-        mask = self.masks.get(self.layer)
         group = call.query.shape[1] // call.key.shape[1]
-        kw = dict(dropout=0.0, scaling=getattr(module, "scaling", None))
-        ref, _ = sdpa_attention_forward(module, call.query, call.key, call.value, mask, **kw)
-        if (ref - z).abs().max() > self.tol * max(1.0, float(z.abs().max())):
-            raise UnsupportedArchitectureError(
-                f"path patching cannot reproduce the attention of {type(module).__name__} (layer {self.layer}) "
-                "with sdpa (softcapping or another custom attention); receivers' inputs cannot be patched")
         q, k, v = call.query.clone(), call.key.clone(), call.value.clone()
         kv_heads = sorted({h // group for h in self.heads})
         src = {c: t.to(q.device, q.dtype) for c, t in self.source.items()}
@@ -75,18 +64,9 @@ class ReceiverInputPatch:
             k[:, kv_heads] = src["k"][:, kv_heads]
         if "v" in self.via:
             v[:, kv_heads] = src["v"][:, kv_heads]
-        new, _ = sdpa_attention_forward(module, q, k, v, mask, **kw)  # [N, S, H, d]
+        new = call.attend(q, k, v)  # [N, S, H, d]
         z[:, :, self.heads] = new[:, :, self.heads].to(z.dtype)
         return z
-
-
-def _mask_hooks(m: LoadedModel, layers: Sequence[int], store: dict[int, Any]) -> list[Any]:
-    handles = []
-    for layer in layers:
-        def hook(_mod, args, kwargs, layer=layer):
-            store[layer] = kwargs.get("attention_mask")
-        handles.append(m.layout.attention_modules[layer].register_forward_pre_hook(hook, with_kwargs=True))
-    return handles
 
 
 @dataclass
@@ -191,13 +171,6 @@ def _run_senders(m: LoadedModel, senders: list[tuple[int, int]], recv_by_layer: 
     rec, _ = _run(m, ids, hidden, first, edits, Taps(qkv=True, layers=sorted(recv_by_layer)), None, rows, True)
     sources = {layer: {"q": rec.q(layer), "k": rec.k(layer), "v": rec.v(layer)} for layer in recv_by_layer}
     # step 3: clean run with the receivers' inputs patched
-    masks: dict[int, Any] = {}
-    handles = _mask_hooks(m, sorted(recv_by_layer), masks)
-    try:
-        patches: list[Edit] = [ReceiverInputPatch(layer, hs, via, sources[layer], masks)
-                               for layer, hs in recv_by_layer.items()]
-        _, vals = _run(m, ids, hidden, min(recv_by_layer), patches, None, metric, rows, metric.last_only)
-    finally:
-        for h in handles:
-            h.remove()
+    patches: list[Edit] = [ReceiverInputPatch(layer, hs, via, sources[layer]) for layer, hs in recv_by_layer.items()]
+    _, vals = _run(m, ids, hidden, min(recv_by_layer), patches, None, metric, rows, metric.last_only)
     return vals.reshape(len(senders), B).mean(1).tolist() if n else []
