@@ -5,7 +5,18 @@ from .base import (STAGES, Detector, DetectorResult, ScanConfig, all_detectors, 
 
 # Detector modules are imported explicitly below, one line each, so the set is visible in one place.
 # --- pattern detectors on random-token data (previous_token, duplicate_token, induction, positional, attention_sink)
+from . import previous_token  # noqa: F401
+from . import duplicate_token  # noqa: F401
+from . import induction  # noqa: F401
+from . import positional  # noqa: F401
+from . import attention_sink  # noqa: F401
 # --- text, long-context and task detectors (rare_words, subword_merge, syntactic, retrieval, constant, single_letter, mover)
+from . import rare_words  # noqa: F401
+from . import subword_merge  # noqa: F401
+from . import syntactic  # noqa: F401
+from . import retrieval  # noqa: F401
+from . import mcqa  # noqa: F401  (registers constant and single_letter)
+from . import mover  # noqa: F401
 
 __all__ = ["STAGES", "Detector", "DetectorResult", "ScanConfig", "all_detectors", "get", "label_heads", "names",
            "register", "skipped_result"]

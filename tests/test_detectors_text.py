@@ -1,0 +1,296 @@
+"""Text, task and long-context detectors: planted synthetic patterns (level 1), end-to-end runs
+on tiny models, clear refusals where a tokenizer cannot express English."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+import headatlas
+from headatlas.detectors import ScanConfig, get, label_heads
+from headatlas.detectors.mcqa import evenness, fixed_letter
+from headatlas.detectors.mover import ioi_spans
+from headatlas.detectors.rare_words import rare_word_items
+from headatlas.detectors.spans import SpanSet, paired_stats, span_mass
+from headatlas.detectors.subword_merge import subword_items
+from headatlas.detectors.syntactic import candidate_spans, fixed_offset_baseline, relation_scores, top_word_correct
+from headatlas.errors import InputError
+from headatlas.tasks.syntax import Arc
+from headatlas.tasks.text import WordSeq, encode_words, split_words
+
+TEXT_DETECTORS = ("rare_words", "subword_merge", "syntactic", "retrieval", "constant", "single_letter", "mover")
+
+
+def _seq(sizes: list[int], words: list[str] | None = None) -> WordSeq:
+    """A fake encoded text whose word ``i`` has ``sizes[i]`` tokens (ids are 10, 11, ...)."""
+    spans, pos = [], 0
+    for s in sizes:
+        spans.append((pos, pos + s))
+        pos += s
+    words = words or [f"w{i}" for i in range(len(sizes))]
+    return WordSeq(tuple(range(10, 10 + pos)), tuple(words), tuple(spans))
+
+
+def _uniform(B: int, H: int, S: int) -> torch.Tensor:
+    causal = torch.tril(torch.ones(S, S))
+    return (causal / causal.sum(-1, keepdim=True)).expand(B, H, S, S).clone()
+
+
+def _plant(pattern: torch.Tensor, head: int, spans: SpanSet) -> torch.Tensor:
+    """Make ``head`` put all of each span's query attention evenly on that span's keys."""
+    p = pattern.clone()
+    for item in range(spans.n_items):
+        sel = spans.item == item
+        if not sel.any():
+            continue
+        r, q = int(spans.row[sel][0]), int(spans.query[sel][0])
+        p[r, head, q] = 0
+        p[r, head, q, spans.key[sel]] = 1.0 / int(sel.sum())
+    return p
+
+
+# ---------------------------------------------------------------- shared helpers
+
+
+def test_span_mass_sums_and_never_mutates():
+    g = torch.Generator().manual_seed(0)
+    p = torch.rand(2, 3, 5, 5, generator=g)
+    before = p.clone()
+    spans = SpanSet.build([(0, 0, 4, 1), (0, 0, 4, 2), (1, 1, 3, 0)], 2)
+    out = span_mass(p, spans)
+    assert torch.equal(p, before)
+    assert torch.allclose(out[0], p[0, :, 4, 1] + p[0, :, 4, 2])
+    assert torch.allclose(out[1], p[1, :, 3, 0])
+    with pytest.raises(ValueError):
+        span_mass(p, SpanSet.build([(0, 0, 9, 1)], 1))
+
+
+def test_paired_stats_is_a_paired_z():
+    t = np.array([[0.5, 0.1], [0.7, 0.1], [0.6, 0.2]])
+    c = np.array([[0.1, 0.1], [0.1, 0.1], [0.2, 0.2]])
+    score, null, se = paired_stats(t, c)
+    assert np.allclose(score, t.mean(0)) and np.allclose(null, c.mean(0))
+    assert se[1] == 0.0 and se[0] > 0
+
+
+def test_split_words_and_encode_words_spans():
+    assert split_words("The dog barked. Then, it slept!") == ["The", "dog", "barked", ".", "Then", ",", "it", "slept", "!"]
+
+    class Chars:  # one token per character
+        def encode(self, text, add_special_tokens=False):
+            return [ord(c) for c in text]
+
+    s = encode_words(Chars(), ["ab", "c", "."])
+    assert s.spans == ((0, 2), (2, 4), (4, 5))            # " c" is two tokens, "." has no space
+    assert list(s.ids) == [ord(c) for c in "ab c."]
+
+
+# ---------------------------------------------------------------- rare words
+
+
+def test_rare_words_planted_head_ranks_first():
+    freqs = {"rare": 1.0}
+    words = ["a", "b", "rare", "c", "d", "e", "f", "g"]
+    seqs = [_seq([1, 1, 2, 2, 1, 1, 2, 1], words), _seq([1, 2, 1, 2, 2, 1, 1, 1], ["x", "y", "rare", "z", "u", "v", "s", "t"])]
+    freq = lambda w: freqs.get(w, 6.0)  # noqa: E731
+    target, control, items = rare_word_items(seqs, 1, random.Random(0), freq=freq)
+    assert items and all(it["rare"] == "rare" for it in items)
+    assert all(it["control"] != "rare" for it in items)
+    S = max(len(s) for s in seqs) + 1
+    base = _uniform(2, 3, S)
+    p = _plant(_plant(base, 0, target), 2, control)      # head 0: rare word; head 2: the control word
+    t = span_mass(p, target).numpy()[:, None]
+    c = span_mass(p, control).numpy()[:, None]
+    score, null, se = paired_stats(t, c)
+    assert np.argmax(score[0]) == 0 and score[0, 0] == pytest.approx(1.0)
+    lab = label_heads(score, null, se, min_score=0.2, min_z=4, min_margin=0.1)
+    assert lab == [(0, 0)]
+
+
+def test_rare_words_needs_a_clear_minimum():
+    seqs = [_seq([1] * 8)]
+    target, control, items = rare_word_items(seqs, 0, random.Random(0), freq=lambda w: 5.0)
+    assert items == [] and len(target) == 0
+
+
+# ---------------------------------------------------------------- subword merge
+
+
+def test_subword_merge_planted_head_and_previous_token_head():
+    seqs = [_seq([1, 1, 4, 1, 1, 3, 1, 1, 1, 5, 1])]
+    target, control, n = subword_items(seqs, 1, random.Random(0))
+    assert n == (4 - 2) + (3 - 2) + (5 - 2)
+    S = len(seqs[0]) + 1
+    p = _uniform(1, 3, S)
+    p = _plant(p, 0, target)                               # head 0: earlier pieces of its own word
+    prev = torch.zeros(S, S)
+    prev[torch.arange(1, S), torch.arange(S - 1)] = 1
+    prev[0, 0] = 1
+    p[0, 1] = prev                                         # head 1: previous token
+    t = span_mass(p, target).numpy()[:, None]
+    c = span_mass(p, control).numpy()[:, None]
+    score, null, se = paired_stats(t, c)
+    assert score[0, 0] == pytest.approx(1.0)
+    assert score[0, 1] == 0.0                              # distance >= 2 leaves previous-token heads out
+    assert label_heads(score, null, se, min_score=0.25, min_z=4, min_margin=0.15) == [(0, 0)]
+
+
+# ---------------------------------------------------------------- syntactic
+
+
+def _syntax_fixture():
+    # two sentences: "The big dog saw the cat ." (det, amod, nsubj, det, obj) twice, offsets vary
+    words = ["The", "big", "dog", "saw", "the", "cat", ".", "The", "dog", "quickly", "saw", "a", "cat", "."]
+    seq = _seq([1] * len(words), words)
+    arcs = [Arc(0, 2, "det", 0), Arc(1, 2, "amod", 0), Arc(2, 3, "nsubj", 0), Arc(4, 5, "det", 0), Arc(5, 3, "obj", 0),
+            Arc(7, 8, "det", 7), Arc(8, 10, "nsubj", 7), Arc(9, 10, "advmod", 7), Arc(11, 12, "det", 7),
+            Arc(12, 10, "obj", 7)]
+    return [seq], [arcs]
+
+
+def test_syntactic_planted_head_beats_fixed_offset():
+    seqs, arcs = _syntax_fixture()
+    spans, flat, target, slots = candidate_spans(seqs, arcs, 1)
+    S = len(seqs[0]) + 1
+    p = _uniform(1, 2, S)
+    # head 0 attends from each verb to its subject (one arc per query word: nsubj)
+    for a in flat:
+        if a.relation == "nsubj":
+            q = a.later + 1
+            p[0, 0, q] = 0
+            p[0, 0, q, a.earlier + 1] = 1
+    # head 1 attends to the previous word
+    for q in range(1, S):
+        p[0, 1, q] = 0
+        p[0, 1, q, q - 1] = 1
+    mass = span_mass(p, spans).numpy().reshape(len(flat), slots, 2)
+    n_valid = np.array([a.later - a.sentence_start for a in flat])
+    correct = top_word_correct(mass, n_valid, target)
+    rels = sorted({a.relation for a in flat})
+    base, modes = fixed_offset_baseline(flat, rels)
+    acc, baseline, se = relation_scores(correct, base, np.array([rels.index(a.relation) for a in flat]), len(rels))
+    i = rels.index("nsubj")
+    assert acc[i, 0] == 1.0 and baseline[i] < 1.0          # nsubj offsets differ (1 and 2): baseline 0.5
+    best = (acc - baseline[:, None]).argmax(0)
+    assert best[0] == i
+    # the previous-word head equals the fixed-offset baseline wherever the modal offset is 1
+    for j, r in enumerate(rels):
+        if modes[r] == 1:
+            assert acc[j, 1] == pytest.approx(baseline[j])
+
+
+def test_syntax_templates_are_well_formed(english):
+    from headatlas.tasks.syntax import syntax_rows
+
+    seqs, arcs = syntax_rows(english.tokenizer, 3, 4, seed=1)
+    again, _ = syntax_rows(english.tokenizer, 3, 4, seed=1)
+    assert seqs == again
+    for s, row in zip(seqs, arcs):
+        for a in row:
+            assert a.sentence_start <= a.earlier < a.later < len(s.words)
+
+
+# ---------------------------------------------------------------- constant / single letter
+
+
+def test_mcqa_scores_on_planted_patterns():
+    n, K = 8, 4
+    correct = np.arange(n) % K
+    a = np.zeros((n, K, 4))
+    a[:, :, 0] = 0.2                     # head 0: constant (even over letters, mass 0.8)
+    a[:, 3, 1] = 0.9                     # head 1: always on letter D
+    a[np.arange(n), correct, 2] = 0.9    # head 2: the correct letter
+    a[:, :, 3] = 0.01                    # head 3: barely looks at the letters
+    ev = evenness(a).mean(0)
+    assert np.argmax(ev) == 0 and ev[0] == pytest.approx(0.8)
+    assert ev[1] == pytest.approx(0.0, abs=1e-9) and ev[3] < 0.05
+    means, best, score = fixed_letter(a, correct)
+    assert np.argmax(score) == 1 and best[1] == 3 and score[1] == pytest.approx(0.9)
+    assert score[2] == pytest.approx(0.0)        # correct-letter heads are not single-letter heads
+
+
+def test_mcqa_batch_balanced_and_positions(english):
+    from headatlas.tasks.mcqa import mcqa_batch
+
+    b = mcqa_batch(english.tokenizer, 8, seed=0)
+    assert sorted(b.correct.tolist()) == [0, 0, 1, 1, 2, 2, 3, 3]
+    tok = english.tokenizer
+    for r in range(8):
+        letters = [tok.decode([int(b.ids[r, p])]) for p in b.letter_pos[r]]
+        assert letters == ["A", "B", "C", "D"]
+        assert tok.decode(b.ids[r, : b.final_pos[r] + 1]).endswith("Answer:")
+
+
+# ---------------------------------------------------------------- mover
+
+
+def test_ioi_spans_index_the_names():
+    spans = ioi_spans(torch.tensor([2, 4]), torch.tensor([4, 2]), torch.tensor([7, 7]), 9)
+    assert spans["io"].n_items == 2 and spans["io"].key.tolist() == [2, 4]
+    assert sorted(spans["s"].key.tolist()) == [2, 4, 7, 7]
+
+
+# ---------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def english():
+    from english_tiny import english_tiny_model
+
+    return headatlas.load(english_tiny_model(n_ctx=512), device="cpu")
+
+
+@pytest.mark.parametrize("name", TEXT_DETECTORS)
+def test_toy_tokenizer_refused_with_clear_reason(name):
+    from tiny import tiny_model
+
+    m = headatlas.load(tiny_model("llama"), device="cpu")
+    with pytest.raises(InputError) as err:
+        get(name).run(m, ScanConfig(seed=0, quick=True))
+    msg = str(err.value)
+    assert "English" in msg or "single-token" in msg or "IOI" in msg
+
+
+@pytest.mark.parametrize("name", TEXT_DETECTORS)
+def test_end_to_end_tiny_english_model_reproducible(english, name):
+    cfg = ScanConfig(seed=3, quick=True, options={"min_recall": 0.0})
+    r1 = get(name).run(english, cfg)
+    english._cache.clear()                       # constant/single_letter share a cached forward pass
+    r2 = get(name).run(english, cfg)
+    L, H = english.info.n_layers, english.info.n_heads
+    assert r1.name == name and r1.scores.shape == (L, H)
+    for arr in (r1.scores, r1.null_mean, r1.null_std):
+        assert arr.shape == (L, H) and np.isfinite(arr).all()
+    assert np.array_equal(r1.scores, r2.scores) and np.array_equal(r1.null_mean, r2.null_mean)
+    assert r1.data_description and r1.null_description and r1.n_prompts > 0
+    assert all(0 <= l < L and 0 <= h < H for l, h in r1.labelled)
+    for k, v in r1.extras.items():
+        assert v.shape == (L, H), k
+
+
+def test_constant_and_single_letter_share_one_pass(english):
+    from headatlas.detectors.mcqa import CACHE_KEY
+
+    english._cache.clear()
+    get("constant").run(english, ScanConfig(seed=5, quick=True))
+    assert (CACHE_KEY, 5, 8) in english._cache
+    cached = english._cache[(CACHE_KEY, 5, 8)]
+    get("single_letter").run(english, ScanConfig(seed=5, quick=True))
+    assert english._cache[(CACHE_KEY, 5, 8)] is cached
+
+
+def test_seed_changes_the_data(english):
+    a = get("rare_words").run(english, ScanConfig(seed=0, quick=True))
+    b = get("rare_words").run(english, ScanConfig(seed=1, quick=True))
+    assert not np.array_equal(a.scores, b.scores)
+
+
+def test_short_context_is_refused_or_fitted():
+    from english_tiny import english_tiny_model
+
+    m = headatlas.load(english_tiny_model(n_ctx=48), device="cpu")
+    with pytest.raises(InputError, match="positions|room|haystack"):
+        get("retrieval").run(m, ScanConfig(seed=0, quick=True, options={"min_recall": 0.0}))
