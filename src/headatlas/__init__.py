@@ -4,9 +4,14 @@ from .errors import (AtlasFileError, BundledModelMissingError, HeadAtlasError, I
                      UnsupportedArchitectureError)
 from .instrument import HeadEdit, Taps, instrumented
 from .models import DEFAULT_MODEL, LoadedModel, ModelInfo, bundled_names, load
+from .methods import ablate_heads, patch_heads, patch_heads_by_position, path_patch, steer  # causal methods
 
 __version__ = "0.1.0"
 
-__all__ = ["AtlasFileError", "BundledModelMissingError", "DEFAULT_MODEL", "HeadAtlasError", "HeadEdit", "InputError",
-           "LoadedModel", "ModelInfo", "ModelNotFoundError", "Taps", "UnsupportedArchitectureError", "__version__",
-           "bundled_names", "instrumented", "load"]
+from .atlas import Atlas  # noqa: E402  (after __version__: Atlas records it)
+from .scan import scan  # noqa: E402
+
+__all__ = ["Atlas", "AtlasFileError", "BundledModelMissingError", "DEFAULT_MODEL", "HeadAtlasError", "HeadEdit", "InputError",
+           "LoadedModel", "ModelInfo", "ModelNotFoundError", "Taps", "UnsupportedArchitectureError", "__version__", "ablate_heads",
+           "bundled_names", "instrumented", "load", "patch_heads", "patch_heads_by_position", "path_patch", "scan",
+           "steer"]

@@ -16,6 +16,8 @@ app = typer.Typer(
 def _register_commands() -> None:
     # Each module adds its commands to ``app`` at import.
     from . import info  # noqa: F401
+    from . import methods  # noqa: F401
+    from . import scan  # noqa: F401
 
 
 _register_commands()
