@@ -200,6 +200,15 @@ def test_bfloat16_no_edits_is_exact():
     assert (edited.float() - plain.float()).abs().max() > 0
 
 
+def _greedy_uncached(m, ids, edits, steps):
+    """Greedy decoding by full forwards (no KV cache), the same edits in every step."""
+    seq = ids
+    for _ in range(steps):
+        out, _ = logits(m, seq, edits=edits)
+        seq = torch.cat([seq, out[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return seq
+
+
 def test_generation_with_kv_cache(loaded):
     ids = random_ids(1, 6)
     kw = dict(max_new_tokens=5, do_sample=False, pad_token_id=0)
@@ -213,11 +222,7 @@ def test_generation_with_kv_cache(loaded):
     edit = [zero(1, 2), scale(2, 0, 3.0)]
     with torch.no_grad(), instrumented(loaded, edits=edit):
         cached = loaded.model.generate(ids, **kw)
-    seq = ids
-    for _ in range(5):
-        out, _ = logits(loaded, seq, edits=edit)
-        seq = torch.cat([seq, out[:, -1].argmax(-1, keepdim=True)], dim=1)
-    assert torch.equal(cached, seq)
+    assert torch.equal(cached, _greedy_uncached(loaded, ids, edit, 5))
 
 
 def test_position_edits_during_generation_hit_absolute_positions(loaded):
@@ -226,11 +231,7 @@ def test_position_edits_during_generation_hit_absolute_positions(loaded):
     edit = [scale(0, None, 0.0, positions=[7])]  # a position only reached while decoding
     with torch.no_grad(), instrumented(loaded, edits=edit):
         cached = loaded.model.generate(ids, **kw)
-    seq = ids
-    for _ in range(4):
-        out, _ = logits(loaded, seq, edits=edit)
-        seq = torch.cat([seq, out[:, -1].argmax(-1, keepdim=True)], dim=1)
-    assert torch.equal(cached, seq)
+    assert torch.equal(cached, _greedy_uncached(loaded, ids, edit, 4))
 
 
 def test_bad_edits_get_clear_errors(loaded):
