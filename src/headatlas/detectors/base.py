@@ -18,6 +18,10 @@ if TYPE_CHECKING:
     from ..models import LoadedModel
 
 Stage = Literal["KR", "ICI", "LR", "EP"]
+# Scores are fractions in [0, 1]; a null whose std is below this floor (e.g. a head that never looks at
+# the null keys) cannot make a tiny margin "significant": z uses max(null_std, Z_STD_FLOOR).
+Z_STD_FLOOR = 0.01
+
 STAGES: dict[str, str] = {
     "KR": "Knowledge Recalling",
     "ICI": "In-Context Identification",
@@ -79,15 +83,15 @@ class DetectorResult:
 
     @property
     def z(self) -> np.ndarray:
-        """``(score - null_mean) / null_std`` per head (std floored at 1e-6)."""
-        return (self.scores - self.null_mean) / np.maximum(self.null_std, 1e-6)
+        """``(score - null_mean) / max(null_std, Z_STD_FLOOR)`` per head."""
+        return (self.scores - self.null_mean) / np.maximum(self.null_std, Z_STD_FLOOR)
 
 
 def label_heads(scores: np.ndarray, null_mean: np.ndarray, null_std: np.ndarray, *,
                 min_score: float, min_z: float, min_margin: float = 0.0) -> list[tuple[int, int]]:
     """Heads with ``score >= min_score``, ``z >= min_z`` and ``score - null_mean >= min_margin``,
-    sorted by score (highest first)."""
-    z = (scores - null_mean) / np.maximum(null_std, 1e-6)
+    sorted by score (highest first). ``z`` floors the null std at ``Z_STD_FLOOR``."""
+    z = (scores - null_mean) / np.maximum(null_std, Z_STD_FLOOR)
     ok = (scores >= min_score) & (z >= min_z) & ((scores - null_mean) >= min_margin) & np.isfinite(scores)
     heads = [(int(layer), int(head)) for layer, head in zip(*np.nonzero(ok))]
     return sorted(heads, key=lambda lh: -float(scores[lh]))
