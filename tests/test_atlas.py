@@ -270,3 +270,15 @@ def test_html_escapes_untrusted_text():
     r.data_description = "<script>alert(1)</script>"
     page = a.to_html()
     assert "<script>alert(1)</script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+def test_detectors_outside_the_taxonomy_do_not_place_heads_in_stages(tmp_path):
+    results = [_result("sink", {(0, 0): 0.9, (1, 1): 0.8}), _result("prev", {(1, 1): 0.7})]
+    meta = {"sink": DetectorMeta("sink", "ICI", places_stage=False), "prev": DetectorMeta("prev", "LR")}
+    a = Atlas(MODEL, results, meta)
+    assert a.labelled("sink") == [(0, 0), (1, 1)]          # still labelled, with evidence
+    grid = a.stage_grid()
+    assert grid[0, 0] == "" and grid[1, 1] == "LR"         # but only "prev" places a head
+    a.save(tmp_path / "a.json")
+    assert Atlas.load(tmp_path / "a.json").meta["sink"].places_stage is False
+    assert "do not place a head in a stage" in a.to_html()

@@ -41,11 +41,12 @@ class DetectorMeta:
     summary: str = ""
     citation: str = ""
     version: int = 1
+    places_stage: bool = True
 
     @classmethod
     def from_detector(cls, d: Detector) -> "DetectorMeta":
         return cls(name=d.name, stage=d.stage, method=d.method, summary=d.summary, citation=d.citation,
-                   version=int(d.version))
+                   version=int(d.version), places_stage=bool(d.places_stage))
 
 
 @dataclass(frozen=True)
@@ -175,9 +176,12 @@ class Atlas:
         return HeadView(layer=int(layer), head=int(head), labels=labels, evidence=ev)
 
     def stages(self) -> dict[tuple[int, int], frozenset[str]]:
-        """Per head ``(layer, head)``, the set of stages (KR/ICI/LR/EP) of its labels (empty: unlabelled)."""
+        """Per head ``(layer, head)``, the set of stages (KR/ICI/LR/EP) of its labels (empty: unlabelled).
+        Labels of detectors with ``places_stage=False`` (attention sinks) do not place a head."""
         out: dict[tuple[int, int], set[str]] = {(la, h): set() for la in range(self.n_layers) for h in range(self.n_heads)}
         for name, r in self._results.items():
+            if not self.meta[name].places_stage:
+                continue
             for lh in r.labelled:
                 out[(int(lh[0]), int(lh[1]))].add(self.meta[name].stage)
         return {k: frozenset(v) for k, v in out.items()}

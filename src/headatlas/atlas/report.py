@@ -221,6 +221,10 @@ def render_html(atlas: "Atlas", *, top: int = 5) -> str:
             counts[st] += 1
     legend = " ".join(f"{_stage_badge(s)} {_esc(STAGES.get(s, 'labels from several stages'))}: {counts[s]} heads"
                       for s in STAGE_ORDER[1:])
+    unplaced = [n for n in atlas.detectors if not atlas.meta[n].places_stage]
+    if unplaced:
+        legend += (f"<br><span class='muted'>Labels of {_esc(', '.join(unplaced))} (outside the survey's taxonomy) "
+                   "are reported below but do not place a head in a stage.</span>")
     nav = " ".join(f'<a href="#{_anchor(n)}">{_esc(n)}</a>' for n in atlas.detectors)
     skipped = atlas.skipped()
     skipped_html = ("<ul>" + "".join(f"<li><b>{_esc(n)}</b>: {_esc(why)}</li>" for n, why in skipped.items()) + "</ul>"

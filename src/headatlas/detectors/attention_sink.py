@@ -44,4 +44,5 @@ DETECTOR = register(Detector(
     name="attention_sink", stage="ICI", method="attention-pattern score",
     summary="puts most of its attention on the first token (attention sink / dormant head)",
     citation="Gu et al. 2024, arXiv 2410.10781; Xiao et al. 2023, arXiv 2309.17453", run=run,
+    places_stage=False,  # not in the survey's taxonomy; most heads of real LLMs are sinks
 ))

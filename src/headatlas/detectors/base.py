@@ -116,6 +116,9 @@ class Detector:
     citation: str
     run: Callable[["LoadedModel", ScanConfig], DetectorResult]
     version: int = 1
+    # False for structural patterns outside the survey's taxonomy (attention sinks): their labels are
+    # reported with their evidence but do not place a head in a stage of the stage map.
+    places_stage: bool = True
 
 
 _REGISTRY: dict[str, Detector] = {}
