@@ -7,6 +7,8 @@ Three ways to compute the same map, timed layer by layer in alternation (the mac
 load change hits all three alike):
 - naive: one full forward pass per head, the head's slice of the o_proj input replaced by a plain forward
   pre-hook (what TransformerLens's patching utilities and a hand-written hook loop do);
+- TransformerLens 4.x and nnsight 0.8 themselves, when installed (``pip install transformer-lens==4.3.0
+  nnsight==0.8.1``; not project dependencies), each on its own copy of the model, timed once after the rest;
 - batched: the heads of one layer as batch rows of one full forward pass (RowHeadPatch);
 - headatlas: batched, running only layers l..L-1 from the cached residual stream, last-position logits.
 The numbers must agree (asserted). Floor = (L+1)/(2L) of the naive cost (suffix layers only).
@@ -31,7 +33,9 @@ from headatlas.instrument import RowHeadPatch, instrumented  # noqa: E402
 from headatlas.methods import logit_diff, patching_map  # noqa: E402
 from headatlas.methods.attribution import attribution_deltas  # noqa: E402
 from headatlas.methods.engine import base_run, logits_of, run_rows  # noqa: E402
+from headatlas.models import BUNDLED  # noqa: E402
 from headatlas.tasks.ioi import ioi_batch  # noqa: E402
+from peers import available, nnsight_patch, transformer_lens_patch  # noqa: E402
 
 
 def oproj(m, layer):
@@ -75,6 +79,21 @@ def batched_layer(m, layer, corr, z_clean, met):
     return vals.reshape(H, B).mean(1).tolist()
 
 
+def peer_rows(clean, corr, met, naive: np.ndarray, *, skip: bool) -> list[tuple[str, float | None, str]]:
+    """The same map with TransformerLens and nnsight (each on its own model copy), when installed."""
+    peers = [("TransformerLens 4.3 (`get_act_patch_attn_head_out_all_pos`, bridge)", "transformer_lens",
+              lambda: transformer_lens_patch("smollm2-135m", BUNDLED["smollm2-135m"].hf_id, clean, corr, met)),
+             ("nnsight 0.8 (one trace per head)", "nnsight", lambda: nnsight_patch("smollm2-135m", clean, corr, met))]
+    rows: list[tuple[str, float | None, str]] = []
+    for name, module, run in peers:
+        if skip or not available(module):
+            rows.append((name, None, "skipped" if skip else "not installed here: not run"))
+            continue
+        values, sec = timed(run)
+        rows.append((name, sec, f"{float(np.abs(values - naive).max()):.1e}"))
+    return rows
+
+
 def timed(fn):
     t = time.perf_counter()
     out = fn()
@@ -86,6 +105,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=2)
     ap.add_argument("--docs", action="store_true", help="also write docs/patching.md and its figure")
     ap.add_argument("--docs-prompts", type=int, default=8)
+    ap.add_argument("--no-peers", action="store_true", help="skip TransformerLens and nnsight")
     args = ap.parse_args()
     torch.set_num_threads(2)
     m = headatlas.load("smollm2-135m", device="cpu")
@@ -140,8 +160,8 @@ def main() -> None:
         ("one pass per head (o_proj pre-hook)", t_naive, "0"),
         ("batched heads, full passes", t_batched, f"{diff_batched:.1e}"),
         ("headatlas exact (`patch_heads`)", t_ours, f"{diff_naive:.1e}"),
-        ("TransformerLens 4.3 / nnsight 0.8", None, "not installed here: not run"),
     ]
+    rows += peer_rows(clean, corr, met, naive, skip=args.no_peers)
     lines = [
         "## patching",
         "",

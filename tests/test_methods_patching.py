@@ -171,5 +171,8 @@ def test_clear_errors(loaded):
         patch_heads(m, "t5 t6 t7", "t5 t8 t7", " t3", " t4", direction="sideways")
     with pytest.raises(InputError, match="out of range"):
         patch_heads(m, "t5 t6 t7", "t5 t8 t7", " t3", " t4", positions=[9])
+    too_long = " ".join(["t5"] * (m.info.n_ctx + 1))
+    with pytest.raises(InputError, match="context of 128 positions"):
+        patch_heads(m, too_long, too_long, " t3", " t4")
     vals = patch_heads(m, "t5 t6 t7", "t5 t8 t7", " t3", " t4")  # strings work end to end
     assert vals.shape == (m.info.n_layers, m.info.n_heads)

@@ -27,7 +27,7 @@ def encode(m: LoadedModel, prompts: Prompts, what: str = "prompts") -> torch.Ten
     A tensor is taken as token ids already; strings in one list must tokenize to one length."""
     if isinstance(prompts, torch.Tensor):
         ids = prompts if prompts.dim() == 2 else prompts.reshape(1, -1)
-        return ids.to(device=m.device, dtype=torch.long)
+        return _within_context(m, ids.to(device=m.device, dtype=torch.long), what)
     texts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not texts:
         raise InputError(f"no {what} given")
@@ -37,7 +37,14 @@ def encode(m: LoadedModel, prompts: Prompts, what: str = "prompts") -> torch.Ten
         ids = encode_batch(m.tokenizer, texts)
     except InputError as exc:
         raise InputError(f"{what}: {exc}") from None
-    return ids.to(m.device)
+    return _within_context(m, ids.to(m.device), what)
+
+
+def _within_context(m: LoadedModel, ids: torch.Tensor, what: str) -> torch.Tensor:
+    if ids.shape[1] > m.info.n_ctx:
+        raise InputError(f"{what} are {ids.shape[1]} tokens long, but {m.info.name or 'the model'} has a context "
+                         f"of {m.info.n_ctx} positions; shorten them")
+    return ids
 
 
 def encode_pair(m: LoadedModel, clean: Prompts, corrupted: Prompts) -> tuple[torch.Tensor, torch.Tensor]:
