@@ -31,9 +31,14 @@ def test_smollm2_repeat_loss_drops_and_instrumentation_is_exact(smollm2):
     ids = with_bos(smollm2.tokenizer, torch.cat([block, block], dim=1))
     with torch.no_grad():
         plain = smollm2.model(ids).logits
+        with instrumented(smollm2):
+            untouched = smollm2.model(ids).logits
         with instrumented(smollm2, taps=Taps(reducer=lambda l, p, c: p[..., -1, 0])):
             tapped = smollm2.model(ids).logits
-    assert (plain - tapped).abs().max() < 1e-4
+    assert torch.equal(plain, untouched)  # sdpa path: bit-identical
+    # pattern path (the model's eager attention): float32 reordering over 30 layers only
+    scale = plain.abs().max()
+    assert (plain - tapped).abs().max() <= 1e-4 * scale, ((plain - tapped).abs().max(), scale)
     loss = F.cross_entropy(plain[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")  # [B, S-1]
     first, second = loss[:, 1:50].mean().item(), loss[:, 51:].mean().item()
     assert first > 8 and second < first / 3, (first, second)
