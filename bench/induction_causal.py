@@ -171,7 +171,8 @@ def write_report(model_name: str, results: dict[str, DetectorResult], checks: li
          "the first token of random text: in this model the sink is the default, not the exception."),
         "- Full atlases (all detectors, JSON + HTML) are generated separately with `headatlas scan`.",
     ]
-    path = ROOT / "docs" / "induction_causal.md"
+    suffix = "" if model_name == "smollm2-135m" else "_" + model_name.replace("/", "_")
+    path = ROOT / "docs" / f"induction_causal{suffix}.md"
     path.parent.mkdir(exist_ok=True)
     path.write_text("\n".join(out).rstrip() + "\n")
     return path
