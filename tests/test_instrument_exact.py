@@ -251,3 +251,15 @@ def test_nested_sessions_on_one_model_are_refused(loaded):
         with pytest.raises(headatlas.HeadAtlasError, match="already has an active"):
             with instrumented(loaded):
                 pass
+
+
+def test_recorded_tensors_are_copies_not_aliases(loaded):
+    ids = random_ids(1, 8)
+    with torch.no_grad(), instrumented(loaded, taps=Taps(z=True, qkv=True)) as rec:
+        loaded.model(ids)
+    z, k = rec.z(0), rec.k(0)
+    z_before, k_before = z.clone(), k.clone()
+    with torch.no_grad(), instrumented(loaded, edits=[zero(0, None)]):
+        loaded.model(ids)  # a later run (with in-place edits) must not touch what was recorded
+    assert torch.equal(z, z_before) and torch.equal(k, k_before)
+    assert z.data_ptr() != k.data_ptr()

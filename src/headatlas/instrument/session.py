@@ -152,8 +152,8 @@ class _Session:
         return self.taps.needs_pattern and layer in self.tap_layers
 
     def _keep(self, t: torch.Tensor) -> torch.Tensor:
-        t = t.detach()
-        return t.float() if self.taps.float32 else t.clone()
+        """A detached copy (never an alias: a static KV cache or a later in-place edit would change it)."""
+        return t.detach().to(torch.float32 if self.taps.float32 else t.dtype, copy=True)
 
     def positions(self, layer: int, q_len: int, k_len: int, device: torch.device) -> torch.Tensor:
         """Absolute positions of this call's queries: counted across the calls of this session
