@@ -27,7 +27,7 @@ from ..errors import InputError
 from ..tasks.mcqa import mcqa_batch
 from ..tasks.text import check_english
 from .base import Detector, DetectorResult, ScanConfig, label_heads, register
-from .spans import SpanSet, collect_masses
+from .spans import SpanSet, collect_masses, paired_stats
 
 N_DRAWS = 8
 CONST = dict(min_score=0.3, min_z=4.0, min_margin=0.15)
@@ -63,12 +63,6 @@ def _spans(batch, n_draws: int, rng: random.Random) -> tuple[SpanSet, SpanSet]:
             for j, k in enumerate(sorted(rng.sample(pool, K))):
                 null.append(((d * n + r) * K + j, r, int(batch.final_pos[r]), k))
     return SpanSet.build(letters, n * K), SpanSet.build(null, n_draws * n * K)
-
-
-def _paired(target: np.ndarray, null: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``target [n, ...]``, ``null [n, ...]`` -> (null mean, paired SE)."""
-    d = target - null
-    return null.mean(axis=0), d.std(axis=0, ddof=1) / np.sqrt(len(d))
 
 
 CACHE_KEY = "headatlas.detectors.mcqa"
@@ -118,7 +112,7 @@ def run_constant(model, config: ScanConfig) -> DetectorResult:
     target = evenness(a)                                               # [n, L, H]
     null = np.mean([evenness(x) for x in a_null], axis=0)              # [n, L, H]
     score = target.mean(0)
-    null_mean, null_std = _paired(target, null)
+    _, null_mean, null_std = paired_stats(target, null)
     labelled = label_heads(score, null_mean, null_std, **CONST)
     extras, desc = _common(batch, a)
     return DetectorResult(
@@ -147,7 +141,7 @@ def run_single_letter(model, config: ScanConfig) -> DetectorResult:
     null_mean = np.zeros((L, H))
     null_std = np.zeros((L, H))
     for j in range(K):
-        nm, se = _paired(per_target[j], per_null[j])
+        _, nm, se = paired_stats(per_target[j], per_null[j])
         null_mean = np.where(best == j, nm, null_mean)
         null_std = np.where(best == j, se, null_std)
     labelled = label_heads(score, null_mean, null_std, **SINGLE)
