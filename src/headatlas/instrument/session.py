@@ -36,6 +36,10 @@ class Taps:
     - ``grad``: keep ``z`` attached to the graph with ``retain_grad()``, so ``z.grad`` is set by
       ``backward()`` (attribution patching). Default: detached copies.
     - ``float32``: store detached copies in float32 (default True).
+
+    Recorded tensors stay on the device where their layer ran (a model loaded with ``device_map``
+    may spread its layers over several GPUs); :meth:`Recording.z_all` gathers them onto layer 0's.
+    Edits move their own tensors (patch sources, set values, steering vectors) to the layer's ``z``.
     """
 
     z: bool = False
@@ -117,8 +121,10 @@ class Recording:
         return self._get(self._pattern, layer)
 
     def z_all(self) -> torch.Tensor:
-        """All layers' z stacked: ``[n_layers, batch, seq, n_heads, d_head]``."""
-        return torch.stack([self.z(layer) for layer in range(self.n_layers)])
+        """All layers' z stacked: ``[n_layers, batch, seq, n_heads, d_head]``, on layer 0's device
+        (layers of a model split with ``device_map`` may have run on different devices)."""
+        zs = [self.z(layer) for layer in range(self.n_layers)]
+        return torch.stack([z.to(zs[0].device) for z in zs])
 
     def kv_head(self, head: int) -> int:
         return head // self.group_size

@@ -16,10 +16,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ModelNotFoundError, UnsupportedArchitectureError
+from ..errors import InputError, ModelNotFoundError, UnsupportedArchitectureError
 from .arch import AttentionLayout, check_supported, final_norm, out_proj_weight
 from .bundled import BUNDLED, bundled_names
 from .info import ModelInfo, info_from_config
+from .placement import Placement, check_covers_config, check_placement, dispatch, module_device
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,15 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where inputs go: the input embedding's device (its execution device when accelerate
+        dispatched the model with ``device_map``, so offloaded weights never report ``meta``)."""
+        return module_device(self.model.get_input_embeddings())
+
+    @property
+    def device_map(self) -> dict[str, Any] | None:
+        """The accelerate device map (module name -> device, ``"cpu"`` or ``"disk"``), or None."""
+        return getattr(self.model, "hf_device_map", None)
+
 
     @property
     def dtype(self) -> torch.dtype:
@@ -52,7 +61,13 @@ class LoadedModel:
 
     def W_O(self, layer: int) -> torch.Tensor:
         """Output projection of ``layer`` as ``[n_heads, d_head, d_model]``: head h writes ``z_h @ W_O[h]``."""
-        w = out_proj_weight(self.layout.attention_modules[layer], self.layout.out_proj_name)
+        module = self.layout.attention_modules[layer]
+        w = out_proj_weight(module, self.layout.out_proj_name)
+        if w.device.type == "meta":  # offloaded (device_map with "cpu"/"disk"): a copy on its execution device
+            from accelerate.utils import align_module_device
+
+            with align_module_device(getattr(module, self.layout.out_proj_name)):
+                w = out_proj_weight(module, self.layout.out_proj_name).detach().clone()
         n, d = self.info.n_heads, self.info.d_head
         return w.t().reshape(n, d, -1)
 
@@ -100,14 +115,17 @@ def _gguf_cache_folder(path: Path) -> Path:
     return cache_dir() / "gguf" / f"{path.stem}-{key}"
 
 
-def _from_pretrained(folder: str, *, gguf_file: str | None, dtype: torch.dtype, local_only: bool):
+def _from_pretrained(folder: str, *, gguf_file: str | None, dtype: torch.dtype, local_only: bool,
+                     hf_kw: dict[str, Any] | None = None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kw: dict[str, Any] = {"local_files_only": local_only}
     if gguf_file:
         kw["gguf_file"] = gguf_file
     tok = AutoTokenizer.from_pretrained(folder, **kw)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa", **kw)
+    if hf_kw and "revision" in hf_kw:  # hf_kw: device_map, max_memory, offload_folder, revision (see load)
+        tok = AutoTokenizer.from_pretrained(folder, revision=hf_kw["revision"], **kw)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa", **kw, **(hf_kw or {}))
     return model, tok
 
 
@@ -155,7 +173,8 @@ def _write_cache(model, tok, folder: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _load_from_spec(spec: str, dtype: torch.dtype, use_cache: bool) -> tuple[Any, Any, str]:
+def _load_from_spec(spec: str, dtype: torch.dtype, use_cache: bool,
+                    hf_kw: dict[str, Any] | None = None) -> tuple[Any, Any, str]:
     if spec in BUNDLED:
         path = BUNDLED[spec].locate()
         model, tok = _load_gguf(path, dtype, use_cache)
@@ -168,7 +187,7 @@ def _load_from_spec(spec: str, dtype: torch.dtype, use_cache: bool) -> tuple[Any
         if not (path / "config.json").is_file():
             raise ModelNotFoundError(f"{path} is a folder but holds no config.json: not a Hugging Face model folder")
         try:
-            model, tok = _from_pretrained(str(path), gguf_file=None, dtype=dtype, local_only=True)
+            model, tok = _from_pretrained(str(path), gguf_file=None, dtype=dtype, local_only=True, hf_kw=hf_kw)
         except Exception as exc:
             raise ModelNotFoundError(f"could not load the model folder {path}: {exc}") from exc
         return model, tok, str(path)
@@ -178,7 +197,7 @@ def _load_from_spec(spec: str, dtype: torch.dtype, use_cache: bool) -> tuple[Any
     if "/" not in spec and "-" in spec and spec.split("-")[0] in {n.split("-")[0] for n in bundled_names()}:
         raise ModelNotFoundError(f"unknown bundled model {spec!r}; bundled models: {bundled}")
     try:  # a Hugging Face hub id: works where the hub (or its local cache) is reachable
-        model, tok = _from_pretrained(spec, gguf_file=None, dtype=dtype, local_only=False)
+        model, tok = _from_pretrained(spec, gguf_file=None, dtype=dtype, local_only=False, hf_kw=hf_kw)
     except Exception as exc:
         raise ModelNotFoundError(
             f"could not load {spec!r} as a Hugging Face hub id ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}).\n"
@@ -189,13 +208,22 @@ def _load_from_spec(spec: str, dtype: torch.dtype, use_cache: bool) -> tuple[Any
 
 
 def load(spec: Any = "smollm2-135m", *, device: str | torch.device | None = None,
-         dtype: str | torch.dtype | None = None, cache: bool = True) -> LoadedModel:
+         dtype: str | torch.dtype | None = None, cache: bool = True, device_map: str | dict[str, Any] | None = None,
+         max_memory: dict[int | str, int | str] | None = None, offload_folder: str | os.PathLike | None = None,
+         revision: str | None = None) -> LoadedModel:
     """Load a causal LM for head analysis.
 
     ``spec``: a bundled short name (``"smollm2-135m"``, ``"gemma3-270m"``), a Hugging Face id,
     a local model folder, a path to a ``.gguf`` file, an already loaded ``(model, tokenizer)``
     pair, or a :class:`LoadedModel` (returned as is). ``dtype`` defaults to float32, ``device``
     to CUDA when available. ``cache`` keeps a de-quantized copy of GGUF files for fast reloads.
+
+    Models larger than one device (see ``models/placement.py``): ``device_map="auto"`` (or
+    ``"balanced"``, ``"balanced_low_0"``, ``"sequential"``, or a dict of module name -> GPU index,
+    ``"cpu"`` or ``"disk"``) places the modules through accelerate, within ``max_memory`` (e.g.
+    ``{0: "70GiB", 1: "70GiB", "cpu": "200GiB"}``); ``"disk"`` modules are read from
+    ``offload_folder``. Then ``device`` must stay None and :attr:`LoadedModel.device` is the input
+    embedding's device. ``revision`` (a branch, tag or commit) applies to Hugging Face hub ids.
 
     >>> m = load("smollm2-135m")          # doctest: +SKIP
     >>> m.info.n_layers, m.info.n_heads   # doctest: +SKIP
@@ -204,7 +232,11 @@ def load(spec: Any = "smollm2-135m", *, device: str | torch.device | None = None
     if isinstance(spec, LoadedModel):
         return spec
     torch_dtype = _resolve_dtype(dtype)
+    placement = check_placement(device_map, max_memory, offload_folder, device)
+    hf_kw = {**placement.from_pretrained_kwargs(), **_check_revision(spec, revision)}
     dev = _resolve_device(device)
+    if isinstance(placement.device_map, dict) and isinstance(spec, (str, os.PathLike)) and str(spec) not in BUNDLED:
+        check_covers_config(os.fspath(spec), placement.device_map, revision=revision)  # before loading any weights
     if isinstance(spec, tuple):
         if len(spec) != 2 or not isinstance(spec[0], nn.Module):
             raise TypeError("load((model, tokenizer)) expects a (PreTrainedModel, tokenizer) pair")
@@ -213,11 +245,11 @@ def load(spec: Any = "smollm2-135m", *, device: str | torch.device | None = None
         if dtype is not None:
             model = model.to(torch_dtype)
     elif isinstance(spec, (str, os.PathLike)):
-        model, tok, name = _load_from_spec(str(spec), torch_dtype, cache)
+        model, tok, name = _load_from_spec(str(spec), torch_dtype, cache, hf_kw=hf_kw)
     else:
         raise TypeError(f"cannot load a model from {type(spec).__name__}; pass a name, a path or (model, tokenizer)")
     layout = check_supported(model)
-    model = model.to(dev)
+    model, dev = _place(model, placement, torch_dtype, dev, device)
     model.eval()
     info = info_from_config(model.config, name=name, dtype=str(next(model.parameters()).dtype).removeprefix("torch."), device=str(dev))
     if len(layout.attention_modules) != info.n_layers:
@@ -225,3 +257,33 @@ def load(spec: Any = "smollm2-135m", *, device: str | torch.device | None = None
             f"config says {info.n_layers} layers but {len(layout.attention_modules)} attention modules were found"
         )
     return LoadedModel(model=model, tokenizer=tok, info=info, layout=layout, source=name)
+
+
+def _place(model: Any, placement: Placement, dtype: torch.dtype, dev: torch.device,
+           device: Any) -> tuple[Any, torch.device]:
+    """Move ``model`` to ``dev``, or dispatch it by ``placement`` (unless from_pretrained already did).
+    Returns the model and where its inputs go (the input embedding's execution device)."""
+    if placement.active:
+        if not getattr(model, "hf_device_map", None):
+            model = dispatch(model, placement, dtype)
+    elif not (getattr(model, "hf_device_map", None) and device is None):  # a pair dispatched by its owner stays
+        return model.to(dev), dev
+    return model, module_device(model.get_input_embeddings())
+
+
+def _check_revision(spec: Any, revision: Any) -> dict[str, str]:
+    """``revision`` (a branch, tag or commit) applies to Hugging Face hub ids only."""
+    if revision is None:
+        return {}
+    if not isinstance(revision, str) or not revision.strip():
+        raise InputError(f"revision must be a non-empty string (a branch, tag or commit), got {revision!r}")
+    if isinstance(spec, (str, os.PathLike)):
+        text = os.fspath(spec)
+        if text in BUNDLED:
+            raise InputError(f"{text!r} is a bundled model with a single version; drop revision={revision!r} "
+                             "(or @revision)")
+        if Path(text).expanduser().exists() or text.lower().endswith(".gguf") or text.startswith((".", "/", "~")):
+            raise InputError(f"{text!r} is a local path; revision={revision!r} applies to Hugging Face hub ids only: "
+                             "point at the folder of the checkpoint you want instead")
+        return {"revision": revision.strip()}
+    raise InputError(f"revision={revision!r} applies to Hugging Face hub ids only, not to a {type(spec).__name__}")
