@@ -2,8 +2,11 @@
 detectors are tested elsewhere): they let the atlas be tested independently of them.
 
 - ``fake_prev`` (ICI): a real computation: mean attention from position i to i-1 on seeded random
-  tokens, against the mean attention to a random earlier position (the null), via a pattern reducer.
-- ``fake_planted`` (LR) / ``fake_planted_kr`` (KR): scores are an array passed in ``ScanConfig.options``.
+  tokens, against the mean attention to a random earlier position (the matched control), via a pattern
+  reducer; p, q, CI and stability from :mod:`headatlas.stats` (sign-flip null of the per-prompt
+  differences, so ``quick``'s 4 prompts cannot reach q <= 0.05: labels need more prompts).
+- ``fake_planted`` (LR) / ``fake_planted_kr`` (KR): scores are an array passed in ``ScanConfig.options``,
+  tested against null draws N(0, 0.1) per head (a planted 0.9 is labelled, 0 is not).
 - ``fake_skip``: its data cannot fit (InputError) -> a skipped result.
 - ``fake_boom``: a bug (RuntimeError) -> must propagate.
 Each call is counted in ``CALLS`` (resume tests).
@@ -17,8 +20,9 @@ import numpy as np
 import pytest
 import torch
 
+from headatlas import stats
 from headatlas.detectors import base
-from headatlas.detectors.base import Detector, DetectorResult, ScanConfig, label_heads
+from headatlas.detectors.base import Detector, DetectorResult, LabelRule, ScanConfig
 from headatlas.errors import InputError
 from headatlas.instrument import Taps, instrumented
 
@@ -35,8 +39,8 @@ def _prev_run(m, cfg: ScanConfig) -> DetectorResult:
     ids = torch.randint(3, vocab, (n, seq), generator=g)
     # null: for every query i >= 2, one random key in [0, i-2] (not the previous token)
     rand_k = torch.stack([torch.randint(0, max(1, i - 1), (n,), generator=g) for i in range(2, seq)], dim=1)
-    score = np.zeros((L, H))
-    null = np.zeros((L, H, n))
+    prev_pp = np.zeros((L, n, H))
+    null_pp = np.zeros((L, n, H))
     q = torch.arange(2, seq)
     done = 0
     for start in range(0, n, cfg.batch_size):
@@ -53,17 +57,20 @@ def _prev_run(m, cfg: ScanConfig) -> DetectorResult:
             m.model(batch)
         for layer in range(L):
             prev, nul = rec.reduced[layer][0]
-            score[layer] += prev.sum(0).numpy()
-            null[layer, :, start:start + batch.shape[0]] = nul.t().numpy()
+            prev_pp[layer, start:start + batch.shape[0]] = prev.numpy()
+            null_pp[layer, start:start + batch.shape[0]] = nul.numpy()
         done += batch.shape[0]
         cfg.tick(done, n)
-    score /= n
-    null_mean, null_std = null.mean(-1), null.std(-1) + 1e-3
-    labelled = label_heads(score, null_mean, null_std, min_score=0.3, min_z=3.0)
-    return DetectorResult(name="fake_prev", scores=score, null_mean=null_mean, null_std=null_std, labelled=labelled,
-                          min_score=0.3, min_z=3.0, data_description=f"{n} random-token rows of {seq}",
-                          null_description="attention to a random earlier key", n_prompts=n, seed=cfg.seed,
-                          extras={"offset": np.ones((L, H), dtype=np.int64)}, details={"seq": seq})
+    score = prev_pp.mean(1)
+    rule = LabelRule(statistic="attention to the previous token minus attention to a random earlier key",
+                     direction="greater", min_effect=0.1, min_score=0.3)
+    d = prev_pp - null_pp
+    draws = stats.signflip_null(d, 999, rng=stats.rng_for(cfg.seed, "fake_prev:null"))
+    tested = stats.evaluate(d, draws, rule, seed=cfg.seed, salt="fake_prev", scores=score, n_boot=200)
+    return stats.result("fake_prev", tested, scores=score, rule=rule, data_description=f"{n} random-token rows of {seq}",
+                        null_description="attention to a random earlier key (sign-flip null of the paired differences)",
+                        n_prompts=n, seed=cfg.seed, extras={"offset": np.ones((L, H), dtype=np.int64)},
+                        details={"seq": seq}, null_mean=null_pp.mean(1), null_std=null_pp.std(1))
 
 
 def _planted(name: str):
@@ -71,12 +78,12 @@ def _planted(name: str):
         CALLS[name] += 1
         L, H = m.info.n_layers, m.info.n_heads
         scores = np.asarray(cfg.options.get(name, np.zeros((L, H))), dtype=float)
-        null_mean, null_std = np.zeros((L, H)), np.full((L, H), 0.1)
-        labelled = label_heads(scores, null_mean, null_std, min_score=0.5, min_z=3.0)
-        return DetectorResult(name=name, scores=scores, null_mean=null_mean, null_std=null_std, labelled=labelled,
-                              min_score=0.5, min_z=3.0, data_description="planted array", null_description="zero +- 0.1",
-                              n_prompts=1, seed=cfg.seed, extras={"twice": 2 * scores},
-                              details={"top": tuple(labelled[:1]), "note": "planted"})
+        rule = LabelRule(statistic="planted score", direction="greater", min_effect=0.5)
+        draws = stats.rng_for(cfg.seed, name).normal(0.0, 0.1, size=(999, L, H))
+        tested = stats.evaluate(scores[:, None, :], draws, rule, seed=cfg.seed, salt=name, scores=scores, n_boot=50)
+        return stats.result(name, tested, scores=scores, rule=rule, data_description="planted array",
+                            null_description="N(0, 0.1) draws per head", n_prompts=1, seed=cfg.seed,
+                            extras={"twice": 2 * scores}, details={"top": tuple(tested.labelled[:1]), "note": "planted"})
     return run
 
 
@@ -90,13 +97,16 @@ def _boom(m, cfg):
     raise RuntimeError("a bug inside the detector")
 
 
+_NO_CAUSAL = "a test detector: no behaviour to ablate against"
 FAKES = {
-    "fake_prev": Detector("fake_prev", "ICI", "attention pattern", "attention to the previous token", "test", _prev_run),
-    "fake_planted": Detector("fake_planted", "LR", "planted", "scores passed in options", "test", _planted("fake_planted")),
+    "fake_prev": Detector("fake_prev", "ICI", "attention pattern", "attention to the previous token", "test", _prev_run,
+                          no_causal=_NO_CAUSAL),
+    "fake_planted": Detector("fake_planted", "LR", "planted", "scores passed in options", "test", _planted("fake_planted"),
+                             no_causal=_NO_CAUSAL),
     "fake_planted_kr": Detector("fake_planted_kr", "KR", "planted", "scores passed in options", "test",
-                                _planted("fake_planted_kr")),
-    "fake_skip": Detector("fake_skip", "ICI", "none", "data never fits", "test", _skip),
-    "fake_boom": Detector("fake_boom", "EP", "none", "always fails", "test", _boom),
+                                _planted("fake_planted_kr"), no_causal=_NO_CAUSAL),
+    "fake_skip": Detector("fake_skip", "ICI", "none", "data never fits", "test", _skip, no_causal=_NO_CAUSAL),
+    "fake_boom": Detector("fake_boom", "EP", "none", "always fails", "test", _boom, no_causal=_NO_CAUSAL),
 }
 
 

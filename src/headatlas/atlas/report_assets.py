@@ -6,7 +6,6 @@ from __future__ import annotations
 
 CSS = """
 *{box-sizing:border-box}
-html,body{overflow-x:hidden}
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1200px;color:#222;padding:0 16px;overflow-wrap:anywhere}
 h1{font-size:1.6em;margin-bottom:4px} h2{margin-top:36px;border-bottom:1px solid #ddd;padding-bottom:4px}
 h3{margin:18px 0 6px;font-size:1.05em}
