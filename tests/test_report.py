@@ -67,6 +67,7 @@ def make_report_atlas(s: str = "", *, shared: bool = True) -> Atlas:
                                                "nested": {"k" + s: ["v" + s]}},
               timings={n + s: 1.5 for n in stages} | {"ind" + s: 0.0},
               headatlas_version="0.1.0" + s, created="2026-01-01" + s)
+    a.notes = ["migrated from headatlas.atlas/1" + s]   # Atlas(notes=...) with detector contract v2
     if shared:
         # Atlas.shared_passes arrives with detector contract v2; set it on atlases built before that
         a.shared_passes = {"ind" + s: "reused shared pass 'synthetic' computed by prev" + s}
@@ -108,7 +109,8 @@ def test_every_atlas_string_appears_only_escaped(crafted_html):
     for where in ("prev", "toy", "Toy", "0.1.0", "2026-01-01", "pattern", "paper", "heads", "needs 4096 positions",
                   "attention mass", " data", " null", "cpu", "device", "no behavioural metric for this type",
                   "loss on repeated tokens", "ablate the labelled set", "reused shared pass 'synthetic' computed by prev"
-                  .replace("'", "&#x27;"), "because", "nsubj", "note", "repeated tokens"):
+                  .replace("'", "&#x27;"), "because", "nsubj", "note", "repeated tokens",
+                  "migrated from headatlas.atlas/1"):
         assert where + esc_payload in page, f"{where!r}+payload not found escaped"
     assert "2" + esc_payload in page  # a string-valued detector version
 
@@ -211,7 +213,7 @@ def test_sections_rule_table_causal_and_timings():
 def test_wide_tables_scroll_inside_a_container():
     html = make_report_atlas().to_html()
     assert html.count("<table") == html.count("<div class='scroll'><table")
-    assert "overflow-wrap:anywhere" in html
+    assert "p,li,h1,h2,h3,nav,summary,form{overflow-wrap:anywhere}" in html
 
 
 def test_token_view_helper_limits_and_normalisation():

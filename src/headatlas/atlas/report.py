@@ -529,6 +529,9 @@ def render_html(atlas: "Atlas", *, top: int = 5) -> str:
         stage_map = "<div class='plot' id='stage-map'></div>"
     else:
         stage_map = "<p class='none'>this atlas holds no detector results.</p>"
+    notes = [str(n) for n in (getattr(atlas, "notes", None) or [])]
+    notes_html = ("<div class='notes'><b>Notes</b><ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul></div>"
+                  if notes else "")
     skipped = [d for d in dets if d.skipped]
     skipped_html = ("<ul>" + "".join(f"<li><b>{esc(d.name)}</b>: {esc(d.skipped)}</li>" for d in skipped) + "</ul>"
                     if skipped else "<p class='muted'>none</p>")
@@ -551,6 +554,7 @@ def render_html(atlas: "Atlas", *, top: int = 5) -> str:
 L&lt;layer&gt;H&lt;head&gt;. Every label is a tested claim: the head's score, its null (mean ± std), the effect with a
 95% bootstrap CI over prompts, a permutation p, a Benjamini-Hochberg q over all heads of the detector, its
 stability under prompt resampling, and the detector's causal check.</p>
+{notes_html}
 <nav>{nav}</nav>
 <form id="ha-lookup" class="muted">Head card: <input id="ha-lookup-input" size="8" placeholder="L0H0" aria-label="head">
 <button type="submit">show</button> <span id="ha-lookup-msg"></span> (or click any map cell)</form>

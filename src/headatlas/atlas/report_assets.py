@@ -6,7 +6,9 @@ from __future__ import annotations
 
 CSS = """
 *{box-sizing:border-box}
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1200px;color:#222;padding:0 16px;overflow-wrap:anywhere}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1200px;color:#222;padding:0 16px}
+p,li,h1,h2,h3,nav,summary,form{overflow-wrap:anywhere}
+td,th{overflow-wrap:break-word}
 h1{font-size:1.6em;margin-bottom:4px} h2{margin-top:36px;border-bottom:1px solid #ddd;padding-bottom:4px}
 h3{margin:18px 0 6px;font-size:1.05em}
 .scroll{max-width:100%;overflow-x:auto}
@@ -20,10 +22,11 @@ pre{background:#f7f7f7;padding:8px;overflow:auto;max-height:320px;font-size:.85e
 nav a{margin-right:10px}
 .plot{max-width:100%;overflow-x:auto}
 .rule{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.9em}
-#ha-card{position:fixed;top:12px;right:12px;width:min(560px,calc(100vw - 24px));max-height:calc(100vh - 24px);overflow:auto;
+#ha-card{position:fixed;top:12px;right:12px;width:min(860px,calc(100vw - 24px));max-height:calc(100vh - 24px);overflow:auto;
  background:#fff;border:1px solid #bbb;border-radius:6px;box-shadow:0 4px 18px rgba(0,0,0,.18);padding:10px 14px;z-index:1000}
 #ha-card[hidden]{display:none}
 #ha-card h3{margin-top:4px}
+#ha-card td.causal{min-width:16em}
 #ha-card button.close{float:right}
 .tv{margin:8px 0 16px}
 .tv-tokens{display:flex;flex-wrap:wrap;gap:2px;font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.9em;margin:4px 0}
@@ -96,7 +99,7 @@ JS = r"""
         ctext = (inSet ? "in the ablated set: " : "not in the ablated set; set: ") + c.metric + " change " +
           fmt(c.effect) + " vs random median " + fmt(c.random_median) + ", p " + fmt(c.p_value, 2);
       }
-      tr.appendChild(el("td", ctext));
+      tr.appendChild(el("td", ctext, "causal"));
       t.appendChild(tr);
     });
     wrap.appendChild(t);
