@@ -255,3 +255,23 @@ def test_empty_atlas_renders():
     a = Atlas({"name": "empty", "n_layers": 2, "n_heads": 2}, [], {})
     html = a.to_html()
     assert "holds no detector results" in html and page_data(html)["figures"] == []
+
+
+def test_crafted_atlas_file_renders_inert(tmp_path):
+    """The attack path: a shared atlas.json, tampered with, then loaded and rendered."""
+    from headatlas.errors import AtlasFileError
+
+    payload = PAYLOADS[0] + PAYLOADS[1]
+    path = tmp_path / "atlas.json"
+    make_report_atlas(payload).save(path)
+    doc = json.loads(path.read_text())
+    for entry in doc["detectors"]:
+        entry["meta"]["version"] = payload            # a string where an int belongs
+        entry["result"]["details"]["deep"] = {payload: [payload, {"k": payload}]}
+    path.write_text(json.dumps(doc))
+    try:
+        a = Atlas.load(path)
+    except AtlasFileError:
+        return  # refusing the file is also safe
+    page = _without_plotly(a.to_html())
+    assert not any(p in page for p in PAYLOADS) and page.count("<script") == 3

@@ -217,7 +217,8 @@ def _axes(n_layers: int, n_heads: int) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def _cell(n_layers: int, n_heads: int, width: float = 720.0) -> tuple[int, int]:
-    return int(max(8, min(34, width / max(n_heads, 1)))), int(max(6, min(22, 640 / max(n_layers, 1))))
+    """Cell width and height in pixels: the grid fits ``width`` x 640 px where cells stay legible."""
+    return int(max(5, min(34, width / max(n_heads, 1)))), int(max(6, min(22, 640 / max(n_layers, 1))))
 
 
 def _detector_figure(atlas: "Atlas", d: _Det, scale: float) -> dict[str, Any]:
@@ -254,7 +255,7 @@ def _detector_figure(atlas: "Atlas", d: _Det, scale: float) -> dict[str, Any]:
 def _stage_figure(atlas: "Atlas", heads_by_stage: dict[str, list[tuple[int, int]]], dets: list[_Det]) -> dict[str, Any]:
     L, H = atlas.n_layers, atlas.n_heads
     n = len(STAGE_ORDER)
-    cw, ch = _cell(L, H, width=900.0 / n)
+    cw, ch = _cell(L, H, width=(1000.0 - (n - 1) * 40) / n)
     panel_w = cw * H
     gap = 40
     width = 60 + n * panel_w + (n - 1) * gap + 20

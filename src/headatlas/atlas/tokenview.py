@@ -12,7 +12,9 @@ Format (``result.details["token_view"]``, plain JSON)::
 entries; keys after the query are zero in a causal model). Rows are normalised to sum 1 over the shown
 keys. Values are rounded to 3 decimals to keep the report small.
 
-The report draws the tokens in a row for each head; hovering a token shades every token it attends
+A detector passes its top labelled heads (at most 3) on one of its own prompts, chosen so the
+pattern the head type is about is visible (an induction head on a repeated random sequence, a
+retrieval head on a needle prompt). The report draws the tokens in a row for each head; hovering a token shades every token it attends
 to (circuitsvis-style). :func:`make_token_view` builds the dict from tokens and a ``[heads, q, k]``
 array; :func:`check_token_view` validates one read from an (untrusted) atlas. This module imports
 numpy only (no torch), so detectors and the report can both use it.
