@@ -18,6 +18,7 @@ def _register_commands() -> None:
     from . import info  # noqa: F401
     from . import methods  # noqa: F401
     from . import scan  # noqa: F401
+    from . import sweep  # noqa: F401
 
 
 _register_commands()
