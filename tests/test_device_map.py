@@ -197,3 +197,15 @@ def test_revision_is_for_hub_ids_only(folder):
 
 def test_context_fits(split):
     assert split.info.n_ctx == N_CTX
+
+
+def test_a_scan_of_a_model_with_layers_on_disk_equals_the_plain_scan(folder, plain, tmp_path):
+    # the readout (final norm, unembedding) stays on a device: detectors read its weights directly
+    layers_on_disk = {**SPLIT, "lm_head": "cpu"}
+    m = headatlas.load(folder, device_map=layers_on_disk, offload_folder=tmp_path / "off")
+    assert _offloaded(m)
+    a = headatlas.scan(m, "induction", quick=True, n_prompts=4)
+    b = headatlas.scan(plain, "induction", quick=True, n_prompts=4)
+    assert a.model["fingerprint"] == b.model["fingerprint"]     # offloaded weights are read back for it
+    assert (a.scores("induction") == b.scores("induction")).all()
+    assert a.labelled("induction") == b.labelled("induction")

@@ -80,9 +80,11 @@ def model_fingerprint(m: Any) -> str:
     a strided sample of values (cheap: one pass over the weights, no copies)."""
     import torch
 
+    from .models.placement import named_weights
+
     h = hashlib.sha256()
     with torch.no_grad():
-        for name, p in m.model.named_parameters():
+        for name, p in named_weights(m.model):  # offloaded (device_map) weights are read back one module at a time
             flat = p.detach().reshape(-1)
             step = max(1, flat.numel() // 256)
             h.update(f"{name}|{tuple(p.shape)}|{p.dtype}".encode())

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -231,3 +231,26 @@ def module_device(module: nn.Module) -> torch.device:
         if sub is not module and getattr(sub, "_hf_hook", None) is not None:
             return module_device(sub)
     return torch.device("cpu")
+
+
+def named_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """``model.named_parameters()`` (same names, order and de-duplication of tied weights), with
+    offloaded weights (``meta`` between uses) read back through accelerate's hooks one module at a
+    time, so never more than one module's weights are materialised at once."""
+    seen: set[int] = set()
+    for module_name, module in model.named_modules():
+        own = [(n, p) for n, p in module.named_parameters(recurse=False) if id(p) not in seen]
+        seen.update(id(p) for _, p in own)
+        if not own:
+            continue
+        prefix = f"{module_name}." if module_name else ""
+        if any(p.device.type == "meta" for _, p in own) and getattr(module, "_hf_hook", None) is not None:
+            from accelerate.utils import align_module_device
+
+            names = [n for n, _ in own]
+            with align_module_device(module):
+                for name in names:
+                    yield prefix + name, getattr(module, name)
+        else:
+            for name, p in own:
+                yield prefix + name, p
