@@ -13,12 +13,8 @@ import headatlas
 from headatlas.detectors import ScanConfig, get, label_heads
 from headatlas.detectors.mcqa import evenness, fixed_letter
 from headatlas.detectors.mover import ioi_spans
-from headatlas.detectors.rare_words import rare_word_items
 from headatlas.detectors.spans import SpanSet, paired_stats, span_mass
-from headatlas.detectors.subword_merge import subword_items
-from headatlas.detectors.syntactic import candidate_spans, fixed_offset_baseline, relation_scores, top_word_correct
 from headatlas.errors import InputError
-from headatlas.tasks.syntax import Arc
 from headatlas.tasks.text import WordSeq, encode_words, split_words
 
 TEXT_DETECTORS = ("rare_words", "subword_merge", "syntactic", "retrieval", "constant", "single_letter", "mover")
@@ -88,109 +84,9 @@ def test_split_words_and_encode_words_spans():
     assert list(s.ids) == [ord(c) for c in "ab c."]
 
 
-# ---------------------------------------------------------------- rare words
-
-
-def test_rare_words_planted_head_ranks_first():
-    freqs = {"rare": 1.0}
-    words = ["a", "b", "rare", "c", "d", "e", "f", "g"]
-    seqs = [_seq([1, 1, 2, 2, 1, 1, 2, 1], words), _seq([1, 2, 1, 2, 2, 1, 1, 1], ["x", "y", "rare", "z", "u", "v", "s", "t"])]
-    freq = lambda w: freqs.get(w, 6.0)  # noqa: E731
-    target, control, items = rare_word_items(seqs, 1, random.Random(0), freq=freq)
-    assert items and all(it["rare"] == "rare" for it in items)
-    assert all(it["control"] != "rare" for it in items)
-    S = max(len(s) for s in seqs) + 1
-    base = _uniform(2, 3, S)
-    p = _plant(_plant(base, 0, target), 2, control)      # head 0: rare word; head 2: the control word
-    t = span_mass(p, target).numpy()[:, None]
-    c = span_mass(p, control).numpy()[:, None]
-    score, null, se = paired_stats(t, c)
-    assert np.argmax(score[0]) == 0 and score[0, 0] == pytest.approx(1.0)
-    lab = label_heads(score, null, se, min_score=0.2, min_z=4, min_margin=0.1)
-    assert lab == [(0, 0)]
-
-
-def test_rare_words_needs_a_clear_minimum():
-    seqs = [_seq([1] * 8)]
-    target, control, items = rare_word_items(seqs, 0, random.Random(0), freq=lambda w: 5.0)
-    assert items == [] and len(target) == 0
-
-
-# ---------------------------------------------------------------- subword merge
-
-
-def test_subword_merge_planted_head_and_previous_token_head():
-    seqs = [_seq([1, 1, 4, 1, 1, 3, 1, 1, 1, 5, 1])]
-    target, control, n = subword_items(seqs, 1, random.Random(0))
-    assert n == (4 - 2) + (3 - 2) + (5 - 2)
-    S = len(seqs[0]) + 1
-    p = _uniform(1, 3, S)
-    p = _plant(p, 0, target)                               # head 0: earlier pieces of its own word
-    prev = torch.zeros(S, S)
-    prev[torch.arange(1, S), torch.arange(S - 1)] = 1
-    prev[0, 0] = 1
-    p[0, 1] = prev                                         # head 1: previous token
-    t = span_mass(p, target).numpy()[:, None]
-    c = span_mass(p, control).numpy()[:, None]
-    score, null, se = paired_stats(t, c)
-    assert score[0, 0] == pytest.approx(1.0)
-    assert score[0, 1] == 0.0                              # distance >= 2 leaves previous-token heads out
-    assert label_heads(score, null, se, min_score=0.25, min_z=4, min_margin=0.15) == [(0, 0)]
-
-
-# ---------------------------------------------------------------- syntactic
-
-
-def _syntax_fixture():
-    # two sentences: "The big dog saw the cat ." (det, amod, nsubj, det, obj) twice, offsets vary
-    words = ["The", "big", "dog", "saw", "the", "cat", ".", "The", "dog", "quickly", "saw", "a", "cat", "."]
-    seq = _seq([1] * len(words), words)
-    arcs = [Arc(0, 2, "det", 0), Arc(1, 2, "amod", 0), Arc(2, 3, "nsubj", 0), Arc(4, 5, "det", 0), Arc(5, 3, "obj", 0),
-            Arc(7, 8, "det", 7), Arc(8, 10, "nsubj", 7), Arc(9, 10, "advmod", 7), Arc(11, 12, "det", 7),
-            Arc(12, 10, "obj", 7)]
-    return [seq], [arcs]
-
-
-def test_syntactic_planted_head_beats_fixed_offset():
-    seqs, arcs = _syntax_fixture()
-    spans, flat, target, slots = candidate_spans(seqs, arcs, 1)
-    S = len(seqs[0]) + 1
-    p = _uniform(1, 2, S)
-    # head 0 attends from each verb to its subject (one arc per query word: nsubj)
-    for a in flat:
-        if a.relation == "nsubj":
-            q = a.later + 1
-            p[0, 0, q] = 0
-            p[0, 0, q, a.earlier + 1] = 1
-    # head 1 attends to the previous word
-    for q in range(1, S):
-        p[0, 1, q] = 0
-        p[0, 1, q, q - 1] = 1
-    mass = span_mass(p, spans).numpy().reshape(len(flat), slots, 2)
-    n_valid = np.array([a.later - a.sentence_start for a in flat])
-    correct = top_word_correct(mass, n_valid, target)
-    rels = sorted({a.relation for a in flat})
-    base, modes = fixed_offset_baseline(flat, rels)
-    acc, baseline, se = relation_scores(correct, base, np.array([rels.index(a.relation) for a in flat]), len(rels))
-    i = rels.index("nsubj")
-    assert acc[i, 0] == 1.0 and baseline[i] < 1.0          # nsubj offsets differ (1 and 2): baseline 0.5
-    best = (acc - baseline[:, None]).argmax(0)
-    assert best[0] == i
-    # the previous-word head equals the fixed-offset baseline wherever the modal offset is 1
-    for j, r in enumerate(rels):
-        if modes[r] == 1:
-            assert acc[j, 1] == pytest.approx(baseline[j])
-
-
-def test_syntax_templates_are_well_formed(english):
-    from headatlas.tasks.syntax import syntax_rows
-
-    seqs, arcs = syntax_rows(english.tokenizer, 3, 4, seed=1)
-    again, _ = syntax_rows(english.tokenizer, 3, 4, seed=1)
-    assert seqs == again
-    for s, row in zip(seqs, arcs):
-        for a in row:
-            assert a.sentence_start <= a.earlier < a.later < len(s.words)
+# ---------------------------------------------------------------- rare words, subword merge, syntactic
+# (planted-head, random-weight and reproducibility tests: tests/test_rare_words.py,
+# tests/test_subword_merge.py, tests/test_syntactic.py)
 
 
 # ---------------------------------------------------------------- constant / single letter

@@ -67,23 +67,63 @@ def fill(template: dict[str, Any], lexicon: dict[str, list[str]], rng: random.Ra
     return words
 
 
-def syntax_rows(tokenizer: Any, n_rows: int, per_row: int, *, seed: int) -> tuple[list[WordSeq], list[list[Arc]]]:
-    """``n_rows`` rows of ``per_row`` filled template sentences and the arcs of each row."""
+def word_class(template_word: str, classes: dict[str, Any]) -> str:
+    """The class of a template word: its slot's class (``{NOUN}`` -> ``NOUN``), else the literal word's
+    (lower-cased) class, else ``"OTHER"``."""
+    if template_word.startswith("{") and template_word.endswith("}"):
+        return str(classes["slots"].get(template_word[1:-1], "OTHER"))
+    return str(classes["words"].get(template_word.lower(), "OTHER"))
+
+
+@dataclass(frozen=True)
+class SyntaxBatch:
+    """Rows of filled template sentences: ``seqs`` (encoded), ``arcs`` (absolute word indices per row),
+    ``classes`` (the word class of every word of each row) and ``templates`` (template index of each
+    sentence of each row)."""
+
+    seqs: list[WordSeq]
+    arcs: list[list[Arc]]
+    classes: list[tuple[str, ...]]
+    templates: list[tuple[int, ...]]
+
+
+def syntax_batch(tokenizer: Any, n_rows: int, per_row: int, *, seed: int) -> SyntaxBatch:
+    """``n_rows`` rows of ``per_row`` filled template sentences. Templates are dealt from seeded shuffled
+    decks (every template is used once before any is used again), so the designed balance between
+    sentence types (e.g. subject first vs. another noun first) holds in every batch, not only on average."""
     data = syntax_data()
     if n_rows < 1 or per_row < 1:
         raise InputError("syntax_rows needs at least one row of one sentence")
     rng = random.Random(seed)
     templates = data["templates"]
-    seqs, arcs = [], []
+    deck: list[int] = []
+    seqs, arcs, classes, used = [], [], [], []
     for _ in range(n_rows):
         words: list[str] = []
         row_arcs: list[Arc] = []
+        row_cls: list[str] = []
+        row_t: list[int] = []
         for _ in range(per_row):
-            t = rng.choice(templates)
+            if not deck:
+                deck = list(range(len(templates)))
+                rng.shuffle(deck)
+            ti = deck.pop()
+            t = templates[ti]
             start = len(words)
             sent = fill(t, data["lexicon"], rng)
             words.extend(sent)
+            row_cls.extend(word_class(w, data["classes"]) for w in t["words"])
             row_arcs.extend(Arc(start + d, start + h, rel, start) for d, h, rel in t["arcs"])
+            row_t.append(ti)
         seqs.append(encode_words(tokenizer, words))
         arcs.append(row_arcs)
-    return seqs, arcs
+        classes.append(tuple(row_cls))
+        used.append(tuple(row_t))
+    return SyntaxBatch(seqs, arcs, classes, used)
+
+
+def syntax_rows(tokenizer: Any, n_rows: int, per_row: int, *, seed: int) -> tuple[list[WordSeq], list[list[Arc]]]:
+    """``n_rows`` rows of ``per_row`` filled template sentences and the arcs of each row
+    (:func:`syntax_batch` without the word classes)."""
+    b = syntax_batch(tokenizer, n_rows, per_row, seed=seed)
+    return b.seqs, b.arcs
