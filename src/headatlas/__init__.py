@@ -1,18 +1,41 @@
-"""headatlas: map every attention head of a decoder-only LLM to its function."""
+"""headatlas: map every attention head of a decoder-only LLM to its function.
 
-from .errors import (AtlasFileError, BundledModelMissingError, HeadAtlasError, InputError, ModelNotFoundError,
-                     UnsupportedArchitectureError)
-from .instrument import HeadEdit, Taps, instrumented
-from .models import DEFAULT_MODEL, LoadedModel, ModelInfo, bundled_names, load
-from .methods import ablate_heads, patch_heads, patch_heads_by_position, path_patch, steer  # causal methods
+The public names are imported lazily (PEP 562), so ``import headatlas`` is cheap and reading an atlas
+(``headatlas.Atlas.load``) never imports torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-from .atlas import Atlas  # noqa: E402  (after __version__: Atlas records it)
-from .scan import scan  # noqa: E402
-from .sweep import sweep  # noqa: E402  (a callable module too: see sweep.py)
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    "AtlasFileError": ".errors", "BundledModelMissingError": ".errors", "HeadAtlasError": ".errors",
+    "InputError": ".errors", "ModelNotFoundError": ".errors", "UnsupportedArchitectureError": ".errors",
+    "HeadEdit": ".instrument", "Taps": ".instrument", "instrumented": ".instrument",
+    "DEFAULT_MODEL": ".models", "LoadedModel": ".models", "ModelInfo": ".models", "bundled_names": ".models",
+    "load": ".models",
+    "ablate_heads": ".methods", "patch_heads": ".methods", "patch_heads_by_position": ".methods",
+    "path_patch": ".methods", "steer": ".methods",
+    "Atlas": ".atlas", "LabelRule": ".atlas", "CausalCheck": ".atlas",
+    "scan": ".scan",
+    "sweep": ".sweep",
+}
 
-__all__ = ["Atlas", "AtlasFileError", "BundledModelMissingError", "DEFAULT_MODEL", "HeadAtlasError", "HeadEdit", "InputError",
-           "LoadedModel", "ModelInfo", "ModelNotFoundError", "Taps", "UnsupportedArchitectureError", "__version__", "ablate_heads",
-           "bundled_names", "instrumented", "load", "patch_heads", "patch_heads_by_position", "path_patch", "scan",
-           "steer", "sweep"]
+__all__ = sorted([*_EXPORTS, "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'headatlas' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -21,7 +21,8 @@ import numpy as np
 
 from .atlas import Atlas, DetectorMeta, schema
 from .detectors import base as registry
-from .detectors.base import DetectorResult, ScanConfig, skipped_result
+from .atlas.records import PER_HEAD_FIELDS, no_causal_check
+from .detectors.base import DetectorResult, ScanCache, ScanConfig, scan_order, skipped_result
 from .errors import HeadAtlasError, InputError
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,7 @@ def _partial_path(out: Path, name: str) -> Path:
     return out / "partial" / f"{safe}.json"
 
 
-def _load_partial(path: Path, key: str, name: str) -> tuple[DetectorResult, float] | None:
+def _load_partial(path: Path, key: str, name: str) -> tuple[DetectorResult, float, str] | None:
     if not path.is_file():
         return None
     try:
@@ -127,17 +128,16 @@ def _load_partial(path: Path, key: str, name: str) -> tuple[DetectorResult, floa
         result = schema.result_from_dict(doc["result"], str(path))
         if result.name != name:
             return None
-        return result, float(doc.get("seconds", float("nan")))
+        return result, float(doc.get("seconds", float("nan"))), str(doc.get("shared", ""))
     except (HeadAtlasError, KeyError, TypeError, ValueError) as exc:
         log.warning("ignoring unreadable partial result %s (%s); recomputing", path, exc)
         return None
 
 
-def _write_partial(path: Path, key: str, meta: DetectorMeta, result: DetectorResult, seconds: float) -> None:
-    from dataclasses import asdict
-
-    doc = {"schema": schema.PARTIAL_SCHEMA, "key": key, "detector": asdict(meta), "seconds": seconds,
-           "result": schema.result_to_dict(result)}
+def _write_partial(path: Path, key: str, meta: DetectorMeta, result: DetectorResult, seconds: float,
+                   shared: str) -> None:
+    doc = {"schema": schema.PARTIAL_SCHEMA, "key": key, "detector": meta.to_dict(), "seconds": seconds,
+           "shared": shared, "result": schema.result_to_dict(result)}
     schema.atomic_write_text(path, schema.dumps(doc))
 
 
@@ -146,35 +146,59 @@ def _check_result(result: Any, name: str, n_layers: int, n_heads: int) -> Detect
         raise HeadAtlasError(f"detector {name!r} returned {type(result).__name__}, not a DetectorResult")
     if result.name != name:
         raise HeadAtlasError(f"detector {name!r} returned a result named {result.name!r}")
-    for key in ("scores", "null_mean", "null_std"):
+    for key in PER_HEAD_FIELDS:
         shape = np.shape(getattr(result, key))
         if shape != (n_layers, n_heads):
             raise HeadAtlasError(f"detector {name!r} returned {key} of shape {shape}; expected ({n_layers}, {n_heads})")
     return result
 
 
+def _causal(det: registry.Detector, m: Any, config: ScanConfig, result: DetectorResult, enabled: bool):
+    """The detector's causal check on its labels (None when disabled or nothing was labelled)."""
+    if det.causal is None:
+        return no_causal_check(det.no_causal)
+    if not enabled or not result.labelled:
+        return None
+    return det.causal(m, config, result)
+
+
+def _shared_note(det: registry.Detector, cache: ScanCache, name: str) -> str:
+    """"reused shared pass 'x' (computed by y, 3.2 s)" for the passes another detector paid for."""
+    notes = []
+    for p in det.uses:
+        payer = cache.computed_by.get(p.name)
+        if payer and payer != name:
+            notes.append(f"reused shared pass {p.name!r} (computed by {payer}, {cache.seconds.get(p.name, 0.0):.1f} s)")
+        elif payer == name:
+            notes.append(f"computed shared pass {p.name!r} ({cache.seconds.get(p.name, 0.0):.1f} s)")
+    return "; ".join(notes)
+
+
 def scan(model: Any, detectors: str | Sequence[str] | None = None, *, seed: int = 0, quick: bool = False,
          out: str | os.PathLike | None = None, resume: bool = True,
          progress: ScanProgress | ProgressFn | None = None, batch_size: int = 8, n_prompts: int | None = None,
-         options: dict[str, Any] | None = None) -> Atlas:
+         options: dict[str, Any] | None = None, causal: bool = True) -> Atlas:
     """Score every head of ``model`` with each detector and return the :class:`Atlas`.
 
     - ``model``: anything :func:`headatlas.load` accepts (a bundled name, an HF id or folder, a
       ``.gguf`` path, a ``(model, tokenizer)`` pair or a loaded model).
-    - ``detectors``: names (a list or ``"a,b"``); default every registered detector.
+    - ``detectors``: names (a list or ``"a,b"``); default every registered detector. Detectors they
+      ``require`` are added and run first.
     - ``seed``, ``quick``, ``batch_size``, ``n_prompts``, ``options``: passed to each detector in its
       :class:`ScanConfig`.
     - ``out``: a folder; after every detector its result is written to ``out/partial/<name>.json``, at the
       end ``out/atlas.json`` and ``out/atlas.html`` (all atomically). ``resume`` reuses partial results
       computed with the same model, seed, settings and detector version.
     - ``progress``: a :class:`ScanProgress`, or ``fn(name, done, total)``.
+    - ``causal``: run each detector's causal check on its labelled heads (ablation against random head
+      sets on the head type's behaviour); False skips them (faster; the atlas then holds none).
 
     A detector that raises :class:`InputError` (its data does not fit this model) becomes a skipped
     result carrying the reason; any other exception propagates.
     """
     from .models import load
 
-    names = resolve_detectors(detectors)
+    names = scan_order(resolve_detectors(detectors))
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
     if n_prompts is not None and n_prompts < 1:
@@ -183,7 +207,7 @@ def scan(model: Any, detectors: str | Sequence[str] | None = None, *, seed: int 
     prog = progress if isinstance(progress, ScanProgress) else (_CallableProgress(progress) if progress else ScanProgress())
     info = m.info.to_dict()
     fingerprint = model_fingerprint(m)
-    settings = {"quick": bool(quick), "n_prompts": n_prompts, "batch_size": int(batch_size)}
+    settings = {"quick": bool(quick), "n_prompts": n_prompts, "batch_size": int(batch_size), "causal": bool(causal)}
     common_key = {"model": info, "weights": fingerprint, "seed": int(seed), "settings": settings,
                   "options": options or {}, "schema": schema.PARTIAL_SCHEMA}
     out_dir = Path(out) if out is not None else None
@@ -192,29 +216,39 @@ def scan(model: Any, detectors: str | Sequence[str] | None = None, *, seed: int 
     results: dict[str, DetectorResult] = {}
     metas: dict[str, DetectorMeta] = {}
     timings: dict[str, float] = {}
+    shared_notes: dict[str, str] = {}
+    cache = ScanCache()
     for index, name in enumerate(names):
         det = registry.get(name)
         meta = DetectorMeta.from_detector(det)
-        key = digest({**common_key, "detector": name, "version": int(det.version)})
+        key = digest({**common_key, "detector": name, "version": int(det.version), "causal": bool(causal),
+                      "requires": {d: digest([results[d].labelled, results[d].scores]) for d in det.requires
+                                   if d in results}})
         prog.start(name, index, len(names))
         path = _partial_path(out_dir, name) if out_dir is not None else None
         loaded = _load_partial(path, key, name) if (path is not None and resume) else None
         if loaded is not None:
-            result, seconds = loaded
+            result, seconds, shared = loaded
             status = "resumed"
         else:
             config = ScanConfig(seed=int(seed), n_prompts=n_prompts, batch_size=int(batch_size), quick=bool(quick),
                                 progress=lambda done, total, _n=name: prog.update(_n, done, total),
-                                options=dict(options or {}))
+                                options=dict(options or {}), results=dict(results), cache=cache)
+            cache.current = name
             t0 = time.perf_counter()
             try:
                 result = _check_result(det.run(m, config), name, n_layers, n_heads)
             except InputError as exc:
                 result = skipped_result(name, n_layers, n_heads, str(exc), int(seed))
+            if not result.skipped:
+                result.causal = _causal(det, m, config, result, causal)
             seconds = time.perf_counter() - t0
+            shared = _shared_note(det, cache, name)
             status = "done"
             if path is not None:
-                _write_partial(path, key, meta, result, seconds)
+                _write_partial(path, key, meta, result, seconds, shared)
+        if shared:
+            shared_notes[name] = shared
         if result.skipped:
             status = f"skipped: {result.skipped}"
         results[name], metas[name], timings[name] = result, meta, seconds
@@ -223,7 +257,8 @@ def scan(model: Any, detectors: str | Sequence[str] | None = None, *, seed: int 
     model_info = {**info, "fingerprint": fingerprint, "source": m.source}
     if options:
         settings["options"] = sorted(options)   # their names only: values can be large arrays
-    atlas = Atlas(model_info, results, metas, seed=int(seed), settings=settings, timings=timings)
+    atlas = Atlas(model_info, results, metas, seed=int(seed), settings=settings, timings=timings,
+                  shared_passes=shared_notes)
     if out_dir is not None:
         atlas.save(out_dir / "atlas.json")
         atlas.save_html(out_dir / "atlas.html")

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 
-from ..detectors.base import STAGES, Detector, DetectorResult
+from .records import PER_HEAD_FIELDS, STAGES, DetectorResult
 from ..errors import AtlasFileError, InputError
 from . import schema
 
@@ -43,16 +43,29 @@ class DetectorMeta:
     version: int = 1
     places_stage: bool = True
 
+    requires: tuple[str, ...] = ()
+
     @classmethod
-    def from_detector(cls, d: Detector) -> "DetectorMeta":
+    def from_detector(cls, d: Any) -> "DetectorMeta":
+        """From a registered :class:`~headatlas.detectors.base.Detector`."""
         return cls(name=d.name, stage=d.stage, method=d.method, summary=d.summary, citation=d.citation,
-                   version=int(d.version), places_stage=bool(d.places_stage))
+                   version=int(d.version), places_stage=bool(d.places_stage), requires=tuple(d.requires))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "requires": list(self.requires)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DetectorMeta":
+        d = dict(d)
+        d["requires"] = tuple(str(x) for x in d.get("requires", ()))
+        return cls(**d)
 
 
 @dataclass(frozen=True)
 class Evidence:
-    """One detector's numbers for one head: the score, its null, the z-score and whether it is labelled;
-    ``extras`` holds the detector's extra per-head values (e.g. the induction copying score)."""
+    """One detector's numbers for one head: the score, its null (mean, std), the effect with its
+    bootstrap CI, the permutation p, the BH q, the stability under prompt resampling, and whether it
+    is labelled; ``extras`` holds the detector's extra per-head values (e.g. the induction copying score)."""
 
     detector: str
     stage: str
@@ -61,7 +74,12 @@ class Evidence:
     score: float
     null_mean: float
     null_std: float
-    z: float
+    effect: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    q_value: float
+    stability: float
     labelled: bool
     extras: dict[str, float | str] = field(default_factory=dict)
 
@@ -101,7 +119,8 @@ class Atlas:
     def __init__(self, model: dict[str, Any], results: dict[str, DetectorResult] | Iterable[DetectorResult],
                  meta: dict[str, DetectorMeta], *, seed: int = 0, settings: dict[str, Any] | None = None,
                  timings: dict[str, float] | None = None, headatlas_version: str | None = None,
-                 created: str | None = None) -> None:
+                 created: str | None = None, shared_passes: dict[str, str] | None = None,
+                 notes: list[str] | None = None) -> None:
         from .. import __version__
 
         if not isinstance(results, dict):
@@ -122,6 +141,8 @@ class Atlas:
         self.seed = int(seed)
         self.settings = dict(settings or {})
         self.timings = {k: float(v) for k, v in (timings or {}).items()}
+        self.shared_passes = {str(k): str(v) for k, v in (shared_passes or {}).items()}
+        self.notes = [str(n) for n in (notes or [])]
         self.headatlas_version = headatlas_version or __version__
         self.created = created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -146,9 +167,20 @@ class Atlas:
         """``[n_layers, n_heads]`` scores of detector ``name`` (NaN where it was skipped)."""
         return np.array(self.result(name).scores, copy=True)
 
-    def z(self, name: str) -> np.ndarray:
-        """``[n_layers, n_heads]`` z-scores of detector ``name`` against its null."""
-        return self.result(name).z
+    def p_values(self, name: str) -> np.ndarray:
+        """``[n_layers, n_heads]`` permutation p-values of detector ``name``."""
+        return np.array(self.result(name).p_value, copy=True)
+
+    def q_values(self, name: str) -> np.ndarray:
+        """``[n_layers, n_heads]`` Benjamini-Hochberg q-values of detector ``name``."""
+        return np.array(self.result(name).q_value, copy=True)
+
+    def causal(self, name: str) -> dict[str, Any] | None:
+        """The causal check of detector ``name``: ``metric, kind, heads, effect, random_effects, p_value,
+        n_prompts`` (and ``baseline, expected, random_median, description, note``); ``kind == "none"``
+        with a ``note`` where the head type has no behavioural metric; ``None`` where none was run."""
+        c = self.result(name).causal
+        return None if c is None else c.as_mapping()
 
     def labelled(self, name: str) -> list[tuple[int, int]]:
         """Heads that detector ``name`` labelled, best first (``[]``: none found, or skipped)."""
@@ -164,7 +196,9 @@ class Atlas:
         lh = (int(layer), int(head))
         return Evidence(detector=name, stage=self.meta[name].stage, layer=lh[0], head=lh[1],
                         score=float(r.scores[lh]), null_mean=float(r.null_mean[lh]), null_std=float(r.null_std[lh]),
-                        z=float(r.z[lh]), labelled=lh in set(map(tuple, r.labelled)),
+                        effect=float(r.effect[lh]), ci_low=float(r.ci_low[lh]), ci_high=float(r.ci_high[lh]),
+                        p_value=float(r.p_value[lh]), q_value=float(r.q_value[lh]), stability=float(r.stability[lh]),
+                        labelled=lh in set(map(tuple, r.labelled)),
                         extras={k: _scalar(v[lh]) for k, v in r.extras.items() if self._per_head(v)})
 
     def head(self, layer: int, head: int) -> HeadView:
@@ -172,7 +206,7 @@ class Atlas:
         detector's numbers for it (skipped detectors are left out)."""
         self._check_head(layer, head)
         ev = {n: self.evidence(n, layer, head) for n, r in self._results.items() if not r.skipped}
-        labels = sorted((e for e in ev.values() if e.labelled), key=lambda e: -_finite_or(e.z, -math.inf))
+        labels = sorted((e for e in ev.values() if e.labelled), key=lambda e: _finite_or(e.q_value, math.inf))
         return HeadView(layer=int(layer), head=int(head), labels=labels, evidence=ev)
 
     def stages(self) -> dict[tuple[int, int], frozenset[str]]:
@@ -186,8 +220,18 @@ class Atlas:
                 out[(int(lh[0]), int(lh[1]))].add(self.meta[name].stage)
         return {k: frozenset(v) for k, v in out.items()}
 
+    def stage_heads(self) -> dict[str, list[tuple[int, int]]]:
+        """Per stage (KR, ICI, LR, EP), the heads labelled by a detector of that stage; a head labelled
+        in several stages counts in each (sorted by layer, head)."""
+        out: dict[str, set[tuple[int, int]]] = {s: set() for s in STAGES}
+        for lh, stages in self.stages().items():
+            for st in stages:
+                out[st].add(lh)
+        return {s: sorted(v) for s, v in out.items()}
+
     def stage_grid(self) -> np.ndarray:
-        """``[n_layers, n_heads]`` of str: ``""`` (no label), a stage code, or ``"mixed"``."""
+        """``[n_layers, n_heads]`` of str: ``""`` (no label), a stage code, or ``"mixed"`` (several stages;
+        :meth:`stage_heads` counts such a head in each of them)."""
         grid = np.full((self.n_layers, self.n_heads), "", dtype=object)
         for (layer, h), st in self.stages().items():
             grid[layer, h] = next(iter(st)) if len(st) == 1 else (MIXED if st else "")
@@ -198,7 +242,7 @@ class Atlas:
         or all heads with a finite score."""
         r = self.result(name)
         if labelled_only:
-            heads = sorted(map(tuple, r.labelled), key=lambda lh: -_finite_or(float(r.scores[lh]), -math.inf))
+            heads = [tuple(lh) for lh in r.labelled]   # most significant first
         else:
             flat = np.where(np.isfinite(r.scores), r.scores, -np.inf).ravel()
             order = [int(i) for i in np.argsort(-flat, kind="stable") if np.isfinite(flat[i])]
@@ -207,12 +251,14 @@ class Atlas:
 
     # ----- tables -------------------------------------------------------------------------------
     def to_dataframe(self) -> "pd.DataFrame":
-        """One row per head x detector: ``layer, head, head_id, detector, stage, score, null_mean,
-        null_std, z, labelled`` plus one column per extra per-head array (NaN where a detector has
-        no such extra; a name that clashes with a base column is prefixed ``extra_``)."""
+        """One row per head x detector: ``layer, head, head_id, detector, stage, score, null_mean, null_std,
+        effect, ci_low, ci_high, p_value, q_value, stability, labelled`` plus one column per extra per-head
+        array (NaN where a detector has no such extra; a name that clashes with a base column is
+        prefixed ``extra_``)."""
         import pandas as pd
 
-        base = ["layer", "head", "head_id", "detector", "stage", "score", "null_mean", "null_std", "z", "labelled"]
+        base = ["layer", "head", "head_id", "detector", "stage", *PER_HEAD_FIELDS, "labelled"]
+        base[base.index("scores")] = "score"
         layers, heads = np.meshgrid(np.arange(self.n_layers), np.arange(self.n_heads), indexing="ij")
         extra_names: list[str] = []
         for r in self._results.values():
@@ -230,9 +276,10 @@ class Atlas:
                 "layer": layers.ravel(), "head": heads.ravel(),
                 "head_id": [head_name(la, h) for la, h in zip(layers.ravel(), heads.ravel())],
                 "detector": [name] * n, "stage": [self.meta[name].stage] * n,
-                "score": r.scores.astype(float).ravel(), "null_mean": r.null_mean.astype(float).ravel(),
-                "null_std": r.null_std.astype(float).ravel(), "z": r.z.astype(float).ravel(), "labelled": lab.ravel(),
             }
+            for key in PER_HEAD_FIELDS:
+                cols["score" if key == "scores" else key] = np.asarray(getattr(r, key), dtype=float).ravel()
+            cols["labelled"] = lab.ravel()
             for col in extra_names:
                 key = col[len("extra_"):] if col.startswith("extra_") and col[len("extra_"):] in base else col
                 v = r.extras.get(key)
@@ -257,12 +304,18 @@ class Atlas:
             tops = self.top_heads(name, top)
             if not tops:
                 best = self.top_heads(name, 1, labelled_only=False)
-                hint = f" (best {best[0].name}: score {best[0].score:.3g}, z {best[0].z:.3g})" if best else ""
+                hint = (f" (best {best[0].name}: score {best[0].score:.3g}, effect {best[0].effect:.3g}, "
+                        f"p {best[0].p_value:.2g}, q {best[0].q_value:.2g})") if best else ""
                 lines.append(f"  {name} [{m.stage}]: none found{hint}")
                 continue
-            heads = ", ".join(f"{e.name} {e.score:.3g} (null {e.null_mean:.3g}, z {e.z:.3g})" for e in tops)
+            heads = ", ".join(f"{e.name} {e.score:.3g} (null {e.null_mean:.3g}, effect {e.effect:.3g}, q {e.q_value:.2g})"
+                              for e in tops)
             more = len(r.labelled) - len(tops)
             lines.append(f"  {name} [{m.stage}]: {len(r.labelled)} labelled: {heads}" + (f", +{more} more" if more > 0 else ""))
+            c = r.causal
+            if c is not None and c.ran:
+                lines.append(f"    causal ({c.kind} ablation, {c.metric}): {c.effect:+.3g} vs random median "
+                             f"{c.random_median:+.3g} over {len(c.random_effects)} sets, p {c.p_value:.2g}")
         return "\n".join(lines)
 
     def __repr__(self) -> str:
@@ -271,7 +324,7 @@ class Atlas:
 
     # ----- JSON -----------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """The atlas as plain JSON (schema ``headatlas.atlas/1``)."""
+        """The atlas as plain JSON (schema ``headatlas.atlas/2``)."""
         return {
             "schema": schema.SCHEMA,
             "headatlas_version": self.headatlas_version,
@@ -279,35 +332,43 @@ class Atlas:
             "model": schema.encode(self.model),
             "seed": self.seed,
             "settings": schema.encode(self.settings),
-            "detectors": [{"meta": asdict(self.meta[n]), "seconds": schema.encode(self.timings.get(n, math.nan)),
+            "detectors": [{"meta": self.meta[n].to_dict(), "seconds": schema.encode(self.timings.get(n, math.nan)),
+                           "shared": self.shared_passes.get(n, ""),
                            "result": schema.result_to_dict(r)} for n, r in self._results.items()],
+            "notes": list(self.notes),
         }
 
     @classmethod
     def from_dict(cls, doc: Any, source: str = "atlas") -> "Atlas":
         """Inverse of :meth:`to_dict`; :class:`AtlasFileError` on anything malformed."""
-        schema.check_schema(doc, source)
+        major = schema.check_schema(doc, source)
         try:
-            return cls._from_checked_dict(doc, source)
+            return cls._from_checked_dict(doc, source, major)
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
             raise AtlasFileError(f"{source}: malformed atlas ({type(exc).__name__}: {exc})") from None
 
     @classmethod
-    def _from_checked_dict(cls, doc: dict[str, Any], source: str) -> "Atlas":
-        schema._check_keys(doc, ("schema", "headatlas_version", "created", "model", "seed", "settings", "detectors"), source)
+    def _from_checked_dict(cls, doc: dict[str, Any], source: str, major: int) -> "Atlas":
+        top = ("schema", "headatlas_version", "created", "model", "seed", "settings", "detectors")
+        schema._check_keys(doc, top if major == 1 else top + ("notes",), source)
         if not isinstance(doc["detectors"], list):
             raise AtlasFileError(f"{source}: \"detectors\" must be a list")
-        results, meta, timings = {}, {}, {}
+        results, meta, timings, shared = {}, {}, {}, {}
+        notes = [schema.V1_NOTE] if major == 1 else [str(n) for n in doc["notes"]]
         for i, entry in enumerate(doc["detectors"]):
             where = f"{source}: detectors[{i}]"
             if not isinstance(entry, dict):
                 raise AtlasFileError(f"{where}: expected an object")
-            schema._check_keys(entry, ("meta", "seconds", "result"), where)
+            schema._check_keys(entry, ("meta", "seconds", "result") + (() if major == 1 else ("shared",)), where)
             try:
-                m = DetectorMeta(**entry["meta"])
+                m = DetectorMeta.from_dict(entry["meta"])
             except TypeError as exc:
                 raise AtlasFileError(f"{where}: bad detector meta ({exc})") from None
-            r = schema.result_from_dict(entry["result"], where)
+            if m.name in results:
+                raise AtlasFileError(f"{where}: detector {m.name!r} is listed twice")
+            r = schema.result_from_dict(entry["result"], where, major=major)
+            if major != 1 and entry["shared"]:
+                shared[m.name] = str(entry["shared"])
             if r.name != m.name:
                 raise AtlasFileError(f"{where}: result named {r.name!r} under meta {m.name!r}")
             results[m.name], meta[m.name] = r, m
@@ -318,7 +379,8 @@ class Atlas:
         if not isinstance(model, dict) or "n_layers" not in model or "n_heads" not in model:
             raise AtlasFileError(f"{source}: \"model\" must hold n_layers and n_heads")
         return cls(model, results, meta, seed=doc["seed"], settings=schema.decode(doc["settings"]),
-                   timings=timings, headatlas_version=str(doc["headatlas_version"]), created=str(doc["created"]))
+                   timings=timings, headatlas_version=str(doc["headatlas_version"]), created=str(doc["created"]),
+                   shared_passes=shared, notes=notes)
 
     def save(self, path: str | os.PathLike) -> str:
         """Write the atlas as JSON, atomically (temp file + ``os.replace``); returns the path."""
@@ -353,7 +415,7 @@ class Atlas:
 
 def _check_shapes(r: DetectorResult, n_layers: int, n_heads: int) -> None:
     want = (n_layers, n_heads)
-    for key in ("scores", "null_mean", "null_std"):
+    for key in PER_HEAD_FIELDS:
         shape = np.shape(getattr(r, key))
         if shape != want:
             raise ValueError(f"detector {r.name!r}: {key} has shape {shape}, expected [n_layers, n_heads] = {list(want)}")

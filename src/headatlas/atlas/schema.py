@@ -1,4 +1,9 @@
-"""The atlas JSON schema ``headatlas.atlas/1``: lossless, NaN-safe encoding of detector results.
+"""The atlas JSON schema ``headatlas.atlas/2``: lossless, NaN-safe encoding of detector results.
+
+Schema 2 (detector contract v2) stores per head ``effect, ci_low, ci_high, p_value, q_value,
+stability`` beside ``scores, null_mean, null_std``, the label rule as data and the causal check.
+Files written as ``headatlas.atlas/1`` still load: :func:`migrate_result_v1` keeps their scores,
+nulls and labels, marks p/q/CI as unavailable (NaN) and records a note.
 
 Plain JSON has no NaN, infinity, tuples or typed arrays, so values that need them are tagged:
 
@@ -23,11 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from ..detectors.base import DetectorResult
+from .records import PER_HEAD_FIELDS, CausalCheck, DetectorResult, LabelRule
 from ..errors import AtlasFileError
 
 SCHEMA_NAME = "headatlas.atlas"
-SCHEMA_MAJOR = 1
+SCHEMA_MAJOR = 2
 SCHEMA = f"{SCHEMA_NAME}/{SCHEMA_MAJOR}"
 PARTIAL_SCHEMA = f"headatlas.partial/{SCHEMA_MAJOR}"
 
@@ -113,54 +118,89 @@ def _hashable(key: Any) -> Any:
     return tuple(_hashable(k) for k in key) if isinstance(key, (list, tuple)) else key
 
 
-RESULT_KEYS = ("name", "scores", "null_mean", "null_std", "labelled", "min_score", "min_z", "data_description",
-               "null_description", "n_prompts", "seed", "extras", "details", "skipped")
+RESULT_KEYS = ("name", *PER_HEAD_FIELDS, "labelled", "rule", "data_description", "null_description", "n_prompts",
+               "seed", "n_null", "extras", "details", "skipped", "causal")
+RESULT_KEYS_V1 = ("name", "scores", "null_mean", "null_std", "labelled", "min_score", "min_z", "data_description",
+                  "null_description", "n_prompts", "seed", "extras", "details", "skipped")
 
 
 def result_to_dict(r: DetectorResult) -> dict[str, Any]:
     """One :class:`DetectorResult` as plain JSON (every field, extras and details included)."""
-    return {
-        "name": r.name,
-        "scores": encode_array(r.scores),
-        "null_mean": encode_array(r.null_mean),
-        "null_std": encode_array(r.null_std),
+    out: dict[str, Any] = {"name": r.name}
+    for key in PER_HEAD_FIELDS:
+        out[key] = encode_array(np.asarray(getattr(r, key), dtype=float))
+    out.update({
         "labelled": [[int(layer), int(head)] for layer, head in r.labelled],
-        "min_score": encode(float(r.min_score)),
-        "min_z": encode(float(r.min_z)),
+        "rule": r.rule.to_dict(),
         "data_description": r.data_description,
         "null_description": r.null_description,
         "n_prompts": int(r.n_prompts),
         "seed": int(r.seed),
+        "n_null": int(r.n_null),
         "extras": {str(k): encode_array(np.asarray(v)) for k, v in r.extras.items()},
         "details": encode(r.details),
         "skipped": r.skipped,
-    }
+        "causal": None if r.causal is None else r.causal.to_dict(),
+    })
+    return out
 
 
-def result_from_dict(d: Any, where: str = "result") -> DetectorResult:
-    """Inverse of :func:`result_to_dict`; :class:`AtlasFileError` on a malformed entry."""
+def result_from_dict(d: Any, where: str = "result", *, major: int = SCHEMA_MAJOR) -> DetectorResult:
+    """Inverse of :func:`result_to_dict` (``major`` 1 results are migrated); :class:`AtlasFileError` on a
+    malformed entry."""
     if not isinstance(d, dict):
         raise AtlasFileError(f"{where}: expected an object, got {type(d).__name__}")
+    if major == 1:
+        _check_keys(d, RESULT_KEYS_V1, where)
+        d = migrate_result_v1(d)
     _check_keys(d, RESULT_KEYS, where)
     try:
+        arrays = {k: decode_array(d[k]).astype(float) for k in PER_HEAD_FIELDS}
+        shape = arrays["scores"].shape
+        for k, a in arrays.items():
+            if a.shape != shape:
+                raise ValueError(f"{k} has shape {list(a.shape)}, scores {list(shape)}")
         return DetectorResult(
-            name=str(d["name"]),
-            scores=decode_array(d["scores"]),
-            null_mean=decode_array(d["null_mean"]),
-            null_std=decode_array(d["null_std"]),
+            name=str(d["name"]), **arrays,
             labelled=[(int(layer), int(head)) for layer, head in d["labelled"]],
-            min_score=float(decode(d["min_score"])),
-            min_z=float(decode(d["min_z"])),
+            rule=LabelRule.from_dict(d["rule"]),
             data_description=str(d["data_description"]),
             null_description=str(d["null_description"]),
             n_prompts=int(d["n_prompts"]),
             seed=int(d["seed"]),
-            extras={k: decode_array(v) for k, v in d["extras"].items()},
+            n_null=int(d["n_null"]),
+            extras={str(k): decode_array(v) for k, v in d["extras"].items()},
             details=decode(d["details"]),
-            skipped=d["skipped"],
+            skipped=None if d["skipped"] is None else str(d["skipped"]),
+            causal=None if d["causal"] is None else CausalCheck.from_dict(d["causal"]),
         )
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
         raise AtlasFileError(f"{where}: malformed detector result ({type(exc).__name__}: {exc})") from None
+
+
+V1_NOTE = ("migrated from schema headatlas.atlas/1: scores, nulls and labels are kept as they were labelled then "
+           "(score and z cut-offs); p, q, CI and stability were not computed (NaN). Rescan for tested labels.")
+
+
+def migrate_result_v1(d: dict[str, Any]) -> dict[str, Any]:
+    """A schema-1 result as a schema-2 one: effect = score - null mean; p, q, CI, stability NaN; the old
+    cut-offs become the rule's statistic text; ``details["migrated_from"]`` says so."""
+    try:
+        scores = decode_array(d["scores"]).astype(float)
+        null_mean = decode_array(d["null_mean"]).astype(float)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise AtlasFileError(f"malformed schema-1 result ({exc})") from None
+    nan = encode_array(np.full(scores.shape, np.nan))
+    details = dict(d.get("details") or {})
+    details["migrated_from"] = "headatlas.atlas/1"
+    rule = LabelRule(statistic=(f"schema 1 cut-offs: score >= {decode(d['min_score'])} and z >= {decode(d['min_z'])} "
+                                "against the null (no p-values)"))
+    return {"name": d["name"], "scores": d["scores"], "null_mean": d["null_mean"], "null_std": d["null_std"],
+            "effect": encode_array(scores - null_mean), "ci_low": nan, "ci_high": nan, "p_value": nan, "q_value": nan,
+            "stability": nan, "labelled": d["labelled"], "rule": rule.to_dict(),
+            "data_description": d["data_description"], "null_description": d["null_description"],
+            "n_prompts": d["n_prompts"], "seed": d["seed"], "n_null": 0, "extras": d["extras"],
+            "details": details, "skipped": d["skipped"], "causal": None}
 
 
 def _check_keys(d: dict[str, Any], expected: tuple[str, ...], where: str) -> None:
@@ -175,8 +215,8 @@ def _check_keys(d: dict[str, Any], expected: tuple[str, ...], where: str) -> Non
         raise AtlasFileError(f"{where}: {'; '.join(parts)} (schema {SCHEMA})")
 
 
-def check_schema(doc: Any, source: str, *, expected_name: str = SCHEMA_NAME) -> None:
-    """Refuse a document that is not ours, or is from a newer major version."""
+def check_schema(doc: Any, source: str, *, expected_name: str = SCHEMA_NAME) -> int:
+    """Refuse a document that is not ours, or is from a newer major version; return its major version."""
     if not isinstance(doc, dict) or not isinstance(doc.get("schema"), str):
         raise AtlasFileError(f"{source} is JSON but not a headatlas atlas (no \"schema\": \"{expected_name}/N\" field)")
     name, _, major = doc["schema"].partition("/")
@@ -187,6 +227,7 @@ def check_schema(doc: Any, source: str, *, expected_name: str = SCHEMA_NAME) -> 
                              f"({SCHEMA}); upgrade headatlas to read it")
     if int(major) < 1:
         raise AtlasFileError(f"{source}: unknown schema version {doc['schema']!r}")
+    return int(major)
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -1,7 +1,7 @@
 """Head-type detectors. Every detector module registers itself here by being imported."""
 
-from .base import (STAGES, Detector, DetectorResult, ScanConfig, all_detectors, get, label_heads, names, register,
-                   skipped_result)
+from .base import (STAGES, CausalCheck, Detector, DetectorResult, LabelRule, ScanCache, ScanConfig, SharedPass,
+                   all_detectors, get, names, no_causal_check, register, scan_order, skipped_result)
 
 # Detector modules are imported explicitly below, one line each, so the set is visible in one place.
 # --- pattern detectors on random-token data (previous_token, duplicate_token, induction, positional, attention_sink)
@@ -14,9 +14,9 @@ from . import attention_sink  # noqa: F401
 from . import rare_words  # noqa: F401
 from . import subword_merge  # noqa: F401
 from . import syntactic  # noqa: F401
-from . import retrieval  # noqa: F401
-from . import mcqa  # noqa: F401  (registers constant and single_letter)
-from . import mover  # noqa: F401
+# TODO(contract v2 port in progress) from . import retrieval  # noqa: F401
+# TODO(contract v2 port in progress) from . import mcqa  # noqa: F401  (registers constant and single_letter)
+# TODO(contract v2 port in progress) from . import mover  # noqa: F401
 
-__all__ = ["STAGES", "Detector", "DetectorResult", "ScanConfig", "all_detectors", "get", "label_heads", "names",
-           "register", "skipped_result"]
+__all__ = ["STAGES", "CausalCheck", "Detector", "DetectorResult", "LabelRule", "ScanCache", "ScanConfig", "SharedPass",
+           "all_detectors", "get", "names", "no_causal_check", "register", "scan_order", "skipped_result"]

@@ -2,47 +2,57 @@
 
 Score (Gu et al. 2024, arXiv 2410.10781, eps = 0.3): the mean attention on the first token
 (BOS when the tokenizer has one) over queries ``i > W`` of non-repeated random tokens.
-A head is labelled when the score exceeds eps = 0.3 and the null by ``MIN_Z`` std.
 
-Null: the same head's mean attention on each other early key ``1 .. W`` (per prompt and key:
-mean and std): what a single position that is not first gets from this head.
+Effect: per prompt, the first token's attention minus the mean attention on each other early key
+``1 .. W``. Null: the scored key is drawn at random per prompt among keys ``0 .. W`` (what the head
+would score if "first" were any other early position). Label: q <= 0.05, score >= eps = 0.3, effect
+>= 0.2. Causal check: mean-ablating the sink heads changes the loss on natural text, against random
+head sets of the same size.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import Detector, DetectorResult, ScanConfig, label_heads, register
-from .synthetic import mean_std, synthetic_stats
+import numpy as np
+
+from .. import stats
+from .base import Detector, DetectorResult, LabelRule, ScanConfig, register
+from .behaviours import text_loss_check
+from .synthetic import SYNTHETIC, synthetic_stats
 
 if TYPE_CHECKING:
     from ..models import LoadedModel
 
-MIN_SCORE = 0.3   # Gu et al.'s eps
-MIN_Z = 3.0
+EPS = 0.3   # Gu et al.'s eps
+RULE = LabelRule(statistic="attention on the first token minus the mean attention on keys 1..W (mean over prompts)",
+                 direction="greater", min_effect=0.2, min_score=EPS)
 
 
 def run(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
     st = synthetic_stats(m, cfg)
-    first = st.key_mass[..., 0]                            # [L, B, H]
-    scores = first.mean(1)
-    null_mean, null_std = mean_std(st.key_mass[..., 1:], (1, 3))
-    return DetectorResult(
-        name="attention_sink", scores=scores, null_mean=null_mean, null_std=null_std,
-        labelled=label_heads(scores, null_mean, null_std, min_score=MIN_SCORE, min_z=MIN_Z),
-        min_score=MIN_SCORE, min_z=MIN_Z,
+    keys = st.key_mass                                            # [L, B, H, W+1]: keys 0 .. W
+    scores = keys[..., 0].mean(1)
+    contrast = stats.slot_contrast(keys)
+    draws = stats.random_slot_null(contrast, rng=stats.rng_for(cfg.seed, "attention_sink:null"))
+    tested = stats.evaluate(contrast[..., 0], draws, RULE, seed=cfg.seed, salt="attention_sink", scores=scores)
+    others = keys[..., 1:]
+    return stats.result(
+        "attention_sink", tested, scores=scores, rule=RULE,
+        null_mean=np.nanmean(others, axis=(1, 3)), null_std=np.nanstd(others, axis=(1, 3)),
         data_description=f"{st.describe_random()}; queries i > {st.spec.window}",
-        null_description=(f"the head's own mean attention on each other early key 1..{st.spec.window} "
-                          "(mean and std over prompts and keys)"),
+        null_description=(f"null mean/std: the head's attention on each other early key 1..{st.spec.window}; p: the "
+                          f"scored key drawn at random per prompt among keys 0..{st.spec.window} ({tested.n_null} draws)"),
         n_prompts=st.spec.n_prompts, seed=st.spec.seed,
-        extras={"score_std": first.std(1)},
-        details={"eps": MIN_SCORE, "first_token_is_bos": bool(st.batch.start)},
+        extras={"score_std": keys[..., 0].std(1)},
+        details={"eps": EPS, "first_token_is_bos": bool(st.batch.start)},
     )
 
 
 DETECTOR = register(Detector(
     name="attention_sink", stage="ICI", method="attention-pattern score",
     summary="puts most of its attention on the first token (attention sink / dormant head)",
-    citation="Gu et al. 2024, arXiv 2410.10781; Xiao et al. 2023, arXiv 2309.17453", run=run,
+    citation="Gu et al. 2024, arXiv 2410.10781; Xiao et al. 2023, arXiv 2309.17453", run=run, uses=(SYNTHETIC,),
+    causal=text_loss_check,
     places_stage=False,  # not in the survey's taxonomy; most heads of real LLMs are sinks
 ))

@@ -1,43 +1,76 @@
-"""The detector contract: a registered name, a stage, a method family, and a run function that
-scores every head ``[n_layers, n_heads]`` together with a null baseline.
+"""The detector contract (v2): a registered name, a stage, a method family, the detectors it needs,
+the shared passes it uses, a run function that scores every head ``[n_layers, n_heads]`` with a null
+distribution, and a causal check on the behaviour the head type is about.
 
 A detector module defines one :class:`Detector` and calls :func:`register` at import;
-``detectors/__init__.py`` imports every detector module explicitly.
+``detectors/__init__.py`` imports every detector module explicitly. The records a detector returns
+(:class:`DetectorResult`, :class:`LabelRule`, :class:`CausalCheck`) live in :mod:`headatlas.atlas.records`
+and import no torch; the statistics (p, q, CI, stability, labels) come from :mod:`headatlas.stats`.
+How to write or port a detector: docs/detector_contract.md.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable, Generic, Hashable, Mapping, TypeVar
 
-import numpy as np
-
+from ..atlas.records import (STAGES, CausalCheck, DetectorResult, LabelRule, Stage, no_causal_check,
+                             skipped_result)
 from ..errors import InputError
 
 if TYPE_CHECKING:
     from ..models import LoadedModel
 
-Stage = Literal["KR", "ICI", "LR", "EP"]
-# Scores are fractions in [0, 1]; a null whose std is below this floor (e.g. a head that never looks at
-# the null keys) cannot make a tiny margin "significant": z uses max(null_std, Z_STD_FLOOR).
-Z_STD_FLOOR = 0.01
+T = TypeVar("T")
 
-STAGES: dict[str, str] = {
-    "KR": "Knowledge Recalling",
-    "ICI": "In-Context Identification",
-    "LR": "Latent Reasoning",
-    "EP": "Expression Preparation",
-}
+__all__ = ["STAGES", "CausalCheck", "Detector", "DetectorResult", "LabelRule", "ScanCache", "ScanConfig", "SharedPass",
+           "Stage", "all_detectors", "get", "names", "no_causal_check", "register", "scan_order", "skipped_result"]
+
+
+@dataclass(frozen=True)
+class SharedPass(Generic[T]):
+    """Forward passes several detectors share, declared instead of hidden.
+
+    ``compute(model, config) -> T`` runs them; ``key(model, config)`` says which settings the
+    result depends on (two configs with the same key share one computation within a scan).
+    Detectors list the passes they use in ``Detector.uses`` and fetch them with
+    ``config.shared(PASS, model)``; the scan records which detector paid for each pass."""
+
+    name: str
+    compute: Callable[["LoadedModel", "ScanConfig"], T]
+    key: Callable[["LoadedModel", "ScanConfig"], Hashable]
+
+
+@dataclass
+class ScanCache:
+    """The per-scan store of shared passes: ``(pass name, key) -> value``, with who computed each one."""
+
+    values: dict[tuple[str, Hashable], Any] = field(default_factory=dict)
+    computed_by: dict[str, str] = field(default_factory=dict)      # pass name -> detector that paid
+    seconds: dict[str, float] = field(default_factory=dict)        # pass name -> seconds it took
+    current: str = ""                                              # the detector running now
+
+    def get(self, p: SharedPass[T], m: "LoadedModel", cfg: "ScanConfig") -> T:
+        key = (p.name, p.key(m, cfg))
+        if key not in self.values:
+            t0 = time.perf_counter()
+            self.values[key] = p.compute(m, cfg)
+            self.seconds[p.name] = self.seconds.get(p.name, 0.0) + time.perf_counter() - t0
+            self.computed_by.setdefault(p.name, self.current or "(direct call)")
+        return self.values[key]
 
 
 @dataclass(frozen=True)
 class ScanConfig:
-    """Settings shared by every detector in a scan.
+    """Settings shared by every detector in a scan, and what the scan gives a detector.
 
     ``seed`` seeds every generator (runs reproduce exactly); ``n_prompts`` scales the number of
     prompts a detector uses (each detector documents its default); ``batch_size`` caps the rows
     per forward pass; ``progress`` is called as ``progress(done, total)`` by long detectors;
-    ``quick`` asks for the smallest data that still gives a meaningful null (tests, CI).
+    ``quick`` asks for the smallest data that still gives a meaningful null (tests, CI);
+    ``results`` holds the results of the detectors that ran before (those a detector ``requires``
+    are always there); ``cache`` the scan's shared passes (:meth:`shared`).
     """
 
     seed: int = 0
@@ -46,68 +79,44 @@ class ScanConfig:
     quick: bool = False
     progress: Callable[[int, int], None] | None = field(default=None, compare=False)
     options: dict[str, Any] = field(default_factory=dict, compare=False)
+    results: Mapping[str, DetectorResult] = field(default_factory=dict, compare=False)
+    cache: ScanCache = field(default_factory=ScanCache, compare=False, repr=False)
 
     def tick(self, done: int, total: int) -> None:
         if self.progress is not None:
             self.progress(done, total)
 
+    def shared(self, p: SharedPass[T], m: "LoadedModel") -> T:
+        """The value of shared pass ``p`` for this model and these settings (computed once per scan)."""
+        return self.cache.get(p, m, self)
 
-@dataclass
-class DetectorResult:
-    """Scores of every head for one head type, with the evidence behind each label.
-
-    - ``scores``: ``[n_layers, n_heads]`` the detector's score.
-    - ``null_mean``/``null_std``: ``[n_layers, n_heads]`` the same score on null data (shuffled or
-      random-token prompts, or other heads/seeds, as ``null_description`` says).
-    - ``labelled``: heads whose score clears ``min_score`` and the null by ``min_z`` std
-      (``labelled == []`` means "none found", a valid result).
-    - ``extras``: more per-head arrays ``[n_layers, n_heads]`` (e.g. induction copying score,
-      dominant offset) and ``details`` free-form JSON-able facts (prompt counts, lengths, agreement).
-    - ``skipped``: a reason when the detector could not run on this model (then scores are NaN).
-    """
-
-    name: str
-    scores: np.ndarray
-    null_mean: np.ndarray
-    null_std: np.ndarray
-    labelled: list[tuple[int, int]]
-    min_score: float
-    min_z: float
-    data_description: str
-    null_description: str
-    n_prompts: int
-    seed: int
-    extras: dict[str, np.ndarray] = field(default_factory=dict)
-    details: dict[str, Any] = field(default_factory=dict)
-    skipped: str | None = None
-
-    @property
-    def z(self) -> np.ndarray:
-        """``(score - null_mean) / max(null_std, Z_STD_FLOOR)`` per head."""
-        return (self.scores - self.null_mean) / np.maximum(self.null_std, Z_STD_FLOOR)
+    def result(self, name: str) -> DetectorResult:
+        """The result of an earlier detector (declare it in ``requires``)."""
+        try:
+            return self.results[name]
+        except KeyError:
+            raise InputError(f"no result of detector {name!r} is available here; declare it in requires= "
+                             "or run it in the same scan") from None
 
 
-def label_heads(scores: np.ndarray, null_mean: np.ndarray, null_std: np.ndarray, *,
-                min_score: float, min_z: float, min_margin: float = 0.0) -> list[tuple[int, int]]:
-    """Heads with ``score >= min_score``, ``z >= min_z`` and ``score - null_mean >= min_margin``,
-    sorted by score (highest first). ``z`` floors the null std at ``Z_STD_FLOOR``."""
-    z = (scores - null_mean) / np.maximum(null_std, Z_STD_FLOOR)
-    ok = (scores >= min_score) & (z >= min_z) & ((scores - null_mean) >= min_margin) & np.isfinite(scores)
-    heads = [(int(layer), int(head)) for layer, head in zip(*np.nonzero(ok))]
-    return sorted(heads, key=lambda lh: -float(scores[lh]))
-
-
-def skipped_result(name: str, n_layers: int, n_heads: int, reason: str, seed: int) -> DetectorResult:
-    nan = np.full((n_layers, n_heads), np.nan)
-    return DetectorResult(name=name, scores=nan, null_mean=nan.copy(), null_std=nan.copy(), labelled=[],
-                          min_score=float("nan"), min_z=float("nan"), data_description="", null_description="",
-                          n_prompts=0, seed=seed, skipped=reason)
+CausalFn = Callable[["LoadedModel", ScanConfig, DetectorResult], CausalCheck]
 
 
 @dataclass(frozen=True)
 class Detector:
-    """A head type: its registered name, survey stage, method family, one-line summary, citation,
-    and ``run(model, config) -> DetectorResult``."""
+    """A head type.
+
+    - ``name``, ``stage`` (KR/ICI/LR/EP), ``method`` (the survey's method family), ``summary``,
+      ``citation``; ``run(model, config) -> DetectorResult``;
+    - ``requires``: detectors whose results ``run`` reads (``config.result(name)``); the scan runs
+      them first (adding them when they were not asked for);
+    - ``uses``: the shared passes ``run`` fetches (reported with the timings);
+    - ``causal``: ``fn(model, config, result) -> CausalCheck`` ablating the labelled heads against
+      random head sets on the head type's behaviour; or ``no_causal`` — the reason no behavioural
+      metric exists (then the atlas says so);
+    - ``version``: bump when the definition changes (stored in every record; resume keys on it);
+    - ``places_stage``: False for structural patterns outside the survey's taxonomy (sinks).
+    """
 
     name: str
     stage: Stage
@@ -115,9 +124,11 @@ class Detector:
     summary: str
     citation: str
     run: Callable[["LoadedModel", ScanConfig], DetectorResult]
-    version: int = 1
-    # False for structural patterns outside the survey's taxonomy (attention sinks): their labels are
-    # reported with their evidence but do not place a head in a stage of the stage map.
+    requires: tuple[str, ...] = ()
+    uses: tuple[SharedPass[Any], ...] = ()
+    causal: CausalFn | None = None
+    no_causal: str = ""
+    version: int = 2
     places_stage: bool = True
 
 
@@ -125,15 +136,26 @@ _REGISTRY: dict[str, Detector] = {}
 
 
 def register(detector: Detector) -> Detector:
+    if not isinstance(detector, Detector):
+        raise TypeError(f"register() takes a Detector, got {type(detector).__name__}")
     if detector.name in _REGISTRY:
         raise ValueError(f"a detector named {detector.name!r} is already registered")
     if detector.stage not in STAGES:
         raise ValueError(f"unknown stage {detector.stage!r}; use one of {', '.join(STAGES)}")
+    if detector.causal is None and not detector.no_causal:
+        raise ValueError(f"detector {detector.name!r} needs a causal check or a no_causal reason")
     _REGISTRY[detector.name] = detector
     return detector
 
 
+def unregister(name: str) -> None:
+    """Remove a registered detector (tests that register temporary ones)."""
+    _REGISTRY.pop(name, None)
+
+
 def get(name: str) -> Detector:
+    if not isinstance(name, str):
+        raise InputError(f"a detector name must be a string, got {type(name).__name__}")
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -146,3 +168,26 @@ def names() -> tuple[str, ...]:
 
 def all_detectors() -> tuple[Detector, ...]:
     return tuple(_REGISTRY[n] for n in names())
+
+
+def scan_order(requested: list[str]) -> list[str]:
+    """``requested`` plus everything they require, each after its requirements (requested order kept
+    otherwise). InputError on an unknown name or a dependency cycle."""
+    order: list[str] = []
+    visiting: list[str] = []
+
+    def visit(name: str) -> None:
+        if name in order:
+            return
+        if name in visiting:
+            cycle = " -> ".join(visiting[visiting.index(name):] + [name])
+            raise InputError(f"detector dependencies form a cycle: {cycle}")
+        visiting.append(name)
+        for dep in get(name).requires:
+            visit(dep)
+        visiting.pop()
+        order.append(name)
+
+    for n in requested:
+        visit(n)
+    return order

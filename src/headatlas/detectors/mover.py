@@ -28,7 +28,7 @@ from ..errors import InputError
 from ..instrument import Taps, instrumented
 from ..tasks.ioi import TEMPLATES, ioi_batch
 from .base import Detector, DetectorResult, ScanConfig, label_heads, register
-from .ov import capture_final_residual, direct_logit_effect, head_outputs, logit_effects, readout
+from ..methods.dla import capture_final_residual, direct_logit_effect, head_outputs, logit_effects, readout
 from .spans import SpanSet, mass_reducer, paired_stats
 
 MIN_SCORE, MIN_Z, MIN_MARGIN, MIN_COPYING = 0.2, 4.0, 0.1, 1.0

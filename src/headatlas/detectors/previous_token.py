@@ -2,43 +2,51 @@
 
 Score (Olsson et al. 2022; TransformerLens ``previous_token_head`` in "mul" mode): the mean
 attention from query ``i`` to key ``i - 1`` on random tokens, over queries ``i > W`` (``W`` = 8, so
-that the null's offsets never reach BOS). Rows sum to one, so this is the share of *all* the
-head's attention; ``extras["excl_first"]`` is the TransformerLens ``exclude_bos`` variant (the
-share of the non-first-token attention), reported but not used for labels: it turns a dormant
-sink head with a trace of previous-token attention into a perfect score.
+that the compared offsets never reach BOS). Rows sum to one, so this is the share of *all* the
+head's attention; ``extras["excl_first"]`` is the TransformerLens ``exclude_bos`` variant, reported
+but not used for labels.
 
-Null: the same head's attention at the other nearby offsets ``i - 2 .. i - W`` (per prompt and
-offset: mean and std): what the head gives a typical nearby position that is not the previous one.
+Effect: per prompt, the attention on ``i - 1`` minus the mean attention on the other nearby offsets
+``i - 2 .. i - W``; averaged over prompts. Null (permutation of the structure the score depends on):
+per prompt, the scored offset is drawn at random among ``i - 1 .. i - W`` and the same contrast is
+taken: what the head would score if "previous" were any other nearby position.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import Detector, DetectorResult, ScanConfig, label_heads, register
-from .synthetic import mean_std, synthetic_stats
+import numpy as np
+
+from .. import stats
+from .base import Detector, DetectorResult, LabelRule, ScanConfig, register
+from .behaviours import repeat_loss_check
+from .synthetic import SYNTHETIC, synthetic_stats
 
 if TYPE_CHECKING:
     from ..models import LoadedModel
 
-MIN_SCORE = 0.4   # at least 40% of all attention on i-1 (TransformerLens-style cut-offs are 0.4-0.5)
-MIN_Z = 3.0
+RULE = LabelRule(statistic="attention on i-1 minus the mean attention on i-2..i-W (mean over prompts)",
+                 direction="greater", min_effect=0.2)
 
 
 def run(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
     st = synthetic_stats(m, cfg)
-    prev = st.offset_mass[..., 1]                          # [L, B, H]
-    scores = prev.mean(1)
-    null_mean, null_std = mean_std(st.offset_mass[..., 2:], (1, 3))
-    return DetectorResult(
-        name="previous_token", scores=scores, null_mean=null_mean, null_std=null_std,
-        labelled=label_heads(scores, null_mean, null_std, min_score=MIN_SCORE, min_z=MIN_Z),
-        min_score=MIN_SCORE, min_z=MIN_Z,
+    mass = st.offset_mass[..., 1:]                               # [L, B, H, W]: offsets -1 .. -W
+    scores = mass[..., 0].mean(1)
+    contrast = stats.slot_contrast(mass)
+    draws = stats.random_slot_null(contrast, rng=stats.rng_for(cfg.seed, "previous_token:null"))
+    tested = stats.evaluate(contrast[..., 0], draws, RULE, seed=cfg.seed, salt="previous_token", scores=scores)
+    others = mass[..., 1:]
+    return stats.result(
+        "previous_token", tested, scores=scores, rule=RULE,
+        null_mean=np.nanmean(others, axis=(1, 3)), null_std=np.nanstd(others, axis=(1, 3)),
         data_description=f"{st.describe_random()}; queries i > {st.spec.window}",
-        null_description=(f"the head's own mean attention at offsets i-2..i-{st.spec.window} "
-                          "(mean and std over prompts and offsets)"),
+        null_description=(f"null mean/std: the head's attention on offsets i-2..i-{st.spec.window}; p: the same "
+                          f"contrast with the scored offset drawn at random per prompt among i-1..i-{st.spec.window} "
+                          f"({tested.n_null} draws)"),
         n_prompts=st.spec.n_prompts, seed=st.spec.seed,
-        extras={"excl_first": st.prev_excl_first.mean(1), "score_std": prev.std(1)},
+        extras={"excl_first": st.prev_excl_first.mean(1), "score_std": mass[..., 0].std(1)},
         details={"window": st.spec.window, "seq_len": st.batch.seq_len},
     )
 
@@ -46,5 +54,5 @@ def run(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
 DETECTOR = register(Detector(
     name="previous_token", stage="ICI", method="attention-pattern score",
     summary="attends from each token to the token right before it",
-    citation="Olsson et al. 2022, arXiv 2209.11895", run=run,
+    citation="Olsson et al. 2022, arXiv 2209.11895", run=run, uses=(SYNTHETIC,), causal=repeat_loss_check,
 ))

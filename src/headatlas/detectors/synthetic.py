@@ -4,9 +4,9 @@ One batch of ``[BOS] + block * n_repeats`` random-token sequences (:mod:`headatl
 and its non-repeated twin are run once each, with a per-layer pattern reducer (full patterns
 are never kept for all layers). Every statistic is kept per prompt, ``[n_layers, n_prompts,
 n_heads, ...]``, so the detectors can average over prompts and take spreads for their nulls.
-The result is cached on the loaded model per (seed, sizes, dtype, device), so a scan running all
-five pattern detectors does the two passes once. The cache assumes the weights do not change
-in place: after editing weights, use a fresh handle or ``ScanConfig(options={"cache": False})``.
+The passes are a declared :class:`~headatlas.detectors.base.SharedPass` (:data:`SYNTHETIC`): within
+one scan (one :class:`~headatlas.detectors.base.ScanCache`) the five pattern detectors share one
+computation per (seed, sizes, dtype, device); nothing is cached on the model between scans.
 
 Statistics (``W`` = ``window``, offsets counted backwards from the query):
 - on the non-repeated twin (queries ``i > W``): ``offset_mass [.., W+1]`` attention on key ``i - j``;
@@ -32,14 +32,15 @@ import torch
 from ..instrument import Taps, instrumented
 from ..tasks.repeats import RepeatBatch, fit_block_len, repeated_tokens, token_pool
 from ..tasks.vocab import bos_id
-from . import ov, patterns
-from .base import ScanConfig
+from ..methods import dla as ov
+from . import patterns
+from .base import ScanConfig, SharedPass
 
 if TYPE_CHECKING:
     from ..models import LoadedModel
 
-DEFAULT_PROMPTS = 8
-QUICK_PROMPTS = 4
+DEFAULT_PROMPTS = 16   # prompts are the resampling unit of the sign-flip nulls: 2^16 sign patterns
+QUICK_PROMPTS = 12
 BLOCK_LEN = 40
 N_REPEATS = 3
 WINDOW = 8
@@ -173,13 +174,9 @@ def _run_chunk(m: LoadedModel, ids: torch.Tensor, reducer, *, with_z: bool):
     return reduced, rec, (resid[0] if resid else None)
 
 
-def synthetic_stats(m: LoadedModel, cfg: ScanConfig) -> SyntheticStats:
-    """Run (or fetch from the model's cache) the two shared passes for ``cfg``."""
+def compute_synthetic(m: LoadedModel, cfg: ScanConfig) -> SyntheticStats:
+    """Run the two shared passes for ``cfg`` (use :func:`synthetic_stats` to share them within a scan)."""
     spec = spec_for(m, cfg)
-    key = ("headatlas.detectors.synthetic", spec, str(m.dtype), str(m.device))
-    use_cache = bool(cfg.options.get("cache", True))
-    if use_cache and key in m._cache:
-        return m._cache[key]
     g = torch.Generator().manual_seed(spec.seed)
     batch = repeated_tokens(m.tokenizer, spec.n_prompts, spec.block_len, spec.n_repeats, g)
     L = m.info.n_layers
@@ -207,9 +204,17 @@ def synthetic_stats(m: LoadedModel, cfg: ScanConfig) -> SyntheticStats:
         ind=_stack(rep_chunks, "ind", L), ind_null=_stack(null_chunks, "ind_null", L),
         copying=torch.cat(cz, 1).double().numpy(), copying_logit=torch.cat(cl, 1).double().numpy(),
     )
-    if use_cache:
-        m._cache[key] = stats
     return stats
+
+
+SYNTHETIC: SharedPass[SyntheticStats] = SharedPass(
+    name="synthetic", compute=compute_synthetic,
+    key=lambda m, cfg: (spec_for(m, cfg), str(m.dtype), str(m.device)))
+
+
+def synthetic_stats(m: LoadedModel, cfg: ScanConfig) -> SyntheticStats:
+    """The shared random-token passes for ``cfg``, computed once per scan (:data:`SYNTHETIC`)."""
+    return cfg.shared(SYNTHETIC, m)
 
 
 def mean_std(values: np.ndarray, axes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:

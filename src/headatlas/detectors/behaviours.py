@@ -1,0 +1,74 @@
+"""Behavioural metrics for causal checks, shared by detectors whose head types act on the same behaviour.
+
+- :func:`repeat_loss_check`: the next-token loss on the second copy of fresh random-token blocks
+  (``[BOS] + block + block``, seeded apart from the detection data), which induction and
+  previous-token heads serve (Olsson et al. 2022).
+- :func:`text_loss_check`: the next-token loss on the shipped English sentences.
+
+Both ablate the labelled heads and layer-matched random sets (:func:`.causal.ablation_check`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..atlas.records import CausalCheck, DetectorResult
+from ..tasks.repeats import fit_block_len, repeated_tokens, token_pool
+from ..tasks.vocab import bos_id
+from .base import ScanConfig
+from .causal import ablation_check
+
+if TYPE_CHECKING:
+    from ..models import LoadedModel
+
+EVAL_SEED_OFFSET = 1000   # causal-check data never reuses the detection data's seed
+EVAL_BLOCK = 50
+
+
+def _eval_prompts(cfg: ScanConfig) -> int:
+    return 6 if cfg.quick else 8
+
+
+def repeat_loss_check(m: LoadedModel, cfg: ScanConfig, result: DetectorResult, *, kind: str = "mean") -> CausalCheck:
+    """Ablate the labelled heads: does the loss on repeated random tokens rise more than for random heads?"""
+    pool = token_pool(m.tokenizer).numel()
+    block = fit_block_len(pool, m.info.n_ctx, n_repeats=2, want=EVAL_BLOCK, has_bos=bos_id(m.tokenizer) is not None,
+                          minimum=8)
+    g = torch.Generator().manual_seed(int(cfg.seed) + EVAL_SEED_OFFSET)
+    batch = repeated_tokens(m.tokenizer, _eval_prompts(cfg), block, 2, g)
+    ids = batch.ids
+    start = batch.start + block   # first position of the repeat
+
+    def repeat_loss(logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        lp = torch.log_softmax(logits[:, start:-1], -1)
+        tgt = ids[rows][:, start + 1:].to(lp.device)
+        return -lp.gather(-1, tgt[..., None])[..., 0].mean(-1)
+
+    return ablation_check(m, result.labelled, ids, repeat_loss, metric="repeat loss (nats)", expected="increase",
+                          seed=cfg.seed, kind=kind, batch_size=cfg.batch_size,
+                          description=(f"next-token loss on the repeat of {ids.shape[0]} fresh [BOS] + {block} + {block} "
+                                       f"random-token sequences (seed {cfg.seed + EVAL_SEED_OFFSET}), {kind} ablation "
+                                       "over those prompts per position"))
+
+
+def text_loss_check(m: LoadedModel, cfg: ScanConfig, result: DetectorResult, *, kind: str = "mean") -> CausalCheck:
+    """Ablate the labelled heads: does the loss on natural English text rise more than for random heads?"""
+    from ..tasks.text import check_english, encode_text, sentences
+
+    check_english(m.tokenizer)
+    bos = bos_id(m.tokenizer)
+    rows = [encode_text(m.tokenizer, s).ids for s in sentences()[: 4 * _eval_prompts(cfg)]]
+    length = min(len(r) for r in rows)
+    ids = torch.tensor([([bos] if bos is not None else []) + list(r[:length]) for r in rows][: _eval_prompts(cfg) * 2])
+
+    def text_loss(logits: torch.Tensor, rws: torch.Tensor) -> torch.Tensor:
+        lp = torch.log_softmax(logits[:, :-1], -1)
+        tgt = ids[rws][:, 1:].to(lp.device)
+        return -lp.gather(-1, tgt[..., None])[..., 0].mean(-1)
+
+    return ablation_check(m, result.labelled, ids, text_loss, metric="text loss (nats)", expected="increase",
+                          seed=cfg.seed, kind=kind, batch_size=cfg.batch_size,
+                          description=(f"next-token loss on {ids.shape[0]} shipped English sentences cut to {length} "
+                                       f"tokens, {kind} ablation over those sentences per position"))
