@@ -177,20 +177,23 @@ def test_wide_content_scrolls_inside_its_container(browser, tmp_path):
         browser.set_window_size(1280, 1000)
 
 
-def test_smollm2_report_in_the_browser(browser, tmp_path):
+def test_smollm2_report_in_the_browser(browser, smollm2, tmp_path):
+    """The bundled model's report: previous-token and induction heads (quick scan)."""
     import headatlas
 
-    atlas = headatlas.scan("smollm2-135m", ["previous_token", "induction"], quick=True)
+    atlas = headatlas.scan(smollm2, ["previous_token", "induction"], quick=True)
     path = tmp_path / "smollm2.html"
     atlas.save_html(path)
     _open(browser, path)
     assert _console_errors(browser) == []
     assert [u for u in _requests(browser) if not u.startswith(("file:", "data:", "blob:", "about:"))] == []
-    name = next(n for n in atlas.detectors if not atlas.result(n).skipped)
-    anchor = "det-" + name.replace("_", "_")
-    _click_cell(browser, anchor + "-heatmap", 1, 0)
+    assert "0.0 s" not in path.read_text()
+    _click_cell(browser, "det-induction-heatmap", 1, 0)
     hidden, head, text = _card(browser)
-    assert not hidden and head == "L1H0" and "induction" in text
+    assert not hidden and head == "L1H0" and "induction" in text and "previous_token" in text
+    if atlas.labelled("induction"):
+        assert atlas.stage_heads()["LR"], "induction heads must appear under LR"
+    assert browser.execute_script("return document.documentElement.scrollWidth <= document.documentElement.clientWidth")
 
 
 def test_the_harness_would_see_a_payload_run(browser, tmp_path):

@@ -233,7 +233,6 @@ def _detector_figure(atlas: "Atlas", d: _Det, scale: float) -> dict[str, Any]:
              f"<br>p {_fmt(f['p_value'][la, h], 2)}, q {_fmt(f['q_value'][la, h], 2)}, stability "
              f"{_fmt(f['stability'][la, h], 2)}"
              + "".join(f"<br>{esc(k)} {esc(_fmt(v[la, h]))}" for k, v in extras[:6])
-             + "<br><i>click for this head's card</i>"
              for h in range(H)] for la in range(L)]
     trace = {"type": "heatmap", "z": _round(sig), "x": list(range(H)), "y": list(range(L)), "text": text,
              "hovertemplate": "%{text}<extra></extra>", "colorscale": GREYS if d.found_nothing else DIVERGING,
@@ -272,7 +271,7 @@ def _stage_figure(atlas: "Atlas", heads_by_stage: dict[str, list[tuple[int, int]
         z = [[1 if (la, h) in in_stage else 0 for h in range(H)] for la in range(L)]
         text = [[f"<b>{_head(la, h)}</b> · {s}: " + (esc(", ".join(by_head.get((la, h), ["labelled"])))
                                                     if (la, h) in in_stage else "no label in this stage")
-                 + "<br><i>click for this head's card</i>" for h in range(H)] for la in range(L)]
+                 for h in range(H)] for la in range(L)]
         suffix = "" if i == 0 else str(i + 1)
         x0 = (i * (panel_w + gap)) / plot_w
         x1 = min(1.0, x0 + panel_w / plot_w)
@@ -445,7 +444,7 @@ def _detector_section(atlas: "Atlas", d: _Det, figures: list[dict[str, Any]], vi
             sign = -1.0 if c["expected"] == "decrease" else 1.0
             n_beat = sum(sign * c["effect"] > sign * x for x in rand)
             beats = f"; the labelled set's change exceeds {n_beat} of {len(rand)} random sets in the expected direction"
-        parts.append(f"<p>{esc(c['kind'])} ablation of the {len(c['heads'])} labelled heads on {c['n_prompts']} "
+        parts.append(f"<p>{esc(c['kind'])} ablation of the {len(c['heads'])} labelled heads on {esc(c['n_prompts'])} "
                      f"prompts: {_causal_line(c)}{beats}. Expected direction: {esc(c['expected'])}. "
                      f"{esc(c['description'])}</p>")
         if c["note"]:
@@ -566,7 +565,8 @@ stability under prompt resampling, and the detector's causal check.</p>
 <div><h3>Time per detector</h3>{timings}</div></div>
 <h2 id="stage-map-section">Stage map</h2>
 <p>{counts}</p>
-<p class="muted">One panel per stage; a head labelled by detectors of several stages is drawn (and counted) in each.</p>
+<p class="muted">One panel per stage; a head labelled by detectors of several stages is drawn (and counted) in each.
+Click a cell for that head's card.</p>
 {unplaced_html}
 {stage_map}
 <h2 id="top-heads">Top heads per type</h2>
