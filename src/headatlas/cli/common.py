@@ -9,6 +9,7 @@ from typing import Iterator
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from ..errors import HeadAtlasError
 
@@ -17,12 +18,20 @@ console = Console(stderr=True)
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn headatlas errors into one red line and exit code 2 (no traceback)."""
+    """Turn headatlas errors into one red line ``error: ...`` and exit code 2 (no traceback). The message is
+    printed as plain text (never read as rich markup: ``[d_head]`` stays as written) and is not wrapped."""
     try:
         yield
     except HeadAtlasError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
+        print_error(str(exc))
         raise typer.Exit(code=2) from None
+
+
+def print_error(message: str) -> None:
+    """``error: <message>`` on stderr, on one line."""
+    line = Text("error:", style="bold red")
+    line.append(" " + " ".join(message.split()))
+    console.print(line, soft_wrap=True, highlight=False)
 
 
 def quiet_transformers() -> None:

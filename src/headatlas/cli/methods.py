@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -21,15 +22,16 @@ def write_heatmap(values, path: Path, title: str, colorbar: str) -> Path:
     """A layer x head heatmap as a self-contained HTML file (plotly)."""
     import plotly.graph_objects as go
 
+    from ..outdir import atomic_write_text
+
     L, H = values.shape
     fig = go.Figure(go.Heatmap(z=values, x=[f"H{h}" for h in range(H)], y=[f"L{l}" for l in range(L)],
                                colorscale="RdBu", zmid=0, colorbar={"title": colorbar},
                                hovertemplate="L%{y} %{x}: %{z:.4f}<extra></extra>"))
     fig.update_layout(title=title, xaxis_title="head", yaxis_title="layer", height=max(400, 22 * L + 150),
                       yaxis={"autorange": "reversed"})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.write_html(str(path), include_plotlyjs=True)
-    return path
+    html = fig.to_html(include_plotlyjs=True, config={"showSendToCloud": False, "displaylogo": False})
+    return atomic_write_text(path, html, what="heatmap")
 
 
 @app.command("patch")
@@ -45,9 +47,15 @@ def patch_cmd(model: str = MODEL_ARG,
               out: Path = typer.Option(Path("headatlas-out"), help="folder for patching.html and patching.json"),
               device: Optional[str] = typer.Option(None), dtype: Optional[str] = typer.Option(None)) -> None:
     """Patch every head in turn (activation or attribution patching); print the top heads, write a heatmap."""
+    from ..checks import check_choice, check_count
     from ..methods import patching_map
+    from ..outdir import atomic_write_text, prepare_out
 
     with user_errors():
+        check_choice(method, "--method", ("exact", "attribution"))
+        check_choice(direction, "--direction", ("denoise", "noise"))
+        check_count(top, "--top")
+        out = prepare_out(out)  # before the model loads: a bad --out fails at once
         m = load_model(model, device, dtype)
         with Progress(TextColumn("patching"), BarColumn(), TextColumn("{task.completed}/{task.total} runs"),
                       TimeElapsedColumn(), console=console) as bar:
@@ -61,11 +69,14 @@ def patch_cmd(model: str = MODEL_ARG,
         table.add_row(f"L{layer}H{head}", f"{v:+.4f}")
     console.print(f"clean logit diff {pm.clean_metric:+.4f}, corrupted {pm.corrupted_metric:+.4f}")
     console.print(table)
-    html = write_heatmap(pm.values, out / "patching.html", f"{model}: {method} patching ({direction})", label)
-    (out / "patching.json").write_text(json.dumps({
-        "model": model, "method": method, "direction": direction, "normalized": normalize, "metric": pm.metric,
-        "clean_metric": pm.clean_metric, "corrupted_metric": pm.corrupted_metric, "clean": clean,
-        "corrupted": corrupted, "answer": answer, "wrong": wrong, "values": pm.values.tolist()}, indent=1))
+    with user_errors():
+        html = write_heatmap(pm.values, out / "patching.html", f"{model}: {method} patching ({direction})", label)
+        atomic_write_text(out / "patching.json", json.dumps({
+            "model": model, "method": method, "direction": direction, "normalized": normalize, "metric": pm.metric,
+            "clean_metric": pm.clean_metric, "corrupted_metric": pm.corrupted_metric, "clean": clean,
+            "corrupted": corrupted, "answer": answer, "wrong": wrong,
+            "values": [[v if math.isfinite(v) else None for v in row] for row in pm.values.tolist()]}, indent=1,
+            allow_nan=False))
     console.print(f"wrote {html} and {out / 'patching.json'}")
 
 
@@ -80,12 +91,18 @@ def ablate_cmd(model: str = MODEL_ARG,
                seed: int = typer.Option(0), device: Optional[str] = typer.Option(None),
                dtype: Optional[str] = typer.Option(None)) -> None:
     """Ablate heads; print the prompts' loss (and a logit difference) before and after."""
+    from ..checks import check_choice, check_seed
+    from ..errors import InputError
     from ..methods import ablation_effect, logit_diff
     from ..methods.inputs import encode, parse_heads, token_ids
 
     with user_errors():
+        hs = parse_heads(heads)  # before the model loads: bad flags fail at once
+        check_choice(kind, "--kind", ("zero", "mean", "resample"))
+        check_seed(seed, "--seed")
+        if (answer is None) != (wrong is None):
+            raise InputError("give both --answer and --wrong (their logit difference is reported), or neither")
         m = load_model(model, device, dtype)
-        hs = parse_heads(heads)
         ref = reference or None
         effects = [ablation_effect(m, hs, prompt, kind=kind, reference=ref, seed=seed)]
         if answer is not None and wrong is not None:
@@ -108,12 +125,16 @@ def steer_cmd(model: str = MODEL_ARG,
               max_new_tokens: int = typer.Option(20), pool: str = typer.Option("last", help="last or mean"),
               device: Optional[str] = typer.Option(None), dtype: Optional[str] = typer.Option(None)) -> None:
     """Steer heads along (mean z of positive prompts - mean z of negative prompts); print generations."""
+    from ..checks import check_choice, check_count, check_finite
     from ..methods import head_directions, steer_generate
     from ..methods.inputs import parse_heads
 
     with user_errors():
+        hs = parse_heads(heads)  # before the model loads: bad flags fail at once
+        check_finite(alpha, "--alpha")
+        check_count(max_new_tokens, "--max-new-tokens")
+        check_choice(pool, "--pool", ("last", "mean"))
         m = load_model(model, device, dtype)
-        hs = parse_heads(heads)
         dirs = head_directions(m, positive, negative, pool=pool)  # type: ignore[arg-type]
         table = Table("alpha", "continuation", title=f"steering {', '.join(f'L{a}H{b}' for a, b in hs)}")
         for a in (0.0, alpha, -alpha):

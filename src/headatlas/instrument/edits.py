@@ -7,12 +7,16 @@ during cached generation, where a call sees only the newest position).
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Sequence, runtime_checkable
 
+import numpy as np
 import torch
 
-from ..errors import InputError
+from ..checks import check_int
+from ..errors import InputError, InputTypeError
 
 if TYPE_CHECKING:
     from .session import LayerCall
@@ -28,6 +32,48 @@ class Edit(Protocol):
     layer: int
 
     def apply(self, z: torch.Tensor, call: "LayerCall") -> torch.Tensor: ...
+
+
+def check_index_list(idx: Index, what: str) -> list[int] | None:
+    """``None``, an int, a sequence of ints or an integer tensor -> a list of non-negative ints (None stays None)."""
+    if idx is None:
+        return None
+    if isinstance(idx, torch.Tensor):
+        if idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
+            raise InputTypeError(f"{what} must be integers, got a {idx.dtype} tensor")
+        items = [int(v) for v in idx.reshape(-1).tolist()]
+    elif isinstance(idx, np.ndarray):
+        if idx.dtype.kind not in "iu":
+            raise InputTypeError(f"{what} must be integers, got an array of dtype {idx.dtype}")
+        items = [int(v) for v in idx.reshape(-1).tolist()]
+    elif isinstance(idx, (str, bytes)) or not isinstance(idx, (numbers.Integral, Sequence, range)):
+        raise InputTypeError(f"{what} must be an int or a list of ints, got {type(idx).__name__} {idx!r:.40}")
+    else:
+        items = [check_int(v, what) for v in ([idx] if isinstance(idx, numbers.Integral) else idx)]
+    negative = [v for v in items if v < 0]
+    if negative:
+        raise InputError(f"{what} must be >= 0 (absolute indices), got {negative}")
+    return items
+
+
+def check_finite_value(value: Any, what: str) -> torch.Tensor | float:
+    """A real number or a tensor of finite values (NaN or infinity would make every logit NaN)."""
+    if isinstance(value, torch.Tensor):
+        if value.is_complex() or value.dtype == torch.bool:
+            raise InputTypeError(f"{what} must be a real tensor, got dtype {value.dtype}")
+        if value.numel() and not bool(torch.isfinite(value).all()):
+            raise InputError(f"{what} contains NaN or infinite values; pass finite numbers")
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        if isinstance(value, (Sequence, np.ndarray)) and not isinstance(value, (str, bytes)):
+            try:
+                return check_finite_value(torch.as_tensor(np.asarray(value, dtype=np.float64)), what)
+            except (TypeError, ValueError):
+                pass
+        raise InputTypeError(f"{what} must be a number or a tensor, got {type(value).__name__} {value!r:.40}")
+    if not math.isfinite(float(value)):
+        raise InputError(f"{what} is {value}; pass a finite number")
+    return float(value)
 
 
 def _as_index(idx: Index, size: int, what: str, device: torch.device) -> torch.Tensor:
@@ -65,10 +111,56 @@ class HeadEdit:
     def __post_init__(self) -> None:
         if self.op not in ("zero", "set", "scale", "add", "patch"):
             raise InputError(f"unknown edit op {self.op!r}; use zero, set, scale, add or patch")
+        layer = check_int(self.layer, "edit layer")
+        if layer < 0:
+            raise InputError(f"edit layer must be >= 0, got {layer}")
+        for name in ("heads", "rows", "positions", "source_rows"):
+            check_index_list(getattr(self, name), f"edit {name}")
         if self.op in ("set", "add", "scale") and self.value is None:
             raise InputError(f"edit op {self.op!r} needs a value")
-        if self.op == "patch" and self.source is None:
-            raise InputError("edit op 'patch' needs a source tensor [batch, seq, heads, d_head]")
+        if self.op == "scale":
+            if isinstance(self.value, torch.Tensor) and self.value.numel() != 1:
+                raise InputError(f"scale needs one factor, got a tensor of shape {tuple(self.value.shape)}")
+            factor = self.value.reshape(()) if isinstance(self.value, torch.Tensor) else self.value
+            object.__setattr__(self, "value", float(check_finite_value(factor, "scale factor")))
+        elif self.op in ("set", "add"):
+            v = check_finite_value(self.value, f"{self.op} value")
+            if isinstance(v, torch.Tensor) and v.dim() > 2:
+                raise InputError(f"{self.op} value must be [d_head] or [n_heads_selected, d_head], got shape {tuple(v.shape)}")
+            object.__setattr__(self, "value", v)
+        elif self.op == "patch":
+            if not isinstance(self.source, torch.Tensor):
+                raise InputTypeError("edit op 'patch' needs a source tensor [batch, seq, heads, d_head], got "
+                                     f"{type(self.source).__name__}")
+            if self.source.dim() != 4:
+                raise InputError(f"patch source must be [batch, seq, heads, d_head], got shape {tuple(self.source.shape)}")
+        elif self.value is not None or self.source is not None:
+            raise InputError("edit op 'zero' takes no value or source")
+
+    def check(self, n_layers: int, n_heads: int, d_head: int) -> None:
+        """Check this edit against the model's sizes before any forward pass (InputError naming the fix)."""
+        if not int(self.layer) < n_layers:
+            raise InputError(f"edit on layer {self.layer}, but the model has {n_layers} layers (0..{n_layers - 1})")
+        heads = check_index_list(self.heads, "edit heads")
+        bad = [h for h in heads or [] if h >= n_heads]
+        if bad:
+            raise InputError(f"edit head index out of range: got {bad}, the model has {n_heads} heads per layer (0..{n_heads - 1})")
+        n_sel = n_heads if heads is None else len(heads)
+        if self.op in ("set", "add") and isinstance(self.value, torch.Tensor):
+            shape = tuple(self.value.shape)
+            fits = (shape in ((), (1,), (d_head,), (1, d_head), (n_sel, d_head)))
+            if not fits:
+                raise InputError(f"{self.op} value of shape {shape} does not fit: use [d_head] = [{d_head}] or "
+                                 f"[n_heads_selected, d_head] = [{n_sel}, {d_head}]")
+        if self.op == "patch":
+            src = self.source
+            if src.shape[2] != n_heads or src.shape[3] != d_head:  # type: ignore[union-attr]
+                raise InputError(f"patch source must be [batch, seq, {n_heads}, {d_head}], got {tuple(src.shape)}")  # type: ignore[union-attr]
+
+    def max_position(self) -> int | None:
+        """The largest absolute position this edit asks for (None: all positions)."""
+        pos = check_index_list(self.positions, "edit positions")
+        return max(pos) if pos else None
 
     def apply(self, z: torch.Tensor, call: "LayerCall") -> torch.Tensor:
         B, S, H, D = z.shape
@@ -147,7 +239,7 @@ def set_value(layer: int, heads: Index, value: torch.Tensor, *, rows: Index = No
 
 
 def scale(layer: int, heads: Index, factor: float, *, rows: Index = None, positions: Index = None) -> HeadEdit:
-    return HeadEdit(layer, heads, "scale", value=float(factor), rows=rows, positions=positions)
+    return HeadEdit(layer, heads, "scale", value=factor, rows=rows, positions=positions)
 
 
 def add(layer: int, heads: Index, vector: torch.Tensor, *, rows: Index = None, positions: Index = None) -> HeadEdit:

