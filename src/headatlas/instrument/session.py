@@ -15,8 +15,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from ..errors import HeadAtlasError, InputError, UnsupportedArchitectureError
-from .edits import Edit
+from ..errors import HeadAtlasError, InputError, InputTypeError, NotRecordedError, UnsupportedArchitectureError
+from .edits import Edit, HeadEdit, check_index_list, check_int
 
 PatternReducer = Callable[[int, torch.Tensor, "LayerCall"], Any]
 
@@ -49,6 +49,16 @@ class Taps:
     layers: Sequence[int] | None = None
     grad: bool = False
     float32: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("z", "qkv", "pattern", "grad", "float32"):
+            if not isinstance(getattr(self, name), bool):
+                raise InputTypeError(f"Taps({name}=...) must be True or False, got {getattr(self, name)!r:.40}")
+        if self.reducer is not None and not callable(self.reducer):
+            raise InputTypeError(f"Taps(reducer=...) must be a function fn(layer, pattern, call), got "
+                                 f"{type(self.reducer).__name__}")
+        if self.layers is not None:
+            object.__setattr__(self, "layers", tuple(check_index_list(self.layers, "Taps(layers=...)") or ()))
 
     @property
     def needs_pattern(self) -> bool:
@@ -101,24 +111,24 @@ class Recording:
 
     def z(self, layer: int) -> torch.Tensor:
         """``[batch, seq, n_heads, d_head]`` (calls concatenated along seq)."""
-        return self._cat(self._z, layer, dim=1)
+        return self._cat(self._z, layer, dim=1, what="z")
 
     def q(self, layer: int) -> torch.Tensor:
-        return self._cat(self._q, layer, dim=2)
+        return self._cat(self._q, layer, dim=2, what="qkv")
 
     def k(self, layer: int) -> torch.Tensor:
         """Keys of the last call (with a KV cache: all keys so far) ``[batch, n_kv_heads, k, d_head]``."""
-        return self._get(self._k, layer)
+        return self._get(self._k, layer, "qkv")
 
     def v(self, layer: int) -> torch.Tensor:
-        return self._get(self._v, layer)
+        return self._get(self._v, layer, "qkv")
 
     def pattern(self, layer: int) -> torch.Tensor:
         """``[batch, n_heads, q, k]`` of the first call (use ``patterns`` for every call)."""
-        return self._get(self._pattern, layer)[0]
+        return self._get(self._pattern, layer, "pattern")[0]
 
     def patterns(self, layer: int) -> list[torch.Tensor]:
-        return self._get(self._pattern, layer)
+        return self._get(self._pattern, layer, "pattern")
 
     def z_all(self) -> torch.Tensor:
         """All layers' z stacked: ``[n_layers, batch, seq, n_heads, d_head]``, on layer 0's device
@@ -129,30 +139,67 @@ class Recording:
     def kv_head(self, head: int) -> int:
         return head // self.group_size
 
-    def _get(self, store: dict, layer: int):
+    def _get(self, store: dict, layer: int, what: str):
+        layer = check_int(layer, "layer")
+        if not 0 <= layer < self.n_layers:
+            raise NotRecordedError(f"layer {layer} out of range: the model has {self.n_layers} layers (0..{self.n_layers - 1})")
         if layer not in store:
-            raise KeyError(f"layer {layer} was not recorded (recorded: {sorted(store)}); check Taps(...)")
+            if not self.layers_seen:
+                raise NotRecordedError(f"nothing was recorded for layer {layer}: run the model inside the "
+                                       "`with instrumented(...)` block")
+            if not store:
+                raise NotRecordedError(f"{what} was not recorded; pass Taps({what}=True) to instrumented(...)")
+            raise NotRecordedError(f"{what} of layer {layer} was not recorded (recorded layers: {sorted(store)}); "
+                                   "add it to Taps(layers=...)")
         return store[layer]
 
-    def _cat(self, store: dict, layer: int, dim: int) -> torch.Tensor:
-        parts = self._get(store, layer)
+    def _cat(self, store: dict, layer: int, dim: int, what: str) -> torch.Tensor:
+        parts = self._get(store, layer, what)
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=dim)
 
 
 class _Session:
-    def __init__(self, edits: Sequence[Edit], taps: Taps, n_layers: int, group_size: int):
+    def __init__(self, edits: Sequence[Edit], taps: Taps, n_layers: int, group_size: int, n_heads: int = 0,
+                 d_head: int = 0):
+        if not isinstance(taps, Taps):
+            raise InputTypeError(f"taps must be a Taps(...), got {type(taps).__name__}")
+        if isinstance(edits, (Edit, str, bytes)) or not hasattr(edits, "__iter__"):
+            hint = "; wrap a single edit in a list: edits=[...]" if isinstance(edits, Edit) else ""
+            raise InputTypeError(f"edits must be a list of edits, got {type(edits).__name__}{hint}")
+        edits = list(edits)
         self.taps = taps
         self.edits: dict[int, list[Edit]] = {}
         for e in edits:
             if not isinstance(e, Edit):
-                raise InputError(f"not an edit: {e!r} (expected a HeadEdit or an object with layer and apply)")
-            if not 0 <= int(e.layer) < n_layers:
-                raise InputError(f"edit on layer {e.layer}, but the model has {n_layers} layers (0..{n_layers - 1})")
-            self.edits.setdefault(int(e.layer), []).append(e)
+                raise InputTypeError(f"not an edit: {e!r:.60} (expected a HeadEdit or an object with layer and apply)")
+            layer = check_int(e.layer, "edit layer")
+            if not 0 <= layer < n_layers:
+                raise InputError(f"edit on layer {layer}, but the model has {n_layers} layers (0..{n_layers - 1})")
+            if isinstance(e, HeadEdit) and n_heads:
+                e.check(n_layers, n_heads, d_head)
+            self.edits.setdefault(layer, []).append(e)
+        if taps.layers is not None:
+            bad = [x for x in taps.layers if x >= n_layers]
+            if bad:
+                raise InputError(f"Taps(layers=...) has layers {bad}, but the model has {n_layers} layers (0..{n_layers - 1})")
         tap_layers = range(n_layers) if taps.layers is None else taps.layers
         self.tap_layers = frozenset(int(x) for x in tap_layers)
         self.recording = Recording(n_layers=n_layers, group_size=group_size)
         self.calls: dict[int, int] = {}
+
+    def check_positions_reached(self, n_forwards: int) -> None:
+        """After the run: an edit whose positions the run never reached was silently ignored. One forward
+        pass must reach every position an edit names; over several (generation), each edit at least one."""
+        for layer, edits in self.edits.items():
+            reached = self.calls.get(layer, 0)
+            for e in edits:
+                if not isinstance(e, HeadEdit) or e.positions is None:
+                    continue
+                positions = check_index_list(e.positions, "edit positions") or []
+                missed = [p for p in positions if p >= reached]
+                if missed and (n_forwards <= 1 or len(missed) == len(positions)):
+                    raise InputError(f"edit on layer {layer} at position(s) {missed} was never applied: the run reached "
+                                     f"positions 0..{reached - 1}; use positions inside the prompt (or the generation)")
 
     def wants_pattern(self, layer: int) -> bool:
         return self.taps.needs_pattern and layer in self.tap_layers
@@ -232,22 +279,27 @@ def instrumented(target: Any, edits: Sequence[Edit] = (), taps: Taps | None = No
     under ``torch.no_grad()`` and with gradients, in any dtype, and with ``generate`` (positions
     count across calls of one session).
     """
+    from torch import nn
+
     from ..models.loading import LoadedModel
     from .registry import install, instrumented_name
 
     model = target.model if isinstance(target, LoadedModel) else target
     if isinstance(target, LoadedModel):
         layout = target.layout
-        n_layers, group = target.info.n_layers, target.info.group_size
-    else:
+        info = target.info
+    elif isinstance(target, nn.Module) and hasattr(target, "config"):
         from ..models.arch import check_supported
         from ..models.info import info_from_config
 
         layout = check_supported(model)
         info = info_from_config(model.config, name="", dtype="", device="")
-        n_layers, group = info.n_layers, info.group_size
+    else:
+        raise InputTypeError(f"instrumented(...) needs a LoadedModel (headatlas.load) or a Hugging Face model, got "
+                             f"{type(target).__name__}")
+    n_layers, group = info.n_layers, info.group_size
     install()
-    session = _Session(edits, taps or Taps(), n_layers, group)
+    session = _Session(edits, Taps() if taps is None else taps, n_layers, group, info.n_heads, info.d_head)
     configs = _configs(model)
     previous = [(cfg, cfg._attn_implementation) for cfg in configs]
     base = previous[0][1] if previous else "sdpa"
@@ -256,7 +308,7 @@ def instrumented(target: Any, edits: Sequence[Edit] = (), taps: Taps | None = No
         module.__dict__["_headatlas_owner_id"] = id(model)  # a plain int: not a registered submodule
     sessions = dict(_ACTIVE.get() or {})
     if id(model) in sessions:
-        raise HeadAtlasError("this model already has an active headatlas session; nest edits in one session instead")
+        raise InputError("this model already has an active headatlas session; put all edits and taps in one session")
     sessions[id(model)] = session
     token = _ACTIVE.set(sessions)
     forwards = [0]
@@ -275,3 +327,5 @@ def instrumented(target: Any, edits: Sequence[Edit] = (), taps: Taps | None = No
             f"{type(model).__name__} ran but never called the attention-function registry: "
             "its attention layers are not supported by headatlas"
         )
+    if session.recording.layers_seen:
+        session.check_positions_reached(forwards[0])
