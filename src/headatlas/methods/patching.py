@@ -6,7 +6,11 @@ default logit(answer) - logit(wrong) at the last position, averaged over the pro
 that one head patched (at all positions, or at ``positions``).
 
 Exact patching runs, for each layer ``l``, only layers ``l..L-1`` starting from the cached residual
-stream of the base run, with one patched head per batch row, and unembeds only the last position.
+stream of the base run, with one patched head per batch row, and unembeds only the last position. The
+runs of all layers share stacked passes (a row joins the batch at its layer), a patch whose source equals
+the base at every patched position is not run (its value is the base metric: effect exactly 0), and
+positions before the first one any patch of a pass changes are taken from the base run's keys and values
+instead of being recomputed.
 """
 
 from __future__ import annotations
@@ -18,10 +22,12 @@ from typing import Any, Literal, Sequence
 import numpy as np
 import torch
 
-from ..errors import InputError
+from ..checks import check_bool, check_callable, check_choice, check_count
+from ..errors import InputError, InputTypeError
 from ..instrument import RowHeadPatch
 from ..instrument.session import LayerCall
-from .engine import Progress, base_run, run_rows
+from . import engine
+from .engine import BaseRun, Progress, base_run, run_rows
 from .inputs import Prompts, as_loaded, check_positions, encode_pair, token_ids
 from .metrics import Metric, logit_diff
 
@@ -84,6 +90,9 @@ class RowHeadPositionPatch:
 
 def _resolve_metric(m: Any, metric: Metric | None, answer: Any, wrong: Any, n: int) -> Metric:
     if metric is not None:
+        if not isinstance(metric, Metric):
+            raise InputTypeError(f"metric must be a headatlas Metric (logit_diff, logprob, user_metric(fn)), got "
+                                 f"{type(metric).__name__}")
         return metric
     if answer is None or wrong is None:
         raise InputError("give answer and wrong (tokens whose logit difference is measured), or a metric")
@@ -106,10 +115,11 @@ def patching_map(model: Any, clean: Prompts, corrupted: Prompts, answer: Any = N
     """Patch every head (see :func:`patch_heads`) and return the map with its baselines."""
     t0 = time.perf_counter()
     m = as_loaded(model)
-    if method not in ("exact", "attribution"):
-        raise InputError(f"unknown method {method!r}; use 'exact' or 'attribution'")
-    if direction not in ("denoise", "noise"):
-        raise InputError(f"unknown direction {direction!r}; use 'denoise' or 'noise'")
+    check_choice(method, "method", ("exact", "attribution"))
+    check_choice(direction, "direction", ("denoise", "noise"))
+    per_position, normalize = check_bool(per_position, "per_position"), check_bool(normalize, "normalize")
+    batch_size = None if batch_size is None else check_count(batch_size, "batch_size")
+    check_callable(progress, "progress")
     clean_ids, corr_ids = encode_pair(m, clean, corrupted)
     B, S = clean_ids.shape
     pos = check_positions(positions, S)
@@ -127,7 +137,7 @@ def patching_map(model: Any, clean: Prompts, corrupted: Prompts, answer: Any = N
         base_mean, src_mean = float(att.base_metric.mean()), float(att.source_metric.mean())
         vals = (base_mean + (delta if per_position else delta.sum(-1))).numpy()
     else:
-        base = base_run(m, base_ids, met, keep_hidden=True)
+        base = base_run(m, base_ids, met, keep_hidden=True, keep_z=True, keep_kv=engine.prefix_limit(m) > 0)
         src = base_run(m, src_ids, met, keep_hidden=False, keep_z=True)
         base_mean, src_mean = float(base.metric.mean()), float(src.metric.mean())
         vals = _exact(m, base, src.z, met, pos, per_position, batch_size, progress)
@@ -139,22 +149,108 @@ def patching_map(model: Any, clean: Prompts, corrupted: Prompts, answer: Any = N
                     seconds=time.perf_counter() - t0)
 
 
-def _exact(m: Any, base: Any, src_z: list[torch.Tensor], met: Metric, pos: list[int] | None, per_position: bool,
-           batch_size: int | None, progress: Progress | None) -> np.ndarray:
-    L, H = m.info.n_layers, m.info.n_heads
-    B, S = base.ids.shape
-    dev = m.device
+def _row_table(H: int, B: int, S: int, pos: list[int] | None, per_position: bool
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """One layer's patched runs: ``heads [n]``, ``prompts [n]`` and (per position) ``at [n]``, the
+    position each row patches; all-position rows are head-major (row ``h * B + b``)."""
     if per_position:
         hh, pp, bb = torch.meshgrid(torch.arange(H), torch.arange(S), torch.arange(B), indexing="ij")
         hh, pp, bb = hh.reshape(-1), pp.reshape(-1), bb.reshape(-1)
         if pos is not None:
             sel = torch.isin(pp, torch.tensor(pos))
             hh, pp, bb = hh[sel], pp[sel], bb[sel]
-    else:
-        hh, bb = torch.arange(H).repeat_interleave(B), torch.arange(B).repeat(H)
-        pp = None
+        return hh, bb, pp
+    return torch.arange(H).repeat_interleave(B), torch.arange(B).repeat(H), None
+
+
+def first_change(base_z: torch.Tensor, src_z: torch.Tensor, heads: torch.Tensor, prompts: torch.Tensor,
+                 positions: list[int] | None = None, at: torch.Tensor | None = None) -> torch.Tensor:
+    """The first position each patch changes: ``[n]`` (``S`` where the source equals the base at every
+    patched position: that patch changes nothing and its run equals the base run).
+
+    ``base_z``/``src_z [B, S, H, d_head]``: the head outputs of the base and source runs of one layer;
+    row ``i`` patches head ``heads[i]`` of prompt ``prompts[i]`` at ``positions`` (None: all) or, per
+    position, at ``at[i]``. Exact comparison: a position counts as unchanged only if bit-identical."""
+    S = base_z.shape[1]
+    dev = base_z.device
+    heads, prompts = heads.to(dev), prompts.to(dev)
+    differs = (base_z != src_z.to(device=dev, dtype=base_z.dtype)).any(-1)   # [B, S, H]
+    rows = differs[prompts[:, None], torch.arange(S, device=dev)[None, :], heads[:, None]]   # [n, S]
+    if positions is not None:
+        keep = torch.zeros(S, dtype=torch.bool, device=dev)
+        keep[torch.as_tensor(positions, dtype=torch.long, device=dev)] = True
+        rows = rows & keep
+    if at is not None:
+        rows = rows & (torch.arange(S, device=dev)[None, :] == at.to(dev)[:, None])
+    first = rows.to(torch.int8).argmax(1)
+    return torch.where(rows.any(1), first, torch.full_like(first, S)).cpu()
+
+
+def _exact(m: Any, base: BaseRun, src_z: list[torch.Tensor], met: Metric, pos: list[int] | None, per_position: bool,
+           batch_size: int | None, progress: Progress | None, *, skip_identical: bool = True,
+           reuse_prefix: bool = True) -> np.ndarray:
+    """``[L, H]`` (or ``[L, H, S]``) patched metric. Where the model allows stacked suffix runs, every
+    patched run of every layer goes through :func:`engine.run_stacked_rows`: patches that change nothing
+    (source == base at every patched position) take the base metric without a pass (``skip_identical``),
+    and passes whose rows all leave the first ``p`` positions unchanged run only positions ``p..S-1``
+    (``reuse_prefix``). Otherwise one batched pass per layer (:func:`_exact_by_layer`)."""
+    if not engine.supports_stacked(m) or base.z is None:
+        return _exact_by_layer(m, base, src_z, met, pos, per_position, batch_size, progress)
+    L, H = m.info.n_layers, m.info.n_heads
+    B, S = base.ids.shape
+    hh, bb, pp = _row_table(H, B, S, pos, per_position)
     n = hh.numel()
-    out = torch.full((L, H, S) if per_position else (L, H), float("nan"))
+    first = torch.stack([first_change(base.z[layer], src_z[layer], hh, bb, pos, pp) for layer in range(L)])  # [L, n]
+    vals = base.metric.detach().float().cpu()[bb].repeat(L, 1)   # [L, n]: a patch that changes nothing
+    run = (first < S) if skip_identical else torch.ones(L, n, dtype=torch.bool)
+    layer_of, row_of = (t.numpy() for t in torch.nonzero(run, as_tuple=True))
+    limit = engine.prefix_limit(m) if reuse_prefix and met.last_only and base.k is not None else 0
+    start = np.minimum(first.numpy()[layer_of, row_of], limit) if limit else np.zeros(len(layer_of), dtype=np.int64)
+    start = np.minimum(start, S - 1)
+    cap = batch_size or engine.max_rows(m, S, last_only=met.last_only)
+    done = L * n - len(layer_of)
+    for idx, p in engine.stack_plan(layer_of, start, cap):
+        idx = idx[np.argsort(layer_of[idx], kind="stable")]
+        layers, rows = torch.from_numpy(layer_of[idx]), torch.from_numpy(row_of[idx])
+
+        def make(layer: int, local: torch.Tensor, rows: torch.Tensor = rows) -> list[Any]:
+            j = rows[local]
+            if per_position:
+                return [RowHeadPositionPatch(layer, local, hh[j], pp[j], src_z[layer], bb[j])]
+            return [RowHeadPatch(layer=layer, rows=local.to(m.device), heads=hh[j].to(m.device), source=src_z[layer],
+                                 source_rows=bb[j].to(m.device), positions=pos)]
+        got = engine.run_stacked_rows(m, base, layers, bb[rows], make, met, prefix=p).float().cpu()
+        vals[layers, rows] = got
+        done += len(idx)
+        if progress is not None:
+            progress(done, L * n)
+    return _aggregate(vals, hh, bb, pp, H, B, S)
+
+
+def _aggregate(vals: torch.Tensor, hh: torch.Tensor, bb: torch.Tensor, pp: torch.Tensor | None, H: int, B: int,
+               S: int) -> np.ndarray:
+    """Per-row metrics ``[L, n]`` -> the map: ``[L, H]`` (mean over prompts) or ``[L, H, S]`` (mean over
+    prompts per position; NaN where no row patched that position)."""
+    if pp is None:
+        return vals.reshape(vals.shape[0], H, B).mean(2).numpy()
+    out = torch.full((vals.shape[0], H, S), float("nan"))
+    for layer in range(vals.shape[0]):
+        sums = torch.zeros(H, S).index_put_((hh, pp), vals[layer], accumulate=True)
+        counts = torch.zeros(H, S).index_put_((hh, pp), torch.ones_like(vals[layer]), accumulate=True)
+        out[layer] = torch.where(counts > 0, sums / counts.clamp(min=1), float("nan"))
+    return out.numpy()
+
+
+def _exact_by_layer(m: Any, base: BaseRun, src_z: list[torch.Tensor], met: Metric, pos: list[int] | None,
+                    per_position: bool, batch_size: int | None, progress: Progress | None) -> np.ndarray:
+    """One batched pass (chunked) per layer: suffix runs from the cached residual stream, or full forward
+    passes where the model has no suffix runner."""
+    L, H = m.info.n_layers, m.info.n_heads
+    B, S = base.ids.shape
+    dev = m.device
+    hh, bb, pp = _row_table(H, B, S, pos, per_position)
+    n = hh.numel()
+    vals = torch.empty(L, n)
     for layer in range(L):
         def make(s: int, e: int, layer: int = layer):
             rows = torch.arange(e - s, device=dev)
@@ -162,15 +258,9 @@ def _exact(m: Any, base: Any, src_z: list[torch.Tensor], met: Metric, pos: list[
                 return [RowHeadPositionPatch(layer, rows, hh[s:e], pp[s:e], src_z[layer], bb[s:e])]
             return [RowHeadPatch(layer=layer, rows=rows, heads=hh[s:e].to(dev), source=src_z[layer],
                                  source_rows=bb[s:e].to(dev), positions=pos)]
-        vals = run_rows(m, base, layer, bb, make, met, batch_size=batch_size, progress=progress,
-                        done=layer * n, total=L * n).cpu()
-        if per_position:
-            sums = torch.zeros(H, S).index_put_((hh, pp), vals, accumulate=True)
-            counts = torch.zeros(H, S).index_put_((hh, pp), torch.ones_like(vals), accumulate=True)
-            out[layer] = torch.where(counts > 0, sums / counts.clamp(min=1), float("nan"))
-        else:
-            out[layer] = vals.reshape(H, B).mean(1)
-    return out.numpy()
+        vals[layer] = run_rows(m, base, layer, bb, make, met, batch_size=batch_size, progress=progress,
+                               done=layer * n, total=L * n).float().cpu()
+    return _aggregate(vals, hh, bb, pp, H, B, S)
 
 
 def patch_heads(model: Any, clean: Prompts, corrupted: Prompts, answer: Any = None, wrong: Any = None, *,

@@ -13,6 +13,12 @@ This is the only place that knows how a decoder layer receives its input (first 
 or ``hidden_states=``) and that causal LMs accept ``logits_to_keep``. Where a model does not fit (no
 list of decoder layers, or no ``logits_to_keep``), :func:`supports_suffix` says so and callers fall back
 to full forward passes.
+
+:func:`run_stacked` runs many suffix runs that start at different layers in one forward pass: rows join
+the batch at their start layer, so every layer runs one large batch instead of one small batch per start
+layer (larger matrix products, one model call). It needs the mask and rotary set-up to be shared by all
+rows (they are built from one prompt of batch 1 and broadcast), and, given a cache holding the keys and
+values of the first positions, it runs only the later positions.
 """
 
 from __future__ import annotations
@@ -55,6 +61,15 @@ def supports_suffix(loaded: "LoadedModel") -> bool:
     except (TypeError, ValueError):
         return False
     return "logits_to_keep" in params
+
+
+def cache_kwarg(loaded: "LoadedModel") -> str | None:
+    """The name under which the model's ``forward`` takes a KV cache (``cache`` or ``past_key_values``), or None."""
+    try:
+        params = inspect.signature(loaded.model.forward).parameters
+    except (TypeError, ValueError):
+        return None
+    return next((name for name in ("cache", "past_key_values") if name in params), None)
 
 
 def _hidden_arg(args: tuple, kwargs: dict) -> torch.Tensor:
@@ -129,4 +144,67 @@ def run_from_layer(loaded: "LoadedModel", hidden: torch.Tensor, start_layer: int
         raise UnsupportedArchitectureError(
             f"{type(loaded.model).__name__} called decoder layer {start_layer} {fired[0]} times in one forward pass"
         )
+    return out.logits
+
+
+def _with_hidden(args: tuple, kwargs: dict, hidden: torch.Tensor) -> tuple[tuple, dict]:
+    if args:
+        return (hidden,) + tuple(args[1:]), kwargs
+    kwargs = dict(kwargs)
+    kwargs["hidden_states"] = hidden
+    return args, kwargs
+
+
+def run_stacked(loaded: "LoadedModel", entries: list[tuple[int, torch.Tensor]], input_ids: torch.Tensor, *,
+                cache: Any = None, last_only: bool = True) -> torch.Tensor:
+    """Logits of many suffix runs in one forward pass; rows join the batch at their start layer.
+
+    ``entries``: ``(layer, hidden)`` pairs with strictly increasing layers, ``hidden [n_i, s, d_model]`` the
+    residual stream of ``n_i`` rows at the input of ``layer``. From layer ``l`` on the batch holds the rows
+    of every entry with ``layer <= l``, in entry order: entry ``i``'s rows are batch rows
+    ``offset_i .. offset_i + n_i - 1`` with ``offset_i = n_0 + ... + n_{i-1}`` (row indices for edits of
+    an enclosing ``instrumented`` session on layer ``l`` count the rows of the entries with layer ``<= l``).
+    ``input_ids [1, s]``: the tokens of the positions run, of one prompt; only the mask and rotary set-up
+    read them, shared by (broadcast to) all rows. ``cache``: a transformers cache holding the keys and
+    values of the ``p`` earlier positions, whose layer ``l`` has one row per batch row at layer ``l``; the
+    run then covers positions ``p .. p + s - 1``. Returns ``[N, 1, vocab]`` (``last_only``) or
+    ``[N, s, vocab]``, ``N`` the total number of rows.
+    """
+    layers = decoder_layers(loaded)
+    if layers is None:
+        raise UnsupportedArchitectureError(f"{type(loaded.model).__name__}: found no list of decoder layers")
+    starts = [int(layer) for layer, _ in entries]
+    if not entries or starts != sorted(set(starts)) or not 0 <= starts[0] <= starts[-1] < len(layers):
+        raise ValueError(f"entries need strictly increasing layers in 0..{len(layers) - 1}; got {starts}")
+    if input_ids.shape[0] != 1 or any(h.shape[1] != input_ids.shape[1] for _, h in entries):
+        raise ValueError(f"input_ids {tuple(input_ids.shape)} must be [1, s] with s the length of every hidden")
+    fired = {layer: 0 for layer in starts}
+
+    def join(layer: int, rows: torch.Tensor):
+        def hook(_mod, args, kwargs):
+            fired[layer] += 1
+            incoming = _hidden_arg(args, kwargs)
+            joined = rows if layer == starts[0] else torch.cat([incoming, rows.to(incoming.dtype)], dim=0)
+            return _with_hidden(args, kwargs, joined)
+        return hook
+
+    handles = [layers[layer].register_forward_pre_hook(join(layer, rows), with_kwargs=True) for layer, rows in entries]
+    skipped = list(layers[:starts[0]])
+    for layer in skipped:
+        layer.forward = _passthrough
+    kwargs: dict[str, Any] = {"use_cache": False}
+    if cache is not None:
+        name = cache_kwarg(loaded)
+        if name is None:
+            raise UnsupportedArchitectureError(f"{type(loaded.model).__name__}.forward takes no KV cache")
+        kwargs[name] = cache
+    try:
+        out = loaded.model(input_ids=input_ids, logits_to_keep=1 if last_only else 0, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+        for layer in skipped:
+            del layer.forward
+    if any(n != 1 for n in fired.values()):
+        raise UnsupportedArchitectureError(f"{type(loaded.model).__name__}: decoder layers ran {fired} times in one pass")
     return out.logits
