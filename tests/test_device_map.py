@@ -43,8 +43,11 @@ def _offloaded(m) -> list[str]:
 
 def test_split_model_is_really_offloaded_and_reports_where_inputs_go(split):
     off = _offloaded(split)
-    assert any(n.startswith("model.layers.1.") for n in off) and any(n.startswith("lm_head") for n in off)
+    assert any(n.startswith("model.layers.1.") for n in off) and any(n.startswith("model.layers.2.") for n in off)
     assert not any(n.startswith("model.layers.0.") for n in off)
+    # the readout is kept on its execution device even where the map offloads it: detectors read its weights
+    assert not any(n.startswith(("lm_head", "model.norm")) for n in off)
+    assert split.model.lm_head.weight.device.type == "cpu"
     assert split.device == torch.device("cpu")          # the input embedding's device, never "meta"
     assert split.device_map == SPLIT
     assert split.info.device == "cpu"
@@ -200,9 +203,7 @@ def test_context_fits(split):
 
 
 def test_a_scan_of_a_model_with_layers_on_disk_equals_the_plain_scan(folder, plain, tmp_path):
-    # the readout (final norm, unembedding) stays on a device: detectors read its weights directly
-    layers_on_disk = {**SPLIT, "lm_head": "cpu"}
-    m = headatlas.load(folder, device_map=layers_on_disk, offload_folder=tmp_path / "off")
+    m = headatlas.load(folder, device_map={**SPLIT, "model.norm": "disk"}, offload_folder=tmp_path / "off")
     assert _offloaded(m)
     a = headatlas.scan(m, "induction", quick=True, n_prompts=4)
     b = headatlas.scan(plain, "induction", quick=True, n_prompts=4)

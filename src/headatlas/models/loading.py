@@ -20,7 +20,7 @@ from ..errors import InputError, ModelNotFoundError, UnsupportedArchitectureErro
 from .arch import AttentionLayout, check_supported, final_norm, out_proj_weight
 from .bundled import BUNDLED, bundled_names
 from .info import ModelInfo, info_from_config
-from .placement import Placement, check_covers_config, check_placement, dispatch, module_device
+from .placement import Placement, check_covers_config, check_placement, dispatch, module_device, pin
 
 log = logging.getLogger(__name__)
 
@@ -266,6 +266,9 @@ def _place(model: Any, placement: Placement, dtype: torch.dtype, dev: torch.devi
     if placement.active:
         if not getattr(model, "hf_device_map", None):
             model = dispatch(model, placement, dtype)
+        for module in (final_norm(model), model.get_output_embeddings()):  # the readout's weights are read directly
+            if module is not None:
+                pin(module)
     elif not (getattr(model, "hf_device_map", None) and device is None):  # a pair dispatched by its owner stays
         return model.to(dev), dev
     return model, module_device(model.get_input_embeddings())

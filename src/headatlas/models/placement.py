@@ -254,3 +254,23 @@ def named_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
         else:
             for name, p in own:
                 yield prefix + name, p
+
+
+def pin(module: nn.Module) -> bool:
+    """Keep an offloaded module's own weights on its execution device for good (False when it was not
+    offloaded). Used for the readout (final norm, unembedding), whose weights detectors read directly."""
+    hook = getattr(module, "_hf_hook", None)
+    own = list(module.named_parameters(recurse=False))
+    if hook is None or not any(p.device.type == "meta" for _, p in own):
+        return False
+    from accelerate.hooks import AlignDevicesHook, add_hook_to_module, remove_hook_from_module
+    from accelerate.utils import align_module_device, set_module_tensor_to_device
+
+    device = module_device(module)
+    with align_module_device(module):
+        values = {name: getattr(module, name).detach().clone() for name, _ in own}
+    remove_hook_from_module(module)
+    for name, value in values.items():
+        set_module_tensor_to_device(module, name, device, value=value)
+    add_hook_to_module(module, AlignDevicesHook(execution_device=device))
+    return True
