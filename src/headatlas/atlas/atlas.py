@@ -344,6 +344,9 @@ class Atlas:
         major = schema.check_schema(doc, source)
         try:
             return cls._from_checked_dict(doc, source, major)
+        except AtlasFileError as exc:
+            text = str(exc)
+            raise AtlasFileError(text if text.startswith(source) else f"{source}: {text}") from None
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
             raise AtlasFileError(f"{source}: malformed atlas ({type(exc).__name__}: {exc})") from None
 
@@ -353,6 +356,8 @@ class Atlas:
         schema._check_keys(doc, top if major == 1 else top + ("notes",), source)
         if not isinstance(doc["detectors"], list):
             raise AtlasFileError(f"{source}: \"detectors\" must be a list")
+        model = schema.decode(doc["model"])
+        grid = schema.check_model_sizes(model, source)  # (n_layers, n_heads): every per-head array must have it
         results, meta, timings, shared = {}, {}, {}, {}
         notes = [schema.V1_NOTE] if major == 1 else [str(n) for n in doc["notes"]]
         for i, entry in enumerate(doc["detectors"]):
@@ -366,7 +371,7 @@ class Atlas:
                 raise AtlasFileError(f"{where}: bad detector meta ({exc})") from None
             if m.name in results:
                 raise AtlasFileError(f"{where}: detector {m.name!r} is listed twice")
-            r = schema.result_from_dict(entry["result"], where, major=major)
+            r = schema.result_from_dict(entry["result"], where, major=major, expect_shape=grid)
             if major != 1 and entry["shared"]:
                 shared[m.name] = str(entry["shared"])
             if r.name != m.name:
@@ -375,9 +380,6 @@ class Atlas:
             seconds = schema.decode(entry["seconds"])
             if not (isinstance(seconds, float) and math.isnan(seconds)):
                 timings[m.name] = seconds
-        model = schema.decode(doc["model"])
-        if not isinstance(model, dict) or "n_layers" not in model or "n_heads" not in model:
-            raise AtlasFileError(f"{source}: \"model\" must hold n_layers and n_heads")
         return cls(model, results, meta, seed=doc["seed"], settings=schema.decode(doc["settings"]),
                    timings=timings, headatlas_version=str(doc["headatlas_version"]), created=str(doc["created"]),
                    shared_passes=shared, notes=notes)

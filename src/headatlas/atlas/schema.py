@@ -22,14 +22,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .records import PER_HEAD_FIELDS, CausalCheck, DetectorResult, LabelRule
-from ..errors import AtlasFileError
+from ..errors import AtlasFileError, InputTypeError
 
 SCHEMA_NAME = "headatlas.atlas"
 SCHEMA_MAJOR = 2
@@ -38,6 +37,17 @@ PARTIAL_SCHEMA = f"headatlas.partial/{SCHEMA_MAJOR}"
 
 _NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 _TAGS = ("__ndarray__", "__float__", "__tuple__", "__items__")
+
+# Reading an atlas bounds its memory: an atlas is untrusted input (a shared file).
+MAX_FILE_BYTES = 256 << 20     # a 256 MiB JSON file is far beyond any real atlas (a few MB)
+MAX_DEPTH = 64                  # real atlases nest < 10 levels
+MAX_ARRAY_ELEMENTS = 1 << 24    # per array, and n_layers x n_heads (the largest models have < 10^4 heads)
+MAX_NDIM = 4
+MAX_STR_CHARS = 1024            # per element of a string array
+# Only plain numeric, bool and bounded string dtypes: a dtype string such as "(100000,100000)f8" would declare
+# a sub-array of 80 GB per element, "O" would hold arbitrary objects.
+_DTYPES = frozenset(["bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16",
+                     "float32", "float64"])
 
 
 def _float_token(x: float) -> float | str:
@@ -61,14 +71,67 @@ def encode_array(a: np.ndarray) -> dict[str, Any]:
                             "shape": list(a.shape), "data": data}}
 
 
-def decode_array(obj: dict[str, Any]) -> np.ndarray:
-    spec = obj["__ndarray__"]
-    dtype = np.dtype(spec["dtype"])
+def _array_dtype(name: Any) -> np.dtype:
+    """An allowed dtype (see ``_DTYPES``, or ``U<n>`` with n <= MAX_STR_CHARS); AtlasFileError otherwise."""
+    if isinstance(name, str) and name in _DTYPES:
+        return np.dtype(name)
+    if isinstance(name, str) and name[:1] == "U" and name[1:].isdigit() and 0 < int(name[1:]) <= MAX_STR_CHARS:
+        return np.dtype(name)
+    raise AtlasFileError(f"array dtype {name!r:.60} is not allowed in an atlas (only bool, int, uint, float and short "
+                         "strings)")
+
+
+def _array_shape(shape: Any) -> tuple[int, ...]:
+    if not isinstance(shape, list) or len(shape) > MAX_NDIM or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
+        raise AtlasFileError(f"array shape {shape!r:.60} is not a list of at most {MAX_NDIM} non-negative integers")
+    return tuple(shape)
+
+
+def decode_array(obj: dict[str, Any], expect: tuple[int, ...] | None = None) -> np.ndarray:
+    """Inverse of :func:`encode_array`. Checks the dtype (numeric, bool or short strings), the declared shape
+    (``expect`` when given, e.g. ``[n_layers, n_heads]``) and that the data holds exactly that many plain values,
+    all before allocating; bare NaN/infinity (not the "nan"/"inf" tokens) is refused. AtlasFileError otherwise."""
+    spec = obj.get("__ndarray__") if isinstance(obj, dict) else None
+    if not isinstance(spec, dict) or set(spec) != {"dtype", "shape", "data"}:
+        raise AtlasFileError("an array must be {\"__ndarray__\": {\"dtype\", \"shape\", \"data\"}}")
+    dtype = _array_dtype(spec["dtype"])
+    shape = _array_shape(spec["shape"])
+    if expect is not None and shape != tuple(expect):
+        raise AtlasFileError(f"array of shape {list(shape)} where {list(expect)} is expected")
+    size = math.prod(shape)
+    if size > MAX_ARRAY_ELEMENTS:
+        raise AtlasFileError(f"array of shape {list(shape)} has {size} elements, more than an atlas holds "
+                             f"({MAX_ARRAY_ELEMENTS})")
     data = spec["data"]
-    if dtype.kind == "f":
-        data = [_NONFINITE[x] if isinstance(x, str) else x for x in data]
-    arr = np.array(data, dtype=dtype)
-    return arr.reshape([int(n) for n in spec["shape"]])
+    if not isinstance(data, list) or len(data) != size:
+        got = len(data) if isinstance(data, list) else type(data).__name__
+        raise AtlasFileError(f"array of shape {list(shape)} needs {size} values, its data holds {got}")
+    if dtype.kind == "U":
+        if not all(isinstance(x, str) for x in data):
+            raise AtlasFileError("a string array holds a non-string value")
+    elif dtype.kind == "f":
+        try:
+            data = [_NONFINITE[x] if isinstance(x, str) else x for x in data]
+        except KeyError as exc:
+            raise AtlasFileError(f"float array holds the string {exc.args[0]!r:.40} (only \"nan\", \"inf\", "
+                                 "\"-inf\" are allowed)") from None
+        bad = next((x for x in data if isinstance(x, bool) or not isinstance(x, (int, float))), None)
+        if bad is not None:
+            raise AtlasFileError(f"float array holds {type(bad).__name__} {bad!r:.40}")
+        if any(isinstance(x, float) and not math.isfinite(x) for x in spec["data"]):
+            raise AtlasFileError("float array holds a bare NaN or infinity; atlases write them as \"nan\", \"inf\", "
+                                 "\"-inf\"")
+    else:
+        ok = (bool,) if dtype.kind == "b" else (int,)
+        bad = next((x for x in data if not isinstance(x, ok) or (dtype.kind != "b" and isinstance(x, bool))), None)
+        if bad is not None:
+            raise AtlasFileError(f"{dtype} array holds {type(bad).__name__} {bad!r:.40}")
+    try:
+        arr = np.array(data, dtype=dtype)
+    except (OverflowError, ValueError) as exc:
+        raise AtlasFileError(f"array values do not fit dtype {dtype} ({exc})") from None
+    return arr.reshape(shape)
 
 
 def encode(value: Any) -> Any:
@@ -95,10 +158,16 @@ def encode(value: Any) -> Any:
     raise TypeError(f"cannot store a {type(value).__name__} in an atlas: {value!r:.80}")
 
 
-def decode(value: Any) -> Any:
-    """Inverse of :func:`encode`."""
+def decode(value: Any, _depth: int = 0) -> Any:
+    """Inverse of :func:`encode`; AtlasFileError beyond ``MAX_DEPTH`` levels of nesting, on a bare NaN or
+    infinity, or on a malformed tag."""
+    if _depth > MAX_DEPTH:
+        raise AtlasFileError(f"nested more than {MAX_DEPTH} levels deep; not an atlas written by headatlas")
+    d = _depth + 1
+    if isinstance(value, float) and not math.isfinite(value):
+        raise AtlasFileError("a bare NaN or infinity; atlases write them as {\"__float__\": \"nan\"}")
     if isinstance(value, list):
-        return [decode(v) for v in value]
+        return [decode(v, d) for v in value]
     if not isinstance(value, dict):
         return value
     if len(value) == 1:
@@ -106,12 +175,21 @@ def decode(value: Any) -> Any:
         if tag == "__ndarray__":
             return decode_array(value)
         if tag == "__float__":
+            if inner not in _NONFINITE:
+                raise AtlasFileError(f"{{\"__float__\": {inner!r:.40}}}: only \"nan\", \"inf\", \"-inf\" are allowed")
             return _NONFINITE[inner]
         if tag == "__tuple__":
-            return tuple(decode(v) for v in inner)
+            if not isinstance(inner, list):
+                raise AtlasFileError("a __tuple__ must hold a list")
+            return tuple(decode(v, d) for v in inner)
         if tag == "__items__":
-            return {_hashable(decode(k)): decode(v) for k, v in inner}
-    return {k: decode(v) for k, v in value.items()}
+            if not isinstance(inner, list) or not all(isinstance(kv, list) and len(kv) == 2 for kv in inner):
+                raise AtlasFileError("__items__ must hold [key, value] pairs")
+            try:
+                return {_hashable(decode(k, d)): decode(v, d) for k, v in inner}
+            except TypeError as exc:  # an unhashable key (a dict)
+                raise AtlasFileError(f"__items__ has a key that cannot be a key ({exc})") from None
+    return {k: decode(v, d) for k, v in value.items()}
 
 
 def _hashable(key: Any) -> Any:
@@ -145,21 +223,27 @@ def result_to_dict(r: DetectorResult) -> dict[str, Any]:
     return out
 
 
-def result_from_dict(d: Any, where: str = "result", *, major: int = SCHEMA_MAJOR) -> DetectorResult:
+def result_from_dict(d: Any, where: str = "result", *, major: int = SCHEMA_MAJOR,
+                     expect_shape: tuple[int, int] | None = None) -> DetectorResult:
     """Inverse of :func:`result_to_dict` (``major`` 1 results are migrated); :class:`AtlasFileError` on a
     malformed entry."""
     if not isinstance(d, dict):
         raise AtlasFileError(f"{where}: expected an object, got {type(d).__name__}")
     if major == 1:
         _check_keys(d, RESULT_KEYS_V1, where)
-        d = migrate_result_v1(d)
+        try:
+            d = migrate_result_v1(d)
+        except AtlasFileError as exc:
+            raise AtlasFileError(f"{where}: {exc}") from None
     _check_keys(d, RESULT_KEYS, where)
     try:
-        arrays = {k: decode_array(d[k]).astype(float) for k in PER_HEAD_FIELDS}
+        arrays = {k: decode_array(d[k], expect_shape).astype(float) for k in PER_HEAD_FIELDS}
         shape = arrays["scores"].shape
         for k, a in arrays.items():
             if a.shape != shape:
                 raise ValueError(f"{k} has shape {list(a.shape)}, scores {list(shape)}")
+        if not isinstance(d["name"], str) or not d["name"]:
+            raise AtlasFileError(f"{where}: a detector name must be a non-empty string, got {d['name']!r:.40}")
         return DetectorResult(
             name=str(d["name"]), **arrays,
             labelled=[(int(layer), int(head)) for layer, head in d["labelled"]],
@@ -174,7 +258,10 @@ def result_from_dict(d: Any, where: str = "result", *, major: int = SCHEMA_MAJOR
             skipped=None if d["skipped"] is None else str(d["skipped"]),
             causal=None if d["causal"] is None else CausalCheck.from_dict(d["causal"]),
         )
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+    except AtlasFileError as exc:
+        text = str(exc)
+        raise AtlasFileError(text if text.startswith(where) else f"{where}: {text}") from None
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as exc:
         raise AtlasFileError(f"{where}: malformed detector result ({type(exc).__name__}: {exc})") from None
 
 
@@ -201,6 +288,19 @@ def migrate_result_v1(d: dict[str, Any]) -> dict[str, Any]:
             "data_description": d["data_description"], "null_description": d["null_description"],
             "n_prompts": d["n_prompts"], "seed": d["seed"], "n_null": 0, "extras": d["extras"],
             "details": details, "skipped": d["skipped"], "causal": None}
+
+
+def check_model_sizes(model: Any, source: str) -> tuple[int, int]:
+    """The ``model`` block's ``(n_layers, n_heads)``: positive integers whose product is a plausible head count
+    (checked before any per-head array is allocated)."""
+    if not isinstance(model, dict) or "n_layers" not in model or "n_heads" not in model:
+        raise AtlasFileError(f"{source}: \"model\" must hold n_layers and n_heads")
+    sizes = (model["n_layers"], model["n_heads"])
+    if not all(isinstance(n, int) and not isinstance(n, bool) and 0 < n <= 1 << 16 for n in sizes) or \
+            sizes[0] * sizes[1] > MAX_ARRAY_ELEMENTS:
+        raise AtlasFileError(f"{source}: model n_layers x n_heads = {sizes[0]!r:.20} x {sizes[1]!r:.20} is not a "
+                             "plausible model size (positive integers up to 65536)")
+    return sizes[0], sizes[1]
 
 
 def _check_keys(d: dict[str, Any], expected: tuple[str, ...], where: str) -> None:
@@ -231,48 +331,44 @@ def check_schema(doc: Any, source: str, *, expected_name: str = SCHEMA_NAME) -> 
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    """Parse a JSON file; :class:`AtlasFileError` on a missing, unreadable or corrupt file."""
+    """Parse a JSON file; :class:`AtlasFileError` on a missing, unreadable, oversized or corrupt file."""
+    if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)):
+        raise InputTypeError(f"an atlas path must be a string or pathlib.Path, got {type(path).__name__} {path!r:.40}")
     p = Path(path)
     if not p.exists():
         raise AtlasFileError(f"no atlas file at {p}")
     if p.is_dir():
         raise AtlasFileError(f"{p} is a folder; pass the atlas.json inside it")
     try:
+        size = p.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise AtlasFileError(f"{p} is {size / 2**20:.0f} MiB, larger than any atlas ({MAX_FILE_BYTES >> 20} MiB); "
+                                 "not an atlas written by headatlas")
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise AtlasFileError(f"cannot read {p}: {exc}") from None
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_bare_constant)
     except json.JSONDecodeError as exc:
         raise AtlasFileError(f"{p} is not valid JSON (corrupt or truncated: {exc})") from None
+    except AtlasFileError as exc:
+        raise AtlasFileError(f"{p}: {exc}") from None
+    except RecursionError:
+        raise AtlasFileError(f"{p} is nested too deeply to be an atlas (more than {MAX_DEPTH} levels)") from None
+
+
+def _bare_constant(name: str) -> Any:
+    raise AtlasFileError(f"bare {name} is not valid JSON; atlases write non-finite numbers as \"nan\", \"inf\", "
+                         "\"-inf\"")
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` to ``path`` via a temp file in the same folder and ``os.replace``: a crash
-    mid-write leaves the previous file intact."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return p
+    mid-write leaves the previous file intact (see :func:`headatlas.outdir.atomic_write_text`; OutputError
+    when ``path`` is a folder or cannot be written)."""
+    from ..outdir import atomic_write_text as write
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    return write(path, text)
 
 
 def dumps(doc: Any) -> str:
