@@ -223,3 +223,18 @@ def test_cli_sweep_of_the_bundled_models(tmp_path):
     assert (out / "sweep.html").is_file() and (out / "smollm2-135m-s0" / "atlas.json").is_file()
     # smollm2 and gemma3 both have induction heads (repeat loss falls 13.6 -> 2.2 and 14.7 -> 0.8)
     assert table[table.labelled].groupby("model").size().min() >= 1
+
+
+def test_address_joins_an_existing_cluster(cluster, checkpoints, tmp_path):
+    """A second driver (the CLI in a subprocess) joins this module's cluster by its address."""
+    address = ray.get_runtime_context().gcs_address
+    out = tmp_path / "joined"
+    exe = Path(sys.executable).with_name("headatlas")
+    res = subprocess.run([str(exe), "sweep", str(checkpoints / "step-2"), "--detectors", DETECTOR, "--out", str(out),
+                          "--address", address, "--quick", "--n-prompts", "4"], capture_output=True, text=True,
+                         timeout=900, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert res.returncode == 0, res.stdout + res.stderr
+    doc = json.loads((out / "sweep.json").read_text())
+    assert doc["settings"]["address"] == address and doc["cluster"]["CPU"] == 2.0
+    assert [t["status"] for t in doc["tasks"]] == ["done"]
+    assert ray.is_initialized()                                   # the joining driver left the cluster running
