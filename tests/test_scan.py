@@ -165,7 +165,8 @@ def test_resume_recomputes_when_the_key_changes(gpt2, fake_registry, tmp_path, c
         kw["options"] = {"fake_planted": planted(value=0.8)}
     elif change == "version":
         d = fake_registry["fake_planted"]
-        fake_registry["fake_planted"] = base.Detector(d.name, d.stage, d.method, d.summary, d.citation, d.run, version=2)
+        fake_registry["fake_planted"] = base.Detector(d.name, d.stage, d.method, d.summary, d.citation, d.run,
+                                                      no_causal=d.no_causal, version=d.version + 1)
     elif change == "weights":
         hf, tok = tiny_model("gpt2")
         with torch.no_grad():
@@ -175,11 +176,11 @@ def test_resume_recomputes_when_the_key_changes(gpt2, fake_registry, tmp_path, c
     elif change == "no_resume":
         kw["resume"] = False
     elif change == "corrupt":
-        (tmp_path / "partial" / "fake_planted.json").write_text('{"schema": "headatlas.partial/1", "key": ')
+        (tmp_path / "partial" / "fake_planted.json").write_text('{"schema": "headatlas.partial/2", "key": ')
     scan(model, ["fake_planted"], **kw)
     assert CALLS["fake_planted"] == 2
     saved = json.loads((tmp_path / "partial" / "fake_planted.json").read_text())
-    assert saved["schema"] == "headatlas.partial/1"
+    assert saved["schema"] == "headatlas.partial/2"
 
 
 def test_scan_loads_specs(fake_registry, tmp_path):

@@ -9,6 +9,7 @@ are written atomically.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -23,7 +24,9 @@ from .atlas import Atlas, DetectorMeta, schema
 from .detectors import base as registry
 from .atlas.records import PER_HEAD_FIELDS, no_causal_check
 from .detectors.base import DetectorResult, ScanCache, ScanConfig, scan_order, skipped_result
-from .errors import HeadAtlasError, InputError
+from .checks import check_bool, check_callable, check_count, check_seed
+from .errors import HeadAtlasError, InputError, InputTypeError
+from .outdir import prepare_out, scan_lock, write_atlas_pair
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +69,13 @@ def resolve_detectors(detectors: str | Sequence[str] | None) -> list[str]:
         return names
     if isinstance(detectors, str):
         detectors = [d for d in (p.strip() for p in detectors.split(",")) if d]
+    if not isinstance(detectors, (list, tuple)):
+        raise InputTypeError(f"detectors must be detector names (a list, or 'a,b'), got {type(detectors).__name__} "
+                             f"{detectors!r:.40}; available: {', '.join(registry.names())}")
     names = []
     for d in detectors:
+        if not isinstance(d, str):
+            raise InputTypeError(f"detector names must be strings, got {type(d).__name__} {d!r:.40}")
         registry.get(d)  # InputError listing the available ones
         if d not in names:
             names.append(d)
@@ -159,7 +167,10 @@ def _causal(det: registry.Detector, m: Any, config: ScanConfig, result: Detector
         return no_causal_check(det.no_causal)
     if not enabled or not result.labelled:
         return None
-    return det.causal(m, config, result)
+    try:
+        return det.causal(m, config, result)
+    except InputError as exc:   # the check's data does not fit this model (e.g. no English tokenizer)
+        return no_causal_check(f"the causal check could not run on this model: {exc}")
 
 
 def _shared_note(det: registry.Detector, cache: ScanCache, name: str) -> str:
@@ -196,13 +207,26 @@ def scan(model: Any, detectors: str | Sequence[str] | None = None, *, seed: int 
     A detector that raises :class:`InputError` (its data does not fit this model) becomes a skipped
     result carrying the reason; any other exception propagates.
     """
+    names = scan_order(resolve_detectors(detectors))
+    seed, batch_size = check_seed(seed), check_count(batch_size, "batch_size")
+    n_prompts = None if n_prompts is None else check_count(n_prompts, "n_prompts")
+    quick, resume, causal = check_bool(quick, "quick"), check_bool(resume, "resume"), check_bool(causal, "causal")
+    if options is not None and not (isinstance(options, dict) and all(isinstance(k, str) for k in options)):
+        raise InputTypeError(f"options must be a dict of detector name -> value, got {type(options).__name__}")
+    if progress is not None and not isinstance(progress, ScanProgress):
+        check_callable(progress, "progress (a ScanProgress or fn(name, done, total))")
+    out_dir = prepare_out(out) if out is not None else None   # before the model loads: a bad --out fails at once
+    with scan_lock(out_dir) if out_dir is not None else contextlib.nullcontext():
+        return _run_scan(model, names, seed=seed, quick=quick, out_dir=out_dir, resume=resume, progress=progress,
+                         batch_size=batch_size, n_prompts=n_prompts, options=options, causal=causal)
+
+
+def _run_scan(model: Any, names: list[str], *, seed: int, quick: bool, out_dir: Path | None, resume: bool,
+              progress: ScanProgress | ProgressFn | None, batch_size: int, n_prompts: int | None,
+              options: dict[str, Any] | None, causal: bool) -> Atlas:
+    """The body of :func:`scan` once its input is checked and ``out_dir`` (if any) is locked."""
     from .models import load
 
-    names = scan_order(resolve_detectors(detectors))
-    if batch_size < 1:
-        raise InputError(f"batch_size must be >= 1, got {batch_size}")
-    if n_prompts is not None and n_prompts < 1:
-        raise InputError(f"n_prompts must be >= 1, got {n_prompts}")
     m = load(model)
     prog = progress if isinstance(progress, ScanProgress) else (_CallableProgress(progress) if progress else ScanProgress())
     info = m.info.to_dict()
@@ -210,7 +234,6 @@ def scan(model: Any, detectors: str | Sequence[str] | None = None, *, seed: int 
     settings = {"quick": bool(quick), "n_prompts": n_prompts, "batch_size": int(batch_size), "causal": bool(causal)}
     common_key = {"model": info, "weights": fingerprint, "seed": int(seed), "settings": settings,
                   "options": options or {}, "schema": schema.PARTIAL_SCHEMA}
-    out_dir = Path(out) if out is not None else None
     n_layers, n_heads = m.info.n_layers, m.info.n_heads
 
     results: dict[str, DetectorResult] = {}
@@ -259,7 +282,7 @@ def scan(model: Any, detectors: str | Sequence[str] | None = None, *, seed: int 
         settings["options"] = sorted(options)   # their names only: values can be large arrays
     atlas = Atlas(model_info, results, metas, seed=int(seed), settings=settings, timings=timings,
                   shared_passes=shared_notes)
-    if out_dir is not None:
-        atlas.save(out_dir / "atlas.json")
-        atlas.save_html(out_dir / "atlas.html")
+    if out_dir is not None:  # both rendered first; the HTML is never older than the JSON (outdir.write_atlas_pair)
+        write_atlas_pair(out_dir / "atlas.json", schema.dumps(atlas.to_dict()) + "\n", out_dir / "atlas.html",
+                         atlas.to_html())
     return atlas

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.markup import escape
 from rich.table import Table
 
 from ..models import DEFAULT_MODEL
@@ -52,27 +53,41 @@ def default_out(model: str) -> Path:
 
 
 def summary_table(atlas, top: int) -> Table:
-    table = Table("detector", "stage", "labelled", "top heads (score, null, z)", title=f"headatlas: {atlas.model_name}")
+    """Per detector: stage, labels, top heads (score, effect, q) and the causal check against random heads."""
+    table = Table("detector", "stage", "labelled", "top heads (score, effect, q)", "causal check (ablation)",
+                  title=f"headatlas: {atlas.model_name}")
     for name in atlas.detectors:
         r = atlas.result(name)
         stage = atlas.meta[name].stage
         if r.skipped:
-            table.add_row(name, stage, "-", f"[yellow]skipped:[/] {r.skipped}")
+            table.add_row(name, stage, "-", f"[yellow]skipped:[/] {escape(r.skipped)}", "")
             continue
         tops = atlas.top_heads(name, top)
         if not tops:
             best = atlas.top_heads(name, 1, labelled_only=False)
-            hint = f" [dim](best {best[0].name}: {best[0].score:.3g}, z {_z(best[0].z)})[/]" if best else ""
-            table.add_row(name, stage, "0", f"[magenta]none found[/]{hint}")
+            hint = (f" [dim](best {best[0].name}: score {best[0].score:.3g}, effect {best[0].effect:.3g}, "
+                    f"q {_num(best[0].q_value)})[/]") if best else ""
+            table.add_row(name, stage, "0", f"[magenta]none found[/]{hint}", _causal_cell(r.causal))
             continue
-        cells = "\n".join(f"{e.name}  {e.score:.3g}  (null {e.null_mean:.3g}, z {_z(e.z)})" for e in tops)
+        cells = "\n".join(f"{e.name}  {e.score:.3g}  (effect {e.effect:.3g}, q {_num(e.q_value)})" for e in tops)
         more = len(r.labelled) - len(tops)
-        table.add_row(name, stage, str(len(r.labelled)), cells + (f"\n[dim]+{more} more[/]" if more > 0 else ""))
+        table.add_row(name, stage, str(len(r.labelled)), cells + (f"\n[dim]+{more} more[/]" if more > 0 else ""),
+                      _causal_cell(r.causal))
     return table
 
 
-def _z(z: float) -> str:
-    return "nan" if math.isnan(z) else f"{z:.3g}"
+def _causal_cell(c) -> str:
+    if c is None:
+        return "[dim]not run[/]"
+    if not c.ran:
+        return f"[dim]{escape(c.note)}[/]"
+    verdict = "[green]beats every random set[/]" if c.beats_every_random_set else f"p {_num(c.p_value)}"
+    return (f"{escape(c.metric)}: {c.effect:+.3g} vs random median {c.random_median:+.3g} "
+            f"({len(c.random_effects)} sets); {verdict}")
+
+
+def _num(x: float) -> str:
+    return "nan" if math.isnan(x) else f"{x:.2g}"
 
 
 @app.command("scan")

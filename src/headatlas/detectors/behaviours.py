@@ -41,13 +41,15 @@ def repeat_loss_check(m: LoadedModel, cfg: ScanConfig, result: DetectorResult, *
     ids = batch.ids
     start = batch.start + block   # first position of the repeat
 
+    keep = ids.shape[1] - start                  # logits of the repeat positions only
+
     def repeat_loss(logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        lp = torch.log_softmax(logits[:, start:-1], -1)
+        lp = torch.log_softmax(logits[:, :-1], -1)
         tgt = ids[rows][:, start + 1:].to(lp.device)
         return -lp.gather(-1, tgt[..., None])[..., 0].mean(-1)
 
     return ablation_check(m, result.labelled, ids, repeat_loss, metric="repeat loss (nats)", expected="increase",
-                          seed=cfg.seed, kind=kind, batch_size=cfg.batch_size,
+                          seed=cfg.seed, kind=kind, batch_size=cfg.batch_size, keep_last=keep,
                           description=(f"next-token loss on the repeat of {ids.shape[0]} fresh [BOS] + {block} + {block} "
                                        f"random-token sequences (seed {cfg.seed + EVAL_SEED_OFFSET}), {kind} ablation "
                                        "over those prompts per position"))

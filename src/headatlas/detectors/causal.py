@@ -20,8 +20,7 @@ import torch
 
 from .. import stats
 from ..atlas.records import CausalCheck, DetectorResult, LabelRule
-from ..instrument import instrumented
-from ..methods.ablation import ablation_edits
+from ..instrument import HeadEdit, Taps, instrumented
 
 if TYPE_CHECKING:
     from ..models import LoadedModel
@@ -58,22 +57,26 @@ def matched_random_sets(heads: Sequence[tuple[int, int]], n_layers: int, n_heads
 
 def ablation_check(m: LoadedModel, heads: Sequence[tuple[int, int]], ids: torch.Tensor, fn: BehaviourFn, *,
                    metric: str, expected: str, seed: int, description: str, kind: str = "mean",
-                   reference: torch.Tensor | None = None, n_random: int = N_RANDOM,
-                   batch_size: int = 8) -> CausalCheck:
+                   n_random: int = N_RANDOM, batch_size: int = 8, keep_last: int | None = None) -> CausalCheck:
     """Ablate ``heads`` and ``n_random`` layer-matched random sets on prompts ``ids [B, S]``.
 
-    ``fn(logits, rows) -> [b]`` is the behaviour per prompt (``rows`` index ``ids``); ``expected`` is
-    ``"increase"`` (e.g. a loss) or ``"decrease"`` (a log-prob, a logit difference) under ablation of the
-    real heads. Mean ablation uses ``reference`` (default: ``ids`` themselves, per position).
-    The whole batch is ablated at once (``batch_size`` rows per forward)."""
+    ``fn(logits, rows) -> [b]`` is the behaviour per prompt (``rows`` index ``ids``); with ``keep_last``
+    only the last ``keep_last`` positions are unembedded (``logits [b, keep_last, V]``), which is where a
+    large vocabulary costs. ``expected`` is ``"increase"`` (e.g. a loss) or ``"decrease"`` (a log-prob, a
+    logit difference) under ablation of the real heads. Mean ablation replaces a head's output by its
+    mean over ``ids`` at the same position (one capture pass serves every head set)."""
     if expected not in ("increase", "decrease"):
         raise ValueError(f"expected must be 'increase' or 'decrease', got {expected!r}")
+    if kind not in ("mean", "zero"):
+        raise ValueError(f"causal checks use mean or zero ablation, not {kind!r}")
     heads = [(int(a), int(b)) for a, b in heads]
     if not heads:
         return CausalCheck(metric=metric, kind="none", note="no heads were labelled: nothing to ablate",
                            description=description)
+    means = _position_means(m, ids, batch_size) if kind == "mean" else None
+
     def run(hs: list[tuple[int, int]]) -> np.ndarray:
-        return _behaviour_full(m, ids, fn, hs, kind, reference, batch_size)
+        return _run_edits(m, ids, fn, _edits(hs, kind, means), batch_size, keep_last)
 
     clean = run([])
     labelled = run(heads)
@@ -89,23 +92,36 @@ def ablation_check(m: LoadedModel, heads: Sequence[tuple[int, int]], ids: torch.
                        description=description)
 
 
-def _behaviour_full(m: LoadedModel, ids: torch.Tensor, fn: BehaviourFn, heads: list[tuple[int, int]], kind: str,
-                    reference: torch.Tensor | None, batch_size: int) -> np.ndarray:
-    """``[B]`` the behaviour of every prompt with ``heads`` ablated (none: the clean run). Zero and mean
-    ablation edits do not depend on the row (the mean is taken over the whole reference batch)."""
-    if kind not in ("mean", "zero"):
-        raise ValueError(f"causal checks use mean or zero ablation, not {kind!r}")
-    edits = ablation_edits(m, heads, ids.to(m.device), kind,  # type: ignore[arg-type]
-                           reference=None if reference is None else reference.to(m.device)) if heads else []
-    return _run_edits(m, ids, fn, edits, batch_size)
+def _position_means(m: LoadedModel, ids: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    """Per layer, every head's output averaged over the prompts at each position: ``[1, S, H, d_head]``."""
+    sums: list[torch.Tensor] = []
+    for s in range(0, ids.shape[0], batch_size):
+        with torch.no_grad(), instrumented(m, taps=Taps(z=True)) as rec:
+            m.model(input_ids=ids[s:s + batch_size].to(m.device), use_cache=False, logits_to_keep=1)
+        part = [rec.z(layer).sum(0, keepdim=True) for layer in range(m.info.n_layers)]
+        sums = part if not sums else [a + b for a, b in zip(sums, part)]
+    return [x / ids.shape[0] for x in sums]
 
 
-def _run_edits(m: LoadedModel, ids: torch.Tensor, fn: BehaviourFn, edits: list, batch_size: int) -> np.ndarray:
+def _edits(heads: list[tuple[int, int]], kind: str, means: list[torch.Tensor] | None) -> list[HeadEdit]:
+    by_layer: dict[int, list[int]] = {}
+    for layer, head in heads:
+        by_layer.setdefault(layer, []).append(head)
+    if kind == "zero":
+        return [HeadEdit(layer, hs, "zero") for layer, hs in by_layer.items()]
+    assert means is not None
+    return [HeadEdit(layer, hs, "patch", source=means[layer]) for layer, hs in by_layer.items()]
+
+
+def _run_edits(m: LoadedModel, ids: torch.Tensor, fn: BehaviourFn, edits: list, batch_size: int,
+               keep_last: int | None) -> np.ndarray:
+    """``[B]`` the behaviour of every prompt with ``edits`` applied (none: the clean run)."""
     out = []
+    kw = {} if keep_last is None else {"logits_to_keep": int(keep_last)}
     for s in range(0, ids.shape[0], batch_size):
         e = min(s + batch_size, ids.shape[0])
         with torch.no_grad(), instrumented(m, edits=edits):
-            logits = m.model(input_ids=ids[s:e].to(m.device), use_cache=False).logits
+            logits = m.model(input_ids=ids[s:e].to(m.device), use_cache=False, **kw).logits
         out.append(fn(logits.float(), torch.arange(s, e)).detach().cpu().double().numpy())
     return np.concatenate(out)
 
