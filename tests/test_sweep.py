@@ -238,3 +238,24 @@ def test_address_joins_an_existing_cluster(cluster, checkpoints, tmp_path):
     assert doc["settings"]["address"] == address and doc["cluster"]["CPU"] == 2.0
     assert [t["status"] for t in doc["tasks"]] == ["done"]
     assert ray.is_initialized()                                   # the joining driver left the cluster running
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"detectors": "no_such_detector"}, "no_such_detector"),
+    ({"seeds": "x"}, "seeds"),
+    ({"batch_size": 0}, "batch_size"),
+    ({"cpus_per_task": -1}, "cpus_per_task"),
+    ({"device_map": {"": "disk"}}, "offload_folder"),
+    ({"device_map": "everywhere"}, "use one of auto"),
+    ({"out": ""}, "output folder"),
+])
+def test_bad_arguments_are_refused_before_any_task(checkpoints, tmp_path, kwargs, match):
+    args = {"detectors": DETECTOR, "out": tmp_path / "o", **kwargs}
+    with pytest.raises(InputError, match=match):
+        headatlas.sweep([str(checkpoints)], **args)
+    assert not (tmp_path / "o" / "sweep.json").exists()
+
+
+def test_more_gpus_per_task_than_the_cluster_has_is_refused(cluster, checkpoints, tmp_path):
+    with pytest.raises(InputError, match="GPU"):
+        headatlas.sweep([str(checkpoints)], DETECTOR, out=tmp_path / "o", gpus_per_task=1)

@@ -499,11 +499,13 @@ def sweep(specs: str | Sequence[str], detectors: str | Sequence[str] | None = No
             raise InputError(f"{what} must be a number >= 0, got {value!r}")
     if address is not None and (not isinstance(address, str) or not address.strip()):
         raise InputError(f"address must be 'auto' or 'ray://host:port', got {address!r}")
-    placement = check_placement(device_map, max_memory, offload_folder, device)  # the workers load with these
-    load_kw = {"device": device, "dtype": dtype}
-    if placement.active:
-        load_kw.update(device_map=placement.device_map, max_memory=placement.max_memory,
-                       offload_folder=placement.offload_folder)
+    load_kw: dict[str, Any] = {"device": device, "dtype": dtype}
+    if device_map is not None or max_memory is not None or offload_folder is not None:
+        if address is None:  # a local cluster has this machine's devices: refuse bad values before any task
+            check_placement(device_map, max_memory, offload_folder, device)
+        # (on a remote cluster the workers' load() checks them against their own GPUs)
+        load_kw.update(device_map=device_map, max_memory=max_memory,
+                       offload_folder=None if offload_folder is None else os.fspath(offload_folder))
     out_dir = Path(out).expanduser().resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = {"detectors": names, "seeds": seed_list, "quick": bool(quick), "batch_size": int(batch_size),
