@@ -47,7 +47,11 @@ class LoadedModel:
     def device(self) -> torch.device:
         """Where inputs go: the input embedding's device (its execution device when accelerate
         dispatched the model with ``device_map``, so offloaded weights never report ``meta``)."""
-        return module_device(self.model.get_input_embeddings())
+        try:
+            embed = self.model.get_input_embeddings()
+        except (AttributeError, NotImplementedError):  # a model without the standard accessor
+            embed = None
+        return module_device(embed if isinstance(embed, nn.Module) else self.model)
 
     @property
     def device_map(self) -> dict[str, Any] | None:
