@@ -70,7 +70,7 @@ def test_scan_errors_are_one_line(model_dir, tmp_path, fake_registry):
     res = invoke("scan", tmp_path / "no-such-model", "--detectors", "fake_prev")
     assert res.exit_code == 2 and "no such file or folder" in res.stderr
     res = invoke("scan", model_dir, "--detectors", "fake_prev", "--batch-size", 0, "--out", tmp_path)
-    assert res.exit_code == 2 and "batch_size" in res.stderr
+    assert res.exit_code == 2 and "--batch-size" in res.stderr
 
 
 def test_detectors_lists_the_registry(fake_registry):

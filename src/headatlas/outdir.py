@@ -22,6 +22,7 @@ import errno
 import os
 import socket
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -29,6 +30,7 @@ from typing import Any, Iterator
 from .errors import InputTypeError, OutputError
 
 LOCK_NAME = ".headatlas.lock"
+_HELD: set[tuple[str, int]] = set()   # (folder, thread) pairs this process holds a scan lock for
 TEMP_SUFFIX = ".tmp"
 _SYSTEM_ROOTS = ("/proc", "/sys", "/dev")
 
@@ -349,16 +351,22 @@ def scan_lock(out: Any) -> Iterator[Path]:
     files that a killed writer left in the folder are removed once the lock is held."""
     folder = prepare_out(out)
     lock = folder / LOCK_NAME
+    key = (str(folder.resolve()), threading.get_ident())
+    if key in _HELD:  # re-entrant within one thread (the CLI locks before loading, then scan() locks again)
+        yield lock
+        return
     try:
         fd = _acquire_flock(folder, lock)
         if fd is None:
             _acquire_pid(folder, lock)
     except OSError as exc:
         raise OutputError(f"--out {folder}: cannot create the lock file ({_why(exc)})") from None
+    _HELD.add(key)
     try:
         remove_stale_temps(folder)
         yield lock
     finally:
+        _HELD.discard(key)
         if read_lock(lock).get("pid") == str(os.getpid()):
             with contextlib.suppress(OSError):
                 os.unlink(lock)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
+import threading
 from pathlib import Path
+from typing import Any, Iterator
 
 import typer
 from rich.console import Console
@@ -11,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.markup import escape
 from rich.table import Table
 
+from ..checks import check_count
 from ..models import DEFAULT_MODEL
 from ..scan import ScanProgress
 from . import app
@@ -105,11 +110,21 @@ def scan_cmd(
     top: int = typer.Option(5, help="heads per type in the summary table"),
 ) -> None:
     """Scan every head of MODEL with the registered detectors; write OUT/atlas.json and OUT/atlas.html."""
+    from ..checks import check_count, check_seed
+    from ..outdir import prepare_out, scan_lock
     from ..scan import resolve_detectors, scan
 
-    with user_errors():
+    with user_errors(), contextlib.ExitStack() as stack:
         names = resolve_detectors(detectors)
-        out_dir = out if out is not None else default_out(model)
+        check_seed(seed, "--seed")
+        check_count(batch_size, "--batch-size")
+        if n_prompts is not None:
+            check_count(n_prompts, "--n-prompts")
+        check_count(top, "--top", minimum=0)
+        # --out is checked and locked before the model loads: a bad folder, or a second scan into it, fails at once
+        out_dir = prepare_out(out if out is not None else default_out(model))
+        stack.enter_context(scan_lock(out_dir))
+        stack.enter_context(sigterm_as_exit())
         m = load_model(model, device, dtype)
         console.print(f"scanning [bold]{m.info.name}[/] ({m.info.n_layers} layers x {m.info.n_heads} heads) "
                       f"with {len(names)} detector(s), seed {seed}{', quick' if quick else ''} -> {out_dir}")
@@ -124,6 +139,24 @@ def scan_cmd(
             raise typer.Exit(code=130) from None
     out_console.print(summary_table(atlas, top))
     console.print(f"wrote {out_dir / 'atlas.json'} and {out_dir / 'atlas.html'}")
+
+
+@contextlib.contextmanager
+def sigterm_as_exit() -> Iterator[None]:
+    """While a scan runs, SIGTERM (``kill``) exits through Python's normal unwinding, so temp files are removed
+    and the scan lock is released (as for Ctrl-C); the previous handler is restored after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @app.command("detectors")
@@ -151,9 +184,12 @@ def report_cmd(
     """Re-render the HTML report of a saved atlas and print its summary."""
     from ..atlas import Atlas
 
+    from ..outdir import prepare_out_file
+
     with user_errors():
+        target = prepare_out_file(out if out is not None else atlas_json.with_suffix(".html"))
         atlas = Atlas.load(atlas_json)
-        target = out if out is not None else atlas_json.with_suffix(".html")
+        check_count(top, "--top", minimum=0)
         atlas.save_html(target)
     out_console.print(summary_table(atlas, top))
     console.print(f"wrote {target}")
