@@ -11,13 +11,11 @@ import torch
 
 import headatlas
 from headatlas.detectors import ScanConfig, get, label_heads
-from headatlas.detectors.mcqa import evenness, fixed_letter
-from headatlas.detectors.mover import ioi_spans
 from headatlas.detectors.spans import SpanSet, paired_stats, span_mass
 from headatlas.errors import InputError
 from headatlas.tasks.text import WordSeq, encode_words, split_words
 
-TEXT_DETECTORS = ("rare_words", "subword_merge", "syntactic", "retrieval", "constant", "single_letter", "mover")
+TEXT_DETECTORS = ("rare_words", "subword_merge", "syntactic", "retrieval")   # MCQA and mover: test_mcqa_mover.py
 
 
 def _seq(sizes: list[int], words: list[str] | None = None) -> WordSeq:
@@ -89,44 +87,7 @@ def test_split_words_and_encode_words_spans():
 # tests/test_subword_merge.py, tests/test_syntactic.py)
 
 
-# ---------------------------------------------------------------- constant / single letter
-
-
-def test_mcqa_scores_on_planted_patterns():
-    n, K = 8, 4
-    correct = np.arange(n) % K
-    a = np.zeros((n, K, 4))
-    a[:, :, 0] = 0.2                     # head 0: constant (even over letters, mass 0.8)
-    a[:, 3, 1] = 0.9                     # head 1: always on letter D
-    a[np.arange(n), correct, 2] = 0.9    # head 2: the correct letter
-    a[:, :, 3] = 0.01                    # head 3: barely looks at the letters
-    ev = evenness(a).mean(0)
-    assert np.argmax(ev) == 0 and ev[0] == pytest.approx(0.8)
-    assert ev[1] == pytest.approx(0.0, abs=1e-9) and ev[3] < 0.05
-    means, best, score = fixed_letter(a, correct)
-    assert np.argmax(score) == 1 and best[1] == 3 and score[1] == pytest.approx(0.9)
-    assert score[2] == pytest.approx(0.0)        # correct-letter heads are not single-letter heads
-
-
-def test_mcqa_batch_balanced_and_positions(english):
-    from headatlas.tasks.mcqa import mcqa_batch
-
-    b = mcqa_batch(english.tokenizer, 8, seed=0)
-    assert sorted(b.correct.tolist()) == [0, 0, 1, 1, 2, 2, 3, 3]
-    tok = english.tokenizer
-    for r in range(8):
-        letters = [tok.decode([int(b.ids[r, p])]) for p in b.letter_pos[r]]
-        assert letters == ["A", "B", "C", "D"]
-        assert tok.decode(b.ids[r, : b.final_pos[r] + 1]).endswith("Answer:")
-
-
-# ---------------------------------------------------------------- mover
-
-
-def test_ioi_spans_index_the_names():
-    spans = ioi_spans(torch.tensor([2, 4]), torch.tensor([4, 2]), torch.tensor([7, 7]), 9)
-    assert spans["io"].n_items == 2 and spans["io"].key.tolist() == [2, 4]
-    assert sorted(spans["s"].key.tolist()) == [2, 4, 7, 7]
+# (constant, single_letter, correct_letter and mover: tests/test_mcqa_mover.py)
 
 
 # ---------------------------------------------------------------- end to end
@@ -154,7 +115,6 @@ def test_toy_tokenizer_refused_with_clear_reason(name):
 def test_end_to_end_tiny_english_model_reproducible(english, name):
     cfg = ScanConfig(seed=3, quick=True, options={"min_recall": 0.0})
     r1 = get(name).run(english, cfg)
-    english._cache.clear()                       # constant/single_letter share a cached forward pass
     r2 = get(name).run(english, cfg)
     L, H = english.info.n_layers, english.info.n_heads
     assert r1.name == name and r1.scores.shape == (L, H)
@@ -165,17 +125,6 @@ def test_end_to_end_tiny_english_model_reproducible(english, name):
     assert all(0 <= l < L and 0 <= h < H for l, h in r1.labelled)
     for k, v in r1.extras.items():
         assert v.shape == (L, H), k
-
-
-def test_constant_and_single_letter_share_one_pass(english):
-    from headatlas.detectors.mcqa import CACHE_KEY
-
-    english._cache.clear()
-    get("constant").run(english, ScanConfig(seed=5, quick=True))
-    assert (CACHE_KEY, 5, 8) in english._cache
-    cached = english._cache[(CACHE_KEY, 5, 8)]
-    get("single_letter").run(english, ScanConfig(seed=5, quick=True))
-    assert english._cache[(CACHE_KEY, 5, 8)] is cached
 
 
 def test_seed_changes_the_data(english):

@@ -15,8 +15,8 @@ from . import rare_words  # noqa: F401
 from . import subword_merge  # noqa: F401
 from . import syntactic  # noqa: F401
 # TODO(contract v2 port in progress) from . import retrieval  # noqa: F401
-# TODO(contract v2 port in progress) from . import mcqa  # noqa: F401  (registers constant and single_letter)
-# TODO(contract v2 port in progress) from . import mover  # noqa: F401
+from . import mcqa  # noqa: F401  (registers constant, single_letter and correct_letter)
+from . import mover  # noqa: F401
 
 __all__ = ["STAGES", "CausalCheck", "Detector", "DetectorResult", "LabelRule", "ScanCache", "ScanConfig", "SharedPass",
            "all_detectors", "get", "names", "no_causal_check", "register", "scan_order", "skipped_result"]

@@ -141,3 +141,87 @@ def direct_logit_effect(m: LoadedModel, layer: int, z: torch.Tensor, resid: torc
     r = readout(m)
     out = head_outputs(z.to(r.W_U.device), m.W_O(layer).detach().to(r.W_U.device))
     return logit_effects(out, resid.to(r.W_U.device), tokens.to(r.W_U.device), r)["logit"]
+
+
+@dataclass
+class SourceDLA:
+    """Direct logit attribution at one query position per prompt, split by source (key) position.
+
+    - ``values[name]``: ``[B, L, H, S]`` the part of head ``(l, h)``'s direct effect on the logit of
+      target ``name`` that it moved from source position ``s``:
+      ``A_h[q, s] * N_x(v_s @ W_O[h]) @ W_U[t]`` (``N_x`` the final norm linearised at the real final
+      residual ``x`` of the query). Summed over ``s`` it is the head's whole direct effect
+      (:func:`direct_logit_effect` on its ``z``), since ``z_h[q] = sum_s A_h[q, s] v_s``.
+    - ``attention``: ``[B, L, H, S]`` the query's attention row of every head (0 past the query).
+    - ``query_pos``: ``[B]`` the query position of each prompt; ``layers``: the layers computed (others are 0).
+    """
+
+    values: dict[str, torch.Tensor]
+    attention: torch.Tensor
+    query_pos: torch.Tensor
+    layers: tuple[int, ...]
+
+    def total(self, name: str) -> torch.Tensor:
+        """``[B, L, H]``: each head's whole direct effect on target ``name`` (the sum over sources)."""
+        return self.values[name].sum(-1)
+
+
+def dla_by_source(m: LoadedModel, ids: torch.Tensor, query_pos: torch.Tensor | int,
+                  targets: dict[str, torch.Tensor], *, layers: list[int] | None = None,
+                  batch_size: int = 8) -> SourceDLA:
+    """Each head's direct logit attribution at ``query_pos``, split by source position (see :class:`SourceDLA`).
+
+    ``ids [B, S]`` prompts (right padding after the query is harmless: the query never sees it);
+    ``query_pos`` one position for all prompts or ``[B]``; ``targets``: ``{name: [B] token ids}`` (one
+    token per prompt). One forward per ``batch_size`` prompts with ``Taps(qkv=True)`` (values at kv-head
+    granularity: query head ``h`` reads kv head ``h // group``) and a pattern reducer that keeps only the
+    query's row of each layer, so no layer's ``[q, k]`` pattern is held. Linear in the target: a contrast
+    such as ``logit(a) - mean logit(others)`` is the same combination of the returned maps. float32, on CPU.
+    """
+    from ..instrument import Taps, instrumented
+
+    ids = torch.as_tensor(ids)
+    if ids.dim() != 2:
+        raise ValueError(f"ids must be [batch, seq], got shape {tuple(ids.shape)}")
+    B, S = ids.shape
+    qpos = torch.full((B,), int(query_pos), dtype=torch.long) if not isinstance(query_pos, torch.Tensor) \
+        or query_pos.dim() == 0 else query_pos.long().cpu()
+    if qpos.shape != (B,) or int(qpos.min()) < 0 or int(qpos.max()) >= S:
+        raise ValueError(f"query_pos must be one position or [batch] positions inside 0..{S - 1}")
+    for name, t in targets.items():
+        if torch.as_tensor(t).shape != (B,):
+            raise ValueError(f"target {name!r} must be [batch] token ids, got shape {tuple(torch.as_tensor(t).shape)}")
+    L, H = m.info.n_layers, m.info.n_heads
+    use = list(range(L)) if layers is None else sorted({int(x) for x in layers})
+    r = readout(m)
+    dev_u = r.W_U.device
+    kv = torch.tensor([m.info.kv_head(h) for h in range(H)])
+    values = {name: torch.zeros(B, L, H, S) for name in targets}
+    attention = torch.zeros(B, L, H, S)
+    for s0 in range(0, B, max(1, int(batch_size))):
+        s1 = min(B, s0 + max(1, int(batch_size)))
+        rows = torch.arange(s1 - s0)
+        q_local = qpos[s0:s1]
+
+        def keep_row(layer: int, pattern: torch.Tensor, call, q=q_local, rows=rows) -> torch.Tensor:
+            return pattern[rows.to(pattern.device), :, q.to(pattern.device)].detach().float().cpu()   # [b, H, S]
+
+        with torch.no_grad(), capture_final_residual(m) as resid, \
+                instrumented(m, taps=Taps(qkv=True, reducer=keep_row, layers=use)) as rec:
+            m.model(input_ids=ids[s0:s1].to(m.device), use_cache=False, logits_to_keep=1)
+        x = resid[0][rows, q_local].to(dev_u)                                   # [b, M] final residual at the query
+        # each target's readout direction through the linearised norm: logit(out) = out . d
+        for name, t in targets.items():
+            w = r.W_U[torch.as_tensor(t)[s0:s1].to(dev_u)] * r.weight / r.scale(x)   # [b, M]
+            if r.center:
+                w = w - w.mean(-1, keepdim=True)
+            for layer in use:
+                W_O = m.W_O(layer).detach().to(dev_u).float()                   # [H, D, M]
+                wo = torch.einsum("hdm,bm->bhd", W_O, w)                        # [b, H, D]
+                v = rec.v(layer).to(dev_u)[:, kv]                                # [b, H, S, D]
+                per_src = torch.einsum("bhsd,bhd->bhs", v.float(), wo)          # [b, H, S]
+                a = rec.reduced[layer][0].to(dev_u)
+                values[name][s0:s1, layer] = (a * per_src).cpu()
+        for layer in use:
+            attention[s0:s1, layer] = rec.reduced[layer][0]
+    return SourceDLA(values=values, attention=attention, query_pos=qpos, layers=tuple(use))
