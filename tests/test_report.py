@@ -62,16 +62,13 @@ def make_report_atlas(s: str = "", *, shared: bool = True) -> Atlas:
     meta = {n + s: DetectorMeta(n + s, st, method="pattern" + s, summary=f"{n} heads{s}", citation="paper" + s,
                                 version=("2" + s) if s else 2, places_stage=(n != "sink"))
             for n, st in stages.items()}
-    a = Atlas({"name": "toy" + s, "architecture": "Toy" + s, "n_layers": L, "n_heads": H, "note" + s: "x" + s},
-              results, meta, seed=3, settings={"quick": True, "n_prompts": None, "device" + s: "cpu" + s,
-                                               "nested": {"k" + s: ["v" + s]}},
-              timings={n + s: 1.5 for n in stages} | {"ind" + s: 0.0},
-              headatlas_version="0.1.0" + s, created="2026-01-01" + s)
-    a.notes = ["migrated from headatlas.atlas/1" + s]   # Atlas(notes=...) with detector contract v2
-    if shared:
-        # Atlas.shared_passes arrives with detector contract v2; set it on atlases built before that
-        a.shared_passes = {"ind" + s: "reused shared pass 'synthetic' computed by prev" + s}
-    return a
+    return Atlas({"name": "toy" + s, "architecture": "Toy" + s, "n_layers": L, "n_heads": H, "note" + s: "x" + s},
+                 results, meta, seed=3, settings={"quick": True, "n_prompts": None, "device" + s: "cpu" + s,
+                                                  "nested": {"k" + s: ["v" + s]}},
+                 timings={n + s: 1.5 for n in stages} | {"ind" + s: 0.0},
+                 shared_passes={"ind" + s: "reused shared pass 'synthetic' computed by prev" + s} if shared else None,
+                 notes=["migrated from headatlas.atlas/1" + s], headatlas_version="0.1.0" + s,
+                 created="2026-01-01" + s)
 
 
 def page_data(html: str) -> dict:
