@@ -10,7 +10,10 @@ Score (Voita's): the fraction of queries whose most-attended earlier word (atten
 word's pieces; candidates: every word before the adjacent one) is the rarest word.
 
 Matched control (per query): a word of the same prefix with the same number of tokens, clearly
-frequent (Zipf >= rarest + 1.5), at the closest word distance to the rarest word. Per query, the
+frequent (Zipf >= rarest + 1.5) but not one of the most frequent function words (Zipf <= 6: not
+"the", "of", "with", ...; those draw little attention for reasons unrelated to rarity, so a head
+that merely prefers content words would pass against them), at the closest word distance to the
+rarest word. Per query, the
 paired difference is ``[pick == rarest] - [pick == control]``: a head that attends by distance, by
 token count or at random picks both equally often. Effect: per prompt (a passage, the resampling
 unit) the mean over its queries, averaged over prompts. Null: sign flips of the per-prompt
@@ -37,7 +40,8 @@ if TYPE_CHECKING:
 
 MAX_RARE_ZIPF = 4.0     # at most ~10 occurrences per million words
 MIN_GAP = 0.5           # the rarest word must be this much rarer than the next rarest
-CONTROL_GAP = 1.5       # the control word is at least 30x more frequent than the rarest
+CONTROL_GAP = 1.5       # the control word is at least 30x more frequent than the rarest ...
+CONTROL_MAX_ZIPF = 6.0  # ... but not a very frequent function word (the, of, and, with: Zipf > 6)
 DEFAULT_ROWS, QUICK_ROWS, PER_ROW = 32, 12, 3
 MIN_EFFECT = 0.2
 RULE = LabelRule(statistic=("[argmax word == rarest word] - [argmax word == matched frequent control word] "
@@ -69,7 +73,8 @@ def rare_word_items(seqs: list[WordSeq], offset: int, rng: random.Random,
                 continue
             if s.words[i].lower() == s.words[rare].lower():
                 continue
-            ctrl = [j for j in cands if j != rare and z[j] >= z[rare] + CONTROL_GAP and sizes[j] == sizes[rare]]
+            ctrl = [j for j in cands if j != rare and z[rare] + CONTROL_GAP <= z[j] <= CONTROL_MAX_ZIPF
+                    and sizes[j] == sizes[rare]]
             if not ctrl:
                 continue
             best = min(abs(j - rare) for j in ctrl)
@@ -155,7 +160,7 @@ def run(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
                           f"{MAX_RARE_ZIPF}, gap >= {MIN_GAP}) is not the adjacent word; score = fraction of queries "
                           "whose most-attended earlier word (pooled over pieces) is the rarest word"),
         null_description=("null mean: the fraction of queries whose most-attended word is the matched control (a "
-                          f"frequent word, Zipf >= rarest + {CONTROL_GAP}, same token count, nearest in word distance); "
+                          f"frequent word, rarest + {CONTROL_GAP} <= Zipf <= {CONTROL_MAX_ZIPF}, same token count, nearest in word distance); "
                           f"null std and p: sign flips of the per-prompt paired differences ({tested.n_null} draws)"),
         n_prompts=d.shape[1], seed=cfg.seed, extras={"mass_effect": mass_effect},
         details={"n_queries": len(items), "rare_words": dict(sorted(rare_counts.items(), key=lambda kv: -kv[1])[:20])},
