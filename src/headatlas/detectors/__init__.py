@@ -14,7 +14,7 @@ from . import attention_sink  # noqa: F401
 from . import rare_words  # noqa: F401
 from . import subword_merge  # noqa: F401
 from . import syntactic  # noqa: F401
-# TODO(contract v2 port in progress) from . import retrieval  # noqa: F401
+from . import retrieval  # noqa: F401
 from . import mcqa  # noqa: F401  (registers constant, single_letter and correct_letter)
 from . import mover  # noqa: F401
 
