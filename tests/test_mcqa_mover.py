@@ -119,6 +119,7 @@ def test_mover_planted_positive_labelled_negative_listed():
     assert r.labelled == [(1, 0)]
     assert [n["head"] for n in r.details["negative"]] == ["L1H1"] and r.details["negative"][0]["dla"] < -1.5
     assert r.extras["attends_io"][1, 2] == 0                    # writes IO but does not attend: not a mover
+    assert [n["head"] for n in r.details["direct_without_io_attention"]] == ["L1H2"]
     assert r.details["patching"]["labelled_patching"]["L1H0"]["rank"] == 1
     assert r.q_value[1, 0] <= 0.05 and r.effect[1, 0] > 0.5
     # no signal at all: nothing labelled, nothing negative

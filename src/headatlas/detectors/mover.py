@@ -14,9 +14,11 @@ Per prompt and head (one forward per batch, :func:`headatlas.methods.dla.dla_by_
 Label (the rule): the DLA effect (mean over prompts) >= ``MIN_DLA`` logits with BH q <= 0.05 under a
 sign-flip null (swapping IO and S flips the contrast's sign), **and** ``attends_io``: END's attention to
 IO exceeds its attention to S1 by >= ``MIN_ATTN`` with BH q <= 0.05 under its own sign-flip null.
-Heads that attend to IO that way but write *against* it (effect <= -``MIN_DLA``, q <= 0.05 in the
-``less`` direction) are listed in ``details["negative"]`` with their numbers (negative name movers),
-never dropped silently. ``details["patching"]``: agreement with :func:`headatlas.methods.patching.patching_map`
+Heads that attend to IO that way but write *against* it (effect <= -``MIN_DLA``, per-head p <= 0.05 in
+the ``less`` direction; BH ``q_less`` given too) are listed in ``details["negative"]`` with their numbers
+(negative name movers), never dropped silently; heads with a significant positive direct effect that do
+not attend to IO (e.g. ones that move S and write against it) are listed in
+``details["direct_without_io_attention"]`` with the part of their DLA moved from IO and from S. ``details["patching"]``: agreement with :func:`headatlas.methods.patching.patching_map`
 on the same prompts (ABC -> clean, denoise; attribution patching unless ``options["mover_patching"] =
 "exact"``): Spearman correlation of the DLA effect with the patching effect, overlap of the top heads,
 and each label's patching effect and rank. Causal check: mean-ablating the labelled heads lowers the
@@ -109,15 +111,28 @@ def mover_result(per: dict[str, np.ndarray], *, seed: int, data_description: str
     draws = stats.signflip_null(dla, n_perm, rng=stats.rng_for(seed, "mover:signflip"))
     scores = dla.mean(1)
     tested = stats.evaluate(dla, draws, RULE, seed=seed, salt="mover", scores=scores, extras=extras)
-    q_less = stats.bh_q(stats.permutation_p(tested.effect, draws, "less"))
-    negative_mask = attends & (q_less <= RULE.fdr) & (tested.effect <= -MIN_DLA)
+    p_less = stats.permutation_p(tested.effect, draws, "less")
+    q_less = stats.bh_q(p_less)
+    # negative movers: attend to IO (as above) but write against it; a report, not a label (per-head p <= 0.05)
+    negative_mask = attends & (p_less <= RULE.fdr) & (tested.effect <= -MIN_DLA)
     negative = sorted(zip(*np.nonzero(negative_mask)), key=lambda lh: float(tested.effect[lh]))
+    direct = stats.apply_rule(LabelRule(statistic="", min_effect=MIN_DLA), effect=tested.effect, q=tested.q_value,
+                              scores=scores) & ~attends
+
+    def numbers(a: int, b: int) -> dict[str, Any]:
+        return {"head": f"L{a}H{b}", "dla": float(tested.effect[a, b]), "p": float(tested.p_value[a, b]),
+                "p_less": float(p_less[a, b]), "q_less": float(q_less[a, b]),
+                "io_attention": float(extras["io_attention"][a, b]), "io_attention_excess": float(a_eff[a, b]),
+                "s_attention": float(extras["attn_s"][a, b]), "dla_from_io": float(extras["dla_from_io"][a, b]),
+                "dla_from_s": float(extras["dla_from_s"][a, b])}
+
     det = dict(details or {})
     det.update({"min_dla": MIN_DLA, "min_attention_excess": MIN_ATTN,
-                "negative": [{"head": f"L{a}H{b}", "dla": float(tested.effect[a, b]), "q_less": float(q_less[a, b]),
-                              "io_attention": float(extras["io_attention"][a, b]),
-                              "io_attention_excess": float(a_eff[a, b]),
-                              "dla_from_io": float(extras["dla_from_io"][a, b])} for a, b in negative],
+                "negative_rule": (f"attends_io and DLA <= -{MIN_DLA} with per-head sign-flip p_less <= {RULE.fdr} "
+                                  "(q_less: BH over all heads, also given)"),
+                "negative": [numbers(int(a), int(b)) for a, b in negative],
+                "direct_without_io_attention": [numbers(int(a), int(b)) for a, b in
+                                                sorted(zip(*np.nonzero(direct)), key=lambda lh: -float(tested.effect[lh]))],
                 "attends_only": [[int(a), int(b)] for a, b in zip(*np.nonzero(attends))
                                  if (int(a), int(b)) not in set(tested.labelled) and not negative_mask[a, b]]})
     if patch_effect is not None:
