@@ -286,3 +286,16 @@ def _run_scan(model: Any, names: list[str], *, seed: int, quick: bool, out_dir: 
         write_atlas_pair(out_dir / "atlas.json", schema.dumps(atlas.to_dict()) + "\n", out_dir / "atlas.html",
                          atlas.to_html())
     return atlas
+
+
+class _CallableModule(type(os)):
+    """``headatlas.scan(...)`` calls :func:`scan` even where importing the submodule (``headatlas.cli`` does)
+    bound the package attribute ``headatlas.scan`` to this module (the package exports its functions lazily)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Atlas:
+        return scan(*args, **kwargs)
+
+
+import sys as _sys  # noqa: E402
+
+_sys.modules[__name__].__class__ = _CallableModule

@@ -67,9 +67,11 @@ def check_finite_value(value: Any, what: str) -> torch.Tensor | float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         if isinstance(value, (Sequence, np.ndarray)) and not isinstance(value, (str, bytes)):
             try:
-                return check_finite_value(torch.as_tensor(np.asarray(value, dtype=np.float64)), what)
+                as_tensor = torch.as_tensor(np.asarray(value, dtype=np.float64))
             except (TypeError, ValueError):
-                pass
+                as_tensor = None
+            if as_tensor is not None:
+                return check_finite_value(as_tensor, what)
         raise InputTypeError(f"{what} must be a number or a tensor, got {type(value).__name__} {value!r:.40}")
     if not math.isfinite(float(value)):
         raise InputError(f"{what} is {value}; pass a finite number")

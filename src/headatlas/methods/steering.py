@@ -12,7 +12,7 @@ from typing import Any, Literal, Sequence
 
 import torch
 
-from ..checks import check_choice, check_count, check_finite
+from ..checks import check_choice, check_count, check_finite, check_str_list
 from ..errors import InputError, InputTypeError
 from ..instrument import HeadEdit, Taps, instrumented
 from ..models.loading import LoadedModel
@@ -26,7 +26,7 @@ Pool = Literal["last", "mean"]
 def _pooled_z(m: LoadedModel, prompts: Prompts, pool: Pool, what: str) -> torch.Tensor:
     """Mean over prompts of z pooled over positions: ``[n_layers, n_heads, d_head]``. Prompts of different
     lengths run one by one."""
-    texts = [prompts] if isinstance(prompts, str) else prompts
+    texts = prompts if isinstance(prompts, torch.Tensor) else check_str_list(prompts, what)
     batches = [encode(m, t, what) for t in texts] if not isinstance(texts, torch.Tensor) else [encode(m, texts, what)]
     total, count = None, 0
     for ids in batches:
