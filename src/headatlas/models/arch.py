@@ -53,13 +53,35 @@ def attention_modules(model: nn.Module) -> tuple[nn.Module, ...]:
     return tuple(found[i] for i in sorted(found))
 
 
+def check_decoder_only(model: nn.Module) -> None:
+    """Refuse encoders (BERT-like, bidirectional attention), encoder-decoders (T5, BART) and models
+    without a language-model head: headatlas maps the heads of decoder-only causal LMs."""
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", "?")
+    what = f"{type(model).__name__} (model_type={model_type!r})"
+    if getattr(config, "is_encoder_decoder", False):
+        raise UnsupportedArchitectureError(f"{what} is an encoder-decoder model, not a decoder-only causal LM; "
+                                           "headatlas maps decoder-only models (Llama, GPT-2, Gemma, Qwen, ...)")
+    bidirectional = [m for m in model.modules() if getattr(m, "is_causal", None) is False
+                     and type(m).__name__.endswith("Attention") and getattr(m, "layer_idx", None) is not None]
+    if bidirectional:
+        raise UnsupportedArchitectureError(f"{what} is not a decoder-only causal LM: its attention "
+                                           f"({type(bidirectional[0]).__name__}) is bidirectional (an encoder); "
+                                           "headatlas maps decoder-only models (Llama, GPT-2, Gemma, Qwen, ...)")
+    get_out = getattr(model, "get_output_embeddings", None)
+    if not callable(get_out) or get_out() is None:
+        raise UnsupportedArchitectureError(f"{what} has no language-model head; load it as a causal LM "
+                                           "(AutoModelForCausalLM) so that its logits can be read")
+
+
 def check_supported(model: nn.Module) -> AttentionLayout:
     """Refuse models whose attention does not route through ``AttentionInterface``."""
     model_type = getattr(model.config, "model_type", "?")
+    check_decoder_only(model)
     if not supports_attention_interface(model):
         raise UnsupportedArchitectureError(
             f"{type(model).__name__} (model_type={model_type!r}) does not route attention through "
-            "transformers' AttentionInterface, so headatlas cannot read or write its heads.\n"
+            "transformers' AttentionInterface, so headatlas cannot read or write its heads; "
             f"Tested architectures: {', '.join(sorted(TESTED_ARCHITECTURES))}; any decoder-only model "
             "whose class sets `_supports_attention_backend = True` (Llama, Mistral, Qwen2/3, Gemma 1-3, "
             "GPT-2, GPT-NeoX, Phi, OLMo, ...) should work."

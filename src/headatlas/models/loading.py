@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import InputError, ModelNotFoundError, UnsupportedArchitectureError
+from ..errors import InputError, InputTypeError, ModelNotFoundError, UnsupportedArchitectureError
 from .arch import AttentionLayout, check_supported, final_norm, out_proj_weight
 from .bundled import BUNDLED, bundled_names
 from .info import ModelInfo, info_from_config
@@ -58,7 +58,6 @@ class LoadedModel:
         """The accelerate device map (module name -> device, ``"cpu"`` or ``"disk"``), or None."""
         return getattr(self.model, "hf_device_map", None)
 
-
     @property
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
@@ -92,20 +91,54 @@ class LoadedModel:
 
 
 def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    """float32 (default), bfloat16 or float16, by name or as a ``torch.dtype``; InputError otherwise."""
+    names = ", ".join(sorted(_DTYPES))
     if dtype is None:
         return torch.float32
     if isinstance(dtype, torch.dtype):
+        if dtype not in _DTYPES.values():
+            raise InputError(f"dtype {dtype} is not supported; use one of {names}")
         return dtype
+    if not isinstance(dtype, str):
+        raise InputTypeError(f"dtype must be a string or a torch.dtype, got {type(dtype).__name__} {dtype!r}; use one of {names}")
     try:
-        return _DTYPES[str(dtype).lower()]
+        return _DTYPES[dtype.strip().lower().removeprefix("torch.")]
     except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(sorted(_DTYPES))}") from None
+        raise InputError(f"unknown dtype {dtype!r}; use one of {names}") from None
 
 
 def _resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` -> cuda when available, else cpu; else a device that exists here (InputError otherwise)."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    if not isinstance(device, (str, torch.device)) or isinstance(device, bool):
+        raise InputTypeError(f"device must be a string such as 'cpu' or 'cuda:0' (or a torch.device), got "
+                             f"{type(device).__name__} {device!r}")
+    try:
+        dev = torch.device(device.strip() if isinstance(device, str) else device)
+    except (RuntimeError, ValueError, TypeError):
+        raise InputError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"device {device!r}: this torch sees no CUDA GPU (torch.cuda.is_available() is False); "
+                             "use --device cpu or install a CUDA build of torch")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise InputError(f"device {device!r}: there are only {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
+        return dev
+    if dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise InputError(f"device {device!r}: MPS is not available on this machine; use cpu")
+        return dev
+    raise InputError(f"device {device!r} is not supported; use cpu, cuda, cuda:N or mps")
+
+
+def first_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` (error messages of headatlas stay on one line)."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def cache_dir() -> Path:
@@ -150,10 +183,45 @@ def _load_gguf(path: Path, dtype: torch.dtype, use_cache: bool):
     try:
         model, tok = _from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32, local_only=True)
     except Exception as exc:
-        raise ModelNotFoundError(f"could not load GGUF file {path}: {exc}") from exc
+        damage = _gguf_damage(path)
+        if damage:
+            raise ModelNotFoundError(f"could not load GGUF file {path}: it is truncated or corrupt ({damage}); "
+                                     "download or assemble it again") from exc
+        raise ModelNotFoundError(f"could not load GGUF file {path} ({first_line(exc)}); check that transformers "
+                                 "supports its architecture") from exc
     if use_cache:
         _write_cache(model, tok, cached)
     return model.to(dtype), tok
+
+
+def _gguf_damage(path: Path) -> str:
+    """Why ``path`` is not a whole GGUF file ("" when its header and tensor data are consistent)."""
+    try:
+        from gguf import GGUFReader
+
+        GGUFReader(str(path))
+    except Exception as exc:  # gguf raises ValueError/IndexError/struct.error on a cut-off file
+        return first_line(exc)
+    return ""
+
+
+def _check_model_folder(path: Path) -> None:
+    """A Hugging Face model folder needs a config, weights and a tokenizer: say which one is missing."""
+    if not (path / "config.json").is_file():
+        ggufs = sorted(p.name for p in path.glob("*.gguf"))
+        hint = f"; to load the GGUF file inside, pass its path ({path / ggufs[0]})" if ggufs else ""
+        raise ModelNotFoundError(f"{path} is a folder but holds no config.json: not a Hugging Face model folder{hint}")
+    if not any(next(path.glob(pat), None) for pat in _WEIGHT_FILES):
+        raise ModelNotFoundError(f"{path} holds config.json but no weights (*.safetensors or *.bin); save the model "
+                                 "there with model.save_pretrained(folder)")
+    if not any((path / name).is_file() for name in _TOKENIZER_FILES):
+        raise ModelNotFoundError(f"{path} holds no tokenizer ({', '.join(_TOKENIZER_FILES[:3])}); save it there with "
+                                 "tokenizer.save_pretrained(folder)")
+
+
+_WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.safetensors.index.json", "*.bin.index.json")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json", "spiece.model",
+                    "vocab.txt")
 
 
 def _write_cache(model, tok, folder: Path) -> None:
@@ -179,34 +247,35 @@ def _write_cache(model, tok, folder: Path) -> None:
 
 def _load_from_spec(spec: str, dtype: torch.dtype, use_cache: bool,
                     hf_kw: dict[str, Any] | None = None) -> tuple[Any, Any, str]:
+    bundled = ", ".join(bundled_names())
+    if not spec.strip():
+        raise ModelNotFoundError(f"empty model name; pass a bundled model ({bundled}), a Hugging Face id, a model "
+                                 "folder or a .gguf file")
     if spec in BUNDLED:
         path = BUNDLED[spec].locate()
         model, tok = _load_gguf(path, dtype, use_cache)
         return model, tok, spec
     path = Path(spec).expanduser()
-    if path.suffix.lower() == ".gguf" or path.is_file():
-        model, tok = _load_gguf(path, dtype, use_cache)
-        return model, tok, str(path)
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ModelNotFoundError(f"{path} is a folder but holds no config.json: not a Hugging Face model folder")
+        _check_model_folder(path)
         try:
             model, tok = _from_pretrained(str(path), gguf_file=None, dtype=dtype, local_only=True, hf_kw=hf_kw)
         except Exception as exc:
-            raise ModelNotFoundError(f"could not load the model folder {path}: {exc}") from exc
+            raise ModelNotFoundError(f"could not load the model folder {path} ({first_line(exc)})") from exc
         return model, tok, str(path)
-    if spec.startswith((".", "/", "~")):
+    if path.suffix.lower() == ".gguf" or path.is_file():
+        model, tok = _load_gguf(path, dtype, use_cache)
+        return model, tok, str(path)
+    if spec.startswith((".", "/", "~")) or "\\" in spec:
         raise ModelNotFoundError(f"no such file or folder: {spec}")
-    bundled = ", ".join(bundled_names())
     if "/" not in spec and "-" in spec and spec.split("-")[0] in {n.split("-")[0] for n in bundled_names()}:
         raise ModelNotFoundError(f"unknown bundled model {spec!r}; bundled models: {bundled}")
     try:  # a Hugging Face hub id: works where the hub (or its local cache) is reachable
         model, tok = _from_pretrained(spec, gguf_file=None, dtype=dtype, local_only=False, hf_kw=hf_kw)
     except Exception as exc:
         raise ModelNotFoundError(
-            f"could not load {spec!r} as a Hugging Face hub id ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}).\n"
-            "If this machine is offline, save the model to a local folder and pass its path, "
-            f"pass a .gguf file, or use a bundled model: {bundled}"
+            f"could not load {spec!r} as a Hugging Face hub id ({first_line(exc)}); if this machine is offline, save "
+            f"the model to a local folder and pass its path, pass a .gguf file, or use a bundled model: {bundled}"
         ) from exc
     return model, tok, spec
 
@@ -235,23 +304,26 @@ def load(spec: Any = "smollm2-135m", *, device: str | torch.device | None = None
     """
     if isinstance(spec, LoadedModel):
         return spec
+    if not isinstance(cache, bool):
+        raise InputTypeError(f"cache must be True or False, got {type(cache).__name__} {cache!r}")
     torch_dtype = _resolve_dtype(dtype)
     placement = check_placement(device_map, max_memory, offload_folder, device)
     hf_kw = {**placement.from_pretrained_kwargs(), **_check_revision(spec, revision)}
     dev = _resolve_device(device)
     if isinstance(placement.device_map, dict) and isinstance(spec, (str, os.PathLike)) and str(spec) not in BUNDLED:
         check_covers_config(os.fspath(spec), placement.device_map, revision=revision)  # before loading any weights
-    if isinstance(spec, tuple):
-        if len(spec) != 2 or not isinstance(spec[0], nn.Module):
-            raise TypeError("load((model, tokenizer)) expects a (PreTrainedModel, tokenizer) pair")
-        model, tok = spec
+    if isinstance(spec, (tuple, list)):
+        model, tok = _check_pair(spec)
         name = getattr(model.config, "_name_or_path", "") or type(model).__name__
         if dtype is not None:
             model = model.to(torch_dtype)
     elif isinstance(spec, (str, os.PathLike)):
-        model, tok, name = _load_from_spec(str(spec), torch_dtype, cache, hf_kw=hf_kw)
+        model, tok, name = _load_from_spec(os.fspath(spec) if not isinstance(spec, str) else spec, torch_dtype, cache,
+                                           hf_kw=hf_kw)
     else:
-        raise TypeError(f"cannot load a model from {type(spec).__name__}; pass a name, a path or (model, tokenizer)")
+        raise InputTypeError(f"cannot load a model from {type(spec).__name__} {spec!r:.60}; pass a bundled name "
+                             f"({', '.join(bundled_names())}), a Hugging Face id, a folder, a .gguf path or "
+                             "(model, tokenizer)")
     layout = check_supported(model)
     model, dev = _place(model, placement, torch_dtype, dev, device)
     model.eval()
@@ -294,3 +366,17 @@ def _check_revision(spec: Any, revision: Any) -> dict[str, str]:
                              "point at the folder of the checkpoint you want instead")
         return {"revision": revision.strip()}
     raise InputError(f"revision={revision!r} applies to Hugging Face hub ids only, not to a {type(spec).__name__}")
+
+
+def _check_pair(spec: tuple | list) -> tuple[Any, Any]:
+    """``(model, tokenizer)``: a Hugging Face model (an ``nn.Module`` with a ``config``) and a tokenizer."""
+    if len(spec) != 2:
+        raise InputTypeError(f"load((model, tokenizer)) expects a pair, got a {type(spec).__name__} of {len(spec)} items")
+    model, tok = spec
+    if not isinstance(model, nn.Module) or not hasattr(model, "config"):
+        raise InputTypeError(f"load((model, tokenizer)): the first item must be a Hugging Face model (a "
+                             f"PreTrainedModel), got {type(model).__name__}")
+    if tok is None or not callable(getattr(tok, "encode", None)) or isinstance(tok, (str, bytes)):
+        raise InputTypeError(f"load((model, tokenizer)): the second item must be a tokenizer (with encode/decode), got "
+                             f"{type(tok).__name__}")
+    return model, tok
