@@ -550,7 +550,7 @@ def sweep(specs: str | Sequence[str], detectors: str | Sequence[str] | None = No
         for i, job in enumerate(jobs):
             done = _finished(job) if resume else None
             if done is not None:
-                finish(i, {"status": "resumed", "atlas": done, "seconds": 0.0, "node": None})
+                finish(i, {"status": "resumed", "atlas": done, "seconds": None, "node": None})
             else:
                 pending[remote.remote(job)] = i
         while pending:
