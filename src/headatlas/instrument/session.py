@@ -19,6 +19,7 @@ from ..errors import HeadAtlasError, InputError, InputTypeError, NotRecordedErro
 from .edits import Edit, HeadEdit, check_index_list, check_int
 
 PatternReducer = Callable[[int, torch.Tensor, "LayerCall"], Any]
+ZReducer = Callable[[int, torch.Tensor, "LayerCall"], Any]
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,9 @@ class Taps:
     - ``pattern``: keep each layer's whole attention pattern ``[batch, n_heads, q, k]``.
     - ``reducer``: ``fn(layer, pattern, call) -> value`` called per layer with the pattern, whose
       results are kept instead of the pattern (never holds all layers' ``[q, k]`` at once).
+    - ``z_reducer``: ``fn(layer, z, call) -> value`` called per layer with the head outputs ``z``
+      ``[batch, seq, n_heads, d_head]`` (after edits), results kept in ``Recording.z_reduced``: per-head
+      statistics of z (means, probes' features at one position) without keeping every layer's z.
     - ``layers``: restrict taps to these layers (default: all).
     - ``grad``: keep ``z`` attached to the graph with ``retain_grad()``, so ``z.grad`` is set by
       ``backward()`` (attribution patching). Default: detached copies.
@@ -46,6 +50,7 @@ class Taps:
     qkv: bool = False
     pattern: bool = False
     reducer: PatternReducer | None = None
+    z_reducer: ZReducer | None = None
     layers: Sequence[int] | None = None
     grad: bool = False
     float32: bool = True
@@ -57,6 +62,9 @@ class Taps:
         if self.reducer is not None and not callable(self.reducer):
             raise InputTypeError(f"Taps(reducer=...) must be a function fn(layer, pattern, call), got "
                                  f"{type(self.reducer).__name__}")
+        if self.z_reducer is not None and not callable(self.z_reducer):
+            raise InputTypeError(f"Taps(z_reducer=...) must be a function fn(layer, z, call), got "
+                                 f"{type(self.z_reducer).__name__}")
         if self.layers is not None:
             object.__setattr__(self, "layers", tuple(check_index_list(self.layers, "Taps(layers=...)") or ()))
 
@@ -107,6 +115,7 @@ class Recording:
     _v: dict[int, torch.Tensor] = field(default_factory=dict)
     _pattern: dict[int, list[torch.Tensor]] = field(default_factory=dict)
     reduced: dict[int, list[Any]] = field(default_factory=dict)
+    z_reduced: dict[int, list[Any]] = field(default_factory=dict)
     layers_seen: set[int] = field(default_factory=set)
 
     def z(self, layer: int) -> torch.Tensor:
@@ -234,6 +243,8 @@ class _Session:
             z = z.clone() if torch.is_grad_enabled() else z.contiguous()
             for e in edits:
                 z = e.apply(z, call)
+        if tapped and self.taps.z_reducer is not None:
+            rec.z_reduced.setdefault(layer, []).append(self.taps.z_reducer(layer, z.detach(), call))
         if tapped and self.taps.z:
             if self.taps.grad and z.requires_grad:
                 z.retain_grad()

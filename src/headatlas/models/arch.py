@@ -15,15 +15,33 @@ from torch import nn
 
 from ..errors import UnsupportedArchitectureError
 
-# model_type -> name of the attention output projection inside the attention module.
-# These are the architectures the test-suite exercises on tiny random models; others whose
-# attention goes through the registry work too (the runtime check in instrument/ guards them).
-TESTED_ARCHITECTURES: dict[str, str] = {
-    "llama": "o_proj",
-    "gpt2": "c_proj",
-    "gemma3_text": "o_proj",
-    "qwen2": "o_proj",
+@dataclass(frozen=True)
+class ArchSpec:
+    """Where an architecture keeps the pieces headatlas reads, as dotted paths.
+
+    ``q``, ``k``, ``v``, ``o``: the projections inside each attention module (GPT-2 fuses q/k/v in
+    ``c_attn``); ``final_norm``: the norm before the unembedding, relative to the model;
+    ``unembed``: the language-model head, relative to the model. A path that does not resolve on a
+    loaded model raises :class:`UnsupportedArchitectureError` naming it (never a silent ``None``)."""
+
+    model_type: str
+    q: str = "q_proj"
+    k: str = "k_proj"
+    v: str = "v_proj"
+    o: str = "o_proj"
+    final_norm: str = "model.norm"
+    unembed: str = "lm_head"
+
+
+# The architectures the test-suite exercises on tiny random models. Others whose attention goes
+# through the registry are found generically (the runtime check in instrument/ guards them).
+ARCHS: dict[str, ArchSpec] = {
+    "llama": ArchSpec("llama"),
+    "qwen2": ArchSpec("qwen2"),
+    "gemma3_text": ArchSpec("gemma3_text"),
+    "gpt2": ArchSpec("gpt2", q="c_attn", k="c_attn", v="c_attn", o="c_proj", final_norm="transformer.ln_f"),
 }
+TESTED_ARCHITECTURES: dict[str, str] = {k: v.o for k, v in ARCHS.items()}
 _OUT_PROJ_NAMES = ("o_proj", "c_proj", "out_proj", "dense", "wo")
 _FINAL_NORM_NAMES = ("norm", "ln_f", "final_layer_norm", "final_layernorm", "final_norm")
 
@@ -34,6 +52,9 @@ class AttentionLayout:
 
     attention_modules: tuple[nn.Module, ...]   # index = layer
     out_proj_name: str
+    final_norm: nn.Module | None = None
+    unembed: nn.Module | None = None
+    spec: ArchSpec | None = None               # the table row, or None for a generically found architecture
 
 
 def supports_attention_interface(model: nn.Module) -> bool:
@@ -99,7 +120,32 @@ def check_supported(model: nn.Module) -> AttentionLayout:
             f"cannot find the attention output projection of {type(modules[0]).__name__} "
             f"(looked for {', '.join(_OUT_PROJ_NAMES)})"
         )
-    return AttentionLayout(attention_modules=modules, out_proj_name=name)
+    spec = ARCHS.get(model_type)
+    if spec is not None:
+        for part in (spec.q, spec.k, spec.v, spec.o):
+            if not hasattr(modules[0], part):
+                raise UnsupportedArchitectureError(f"{type(model).__name__}: the architecture table says attention "
+                                                   f"modules have {part!r}, but {type(modules[0]).__name__} has not")
+        norm, unembed = _resolve(model, spec.final_norm, "final norm"), _resolve(model, spec.unembed, "unembedding")
+    else:
+        norm, unembed = final_norm(model), model.get_output_embeddings()
+        if norm is None:
+            raise UnsupportedArchitectureError(
+                f"cannot find the final norm of {type(model).__name__} (looked for {', '.join(_FINAL_NORM_NAMES)} on its "
+                "base model); add a row for model_type " + repr(model_type) + " to headatlas.models.arch.ARCHS")
+    return AttentionLayout(attention_modules=modules, out_proj_name=name, final_norm=norm, unembed=unembed, spec=spec)
+
+
+def _resolve(model: nn.Module, path: str, what: str) -> nn.Module:
+    obj: object = model
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            raise UnsupportedArchitectureError(f"{type(model).__name__}: the {what} is not at {path!r} as the "
+                                               "architecture table (headatlas.models.arch.ARCHS) says")
+    if not isinstance(obj, nn.Module):
+        raise UnsupportedArchitectureError(f"{type(model).__name__}: {path!r} is not a module")
+    return obj
 
 
 def out_proj_weight(module: nn.Module, name: str) -> torch.Tensor:

@@ -42,6 +42,7 @@ class LoadedModel:
     layout: AttentionLayout
     source: str = ""
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+    _readout: Any = field(default=None, repr=False)   # methods.dla.Readout, computed on first use
 
     @property
     def device(self) -> torch.device:
@@ -79,7 +80,8 @@ class LoadedModel:
         return self.model.get_output_embeddings()
 
     def final_norm(self) -> nn.Module | None:
-        return final_norm(self.model)
+        """The norm before the unembedding (``None`` only for an architecture the table says has none)."""
+        return self.layout.final_norm
 
     def check_head(self, layer: int, head: int) -> None:
         from ..errors import InputError
