@@ -272,3 +272,16 @@ def test_crafted_atlas_file_renders_inert(tmp_path):
         return  # refusing the file is also safe
     page = _without_plotly(a.to_html())
     assert not any(p in page for p in PAYLOADS) and page.count("<script") == 3
+
+
+def test_atlas_without_q_values_maps_the_effect_and_short_times_are_not_zero():
+    a = make_report_atlas(shared=False)
+    r = a.result("prev")
+    r.q_value[:] = np.nan   # as in an atlas migrated from schema 1
+    r.p_value[:] = np.nan
+    a.timings["ind"] = 0.0004
+    html = a.to_html()
+    fig = next(f for f in page_data(html)["figures"] if f["id"] == "det-prev-heatmap")["data"][0]
+    assert fig["z"][0][1] == pytest.approx(0.85) and fig["zmax"] == pytest.approx(0.85)
+    assert "holds no q-values for this detector" in html
+    assert "0.0 s" not in html and "&lt; 0.1 s" in html

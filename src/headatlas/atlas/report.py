@@ -135,6 +135,15 @@ class _Det:
         heads = [divmod(int(i), n_heads) for i in order if np.isfinite(q.ravel()[i]) or np.isfinite(de.ravel()[i])]
         return heads[:k]
 
+    def map_values(self, scale: float) -> tuple[np.ndarray, float, str]:
+        """What the detector's map shows: the signed significance on the shared scale, or, where the
+        atlas holds no q-values for it (a schema-1 atlas), its effect on its own symmetric scale."""
+        sig = self.signed_significance()
+        if np.isfinite(sig).any() or not np.isfinite(self.f["effect"]).any():
+            return sig, scale, "signed<br>-log10 q"
+        own = float(np.nanmax(np.abs(self.f["effect"]))) or 1.0
+        return self.f["effect"], own, "effect<br>(own scale)"
+
     def signed_significance(self) -> np.ndarray:
         q, e = self.f["q_value"], self.f["effect"]
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -223,7 +232,7 @@ def _cell(n_layers: int, n_heads: int, width: float = 720.0) -> tuple[int, int]:
 
 def _detector_figure(atlas: "Atlas", d: _Det, scale: float) -> dict[str, Any]:
     L, H = atlas.n_layers, atlas.n_heads
-    sig = d.signed_significance()
+    values, zmax, bar = d.map_values(scale)
     lab = set(d.labelled)
     f = d.f
     extras = [(k, v) for k, v in d.extras.items()]
@@ -234,10 +243,10 @@ def _detector_figure(atlas: "Atlas", d: _Det, scale: float) -> dict[str, Any]:
              f"{_fmt(f['stability'][la, h], 2)}"
              + "".join(f"<br>{esc(k)} {esc(_fmt(v[la, h]))}" for k, v in extras[:6])
              for h in range(H)] for la in range(L)]
-    trace = {"type": "heatmap", "z": _round(sig), "x": list(range(H)), "y": list(range(L)), "text": text,
+    trace = {"type": "heatmap", "z": _round(values), "x": list(range(H)), "y": list(range(L)), "text": text,
              "hovertemplate": "%{text}<extra></extra>", "colorscale": GREYS if d.found_nothing else DIVERGING,
-             "zmin": -scale, "zmax": scale, "xgap": 1, "ygap": 1,
-             "colorbar": {"title": {"text": "signed<br>-log10 q"}, "thickness": 12, "len": 1.0}}
+             "zmin": -zmax, "zmax": zmax, "xgap": 1, "ygap": 1,
+             "colorbar": {"title": {"text": bar}, "thickness": 12, "len": 1.0}}
     data: list[dict[str, Any]] = [trace]
     if lab:
         data.append({"type": "scatter", "mode": "markers", "x": [h for _, h in d.labelled],
@@ -338,7 +347,9 @@ def _setting(v: Any) -> str:
 def _timing(atlas: "Atlas", name: str) -> str:
     seconds = atlas.timings.get(name)
     shared = (getattr(atlas, "shared_passes", None) or {}).get(name)
-    t = f"{seconds:.1f} s" if isinstance(seconds, (int, float)) and math.isfinite(seconds) else ""
+    t = ""
+    if isinstance(seconds, (int, float)) and math.isfinite(seconds):
+        t = f"{seconds:.1f} s" if seconds >= 0.05 else "&lt; 0.1 s"
     if shared:
         if not t or seconds < 0.05:
             return f"shared pass: {esc(shared)}"
@@ -469,8 +480,12 @@ def _detector_section(atlas: "Atlas", d: _Det, figures: list[dict[str, Any]], vi
     fig = _detector_figure(atlas, d, scale)
     figures.append(fig)
     grey = " greyed" if d.found_nothing else ""
-    parts.append(f"<h3>Map: {SCALE_NAME}</h3><p class='muted'>Shared scale across detectors (±{_fmt(scale)}); "
-                 "labelled heads circled" + ("; drawn in greys: this detector labelled nothing" if grey else "")
+    if fig["data"][0]["colorbar"]["title"]["text"].startswith("signed"):
+        what = f"<h3>Map: {SCALE_NAME}</h3><p class='muted'>Shared scale across detectors (±{_fmt(scale)})"
+    else:
+        what = (f"<h3>Map: effect</h3><p class='muted'>This atlas holds no q-values for this detector (e.g. one "
+                "migrated from schema 1), so the map shows its effect on its own scale")
+    parts.append(what + "; labelled heads circled" + ("; drawn in greys: this detector labelled nothing" if grey else "")
                  + ". Click a cell for that head's card.</p>"
                  f"<div class='plot{grey}' id='{fig['id']}'></div>")
     parts.append(_token_view_html(d, views))
