@@ -219,3 +219,17 @@ def test_stacked_edits_reach_only_their_rows(loaded):
     with torch.no_grad(), instrumented(loaded, edits=make(L - 1, torch.tensor([0]))):
         want = float(met(loaded.model(ids).logits).mean())
     assert abs(float(got[1]) - want) <= 1e-5
+
+
+def test_trimmed_last_layer_changes_no_last_position_logit(loaded):
+    """The last layer's output projection and MLP on the last position only: the same last-position logits."""
+    ids = random_ids(2, 11, seed=8)
+    with torch.no_grad(), capture_layer_inputs(loaded) as hidden:
+        full = loaded.model(ids).logits
+    entries = [(0, hidden[0]), (loaded.info.n_layers - 1, hidden[-1])]
+    with torch.no_grad():
+        trimmed = run_stacked(loaded, entries, ids[:1])
+        plain = run_stacked(loaded, entries, ids[:1], trim_last_layer=False)
+    assert trimmed.shape == (4, 1, loaded.info.vocab_size)
+    assert (trimmed - plain).abs().max() <= 1e-5
+    assert (trimmed[:, 0] - full[[0, 1, 0, 1], -1]).abs().max() <= 1e-5

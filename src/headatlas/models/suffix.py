@@ -155,8 +155,27 @@ def _with_hidden(args: tuple, kwargs: dict, hidden: torch.Tensor) -> tuple[tuple
     return args, kwargs
 
 
+def _last_position_only(_mod: nn.Module, args: tuple) -> tuple:
+    """Forward pre-hook: keep only the last position of the module's input ``[N, s, d] -> [N, 1, d]``."""
+    return (args[0][:, -1:],) + tuple(args[1:])
+
+
+def last_layer_trims(loaded: "LoadedModel") -> list[nn.Module]:
+    """The last decoder layer's output projection and MLP, whose outputs only the last position needs when
+    the logits are read at the last position (empty where the layer has no ``mlp`` child). Their other
+    positions feed nothing else: the residual adds broadcast ``[N, 1, d]`` over ``[N, s, d]`` and the
+    positions other than the last, wrong from then on, are never unembedded."""
+    layers = decoder_layers(loaded)
+    if layers is None:
+        return []
+    last = layers[len(layers) - 1]
+    out_proj = getattr(loaded.layout.attention_modules[len(layers) - 1], loaded.layout.out_proj_name, None)
+    mlp = getattr(last, "mlp", None)
+    return [out_proj, mlp] if isinstance(out_proj, nn.Module) and isinstance(mlp, nn.Module) else []
+
+
 def run_stacked(loaded: "LoadedModel", entries: list[tuple[int, torch.Tensor]], input_ids: torch.Tensor, *,
-                cache: Any = None, last_only: bool = True) -> torch.Tensor:
+                cache: Any = None, last_only: bool = True, trim_last_layer: bool = True) -> torch.Tensor:
     """Logits of many suffix runs in one forward pass; rows join the batch at their start layer.
 
     ``entries``: ``(layer, hidden)`` pairs with strictly increasing layers, ``hidden [n_i, s, d_model]`` the
@@ -168,7 +187,8 @@ def run_stacked(loaded: "LoadedModel", entries: list[tuple[int, torch.Tensor]], 
     read them, shared by (broadcast to) all rows. ``cache``: a transformers cache holding the keys and
     values of the ``p`` earlier positions, whose layer ``l`` has one row per batch row at layer ``l``; the
     run then covers positions ``p .. p + s - 1``. Returns ``[N, 1, vocab]`` (``last_only``) or
-    ``[N, s, vocab]``, ``N`` the total number of rows.
+    ``[N, s, vocab]``, ``N`` the total number of rows. With ``last_only`` and ``trim_last_layer`` the last
+    layer's output projection and MLP run on the last position only (:func:`last_layer_trims`).
     """
     layers = decoder_layers(loaded)
     if layers is None:
@@ -189,6 +209,8 @@ def run_stacked(loaded: "LoadedModel", entries: list[tuple[int, torch.Tensor]], 
         return hook
 
     handles = [layers[layer].register_forward_pre_hook(join(layer, rows), with_kwargs=True) for layer, rows in entries]
+    if last_only and trim_last_layer and input_ids.shape[1] > 1:
+        handles += [module.register_forward_pre_hook(_last_position_only) for module in last_layer_trims(loaded)]
     skipped = list(layers[:starts[0]])
     for layer in skipped:
         layer.forward = _passthrough
