@@ -562,6 +562,11 @@ ATLAS: dict[str, Callable[[SimpleNamespace], Any]] = {
     "save_html onto a folder": lambda c: c.atlas.save_html(c.root),
     "result of an unknown detector": lambda c: c.atlas.result("nope"),
     "head beyond the model": lambda c: c.atlas.head(99, 0),
+    "float head (1.5, 0)": lambda c: c.atlas.head(1.5, 0),
+    "evidence of a string layer": lambda c: c.atlas.evidence(c.atlas.detectors[0], "1", 0),
+    "top_heads k='5'": lambda c: c.atlas.top_heads(c.atlas.detectors[0], "5"),
+    "top_heads k=-1": lambda c: c.atlas.top_heads(c.atlas.detectors[0], -1),
+    "scores of an unknown detector": lambda c: c.atlas.scores("nope"),
 }
 
 

@@ -240,6 +240,9 @@ class Atlas:
     def top_heads(self, name: str, k: int = 5, *, labelled_only: bool = True) -> list[Evidence]:
         """The ``k`` best heads of detector ``name`` by score: its labelled heads (``labelled_only``),
         or all heads with a finite score."""
+        from ..checks import check_count
+
+        k = check_count(k, "k", minimum=0)
         r = self.result(name)
         if labelled_only:
             heads = [tuple(lh) for lh in r.labelled]   # most significant first
@@ -247,7 +250,7 @@ class Atlas:
             flat = np.where(np.isfinite(r.scores), r.scores, -np.inf).ravel()
             order = [int(i) for i in np.argsort(-flat, kind="stable") if np.isfinite(flat[i])]
             heads = [divmod(i, self.n_heads) for i in order]
-        return [self.evidence(name, layer, h) for layer, h in heads[: max(0, int(k))]]
+        return [self.evidence(name, layer, h) for layer, h in heads[:k]]
 
     # ----- tables -------------------------------------------------------------------------------
     def to_dataframe(self) -> "pd.DataFrame":
@@ -410,7 +413,10 @@ class Atlas:
         return np.shape(v) == (self.n_layers, self.n_heads)
 
     def _check_head(self, layer: int, head: int) -> None:
-        if not 0 <= int(layer) < self.n_layers or not 0 <= int(head) < self.n_heads:
+        from ..checks import check_int
+
+        layer, head = check_int(layer, "layer"), check_int(head, "head")   # 1.5 is refused, never truncated
+        if not 0 <= layer < self.n_layers or not 0 <= head < self.n_heads:
             raise InputError(f"no head {head_name(layer, head)} in this atlas: the model has {self.n_layers} layers "
                              f"x {self.n_heads} heads (L0H0..L{self.n_layers - 1}H{self.n_heads - 1})")
 
