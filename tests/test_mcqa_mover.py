@@ -11,8 +11,8 @@ import headatlas
 from headatlas import stats
 from headatlas.detectors import ScanConfig, get
 from headatlas.detectors.base import ScanCache
-from headatlas.detectors.mcqa import (MCQA_PASS, evenness, letter_contrast_excluding, mcqa_stats, permuted_best_null,
-                                      _best)
+from headatlas.detectors.mcqa import (MCQA_PASS, _best, evenness, letter_contrast_excluding, mcqa_stats, output_test,
+                                      permuted_best_null)
 from headatlas.detectors.mover import mover_result
 from headatlas.errors import InputError
 from headatlas.instrument import Taps, instrumented
@@ -90,6 +90,31 @@ def test_mcqa_attention_statistics_on_planted_patterns():
     draws = permuted_best_null(x, 999, rng=np.random.default_rng(1))
     p = stats.permutation_p(_best(x), draws, "greater")[0]
     assert p[1] < 0.01 and p[4] > 0.05 and p[2] > 0.05
+
+
+def test_mcqa_output_heads_planted_dla():
+    """Head (1, 0) raises the correct letter's logit; (1, 1) always raises letter A (a bias, not an
+    output head); (0, 2) lowers the correct letter; the rest is noise."""
+    B, K = 16, 4
+    rng = np.random.default_rng(0)
+    correct = np.arange(B) % K
+    x = rng.normal(0, 0.05, (2, B, 3, K))
+    x[1, np.arange(B), 0, correct] += 1.0
+    x[1, :, 1, 0] += 2.0
+    x[0, np.arange(B), 2, correct] -= 1.0
+    tested, scores = output_test(x, correct, seed=0, n_perm=999)
+    assert tested.labelled == [(1, 0)]
+    assert tested.effect[1, 0] > 0.9 and tested.p_value[1, 1] > 0.05 and tested.p_value[0, 2] > 0.5
+    again, _ = output_test(x, correct, seed=0, n_perm=999)
+    assert np.array_equal(again.p_value, tested.p_value)
+
+
+def test_mcqa_patching_agreement_runs_when_asked(english):
+    cfg = ScanConfig(seed=2, quick=True, options={"mcqa_patching_always": True})
+    p = mcqa_stats(english, cfg).patching
+    assert np.isfinite(p["spearman_with_output_effect"]) and 0 <= p["top_overlap"] <= p["top"]
+    quiet = mcqa_stats(english, ScanConfig(seed=2, quick=True)).patching
+    assert "no output heads" in quiet["skipped"]
 
 
 # ---------------------------------------------------------------- planted mover

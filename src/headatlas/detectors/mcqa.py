@@ -13,9 +13,10 @@ prompt has an answer-swapped twin). All statistics come from one declared shared
    prompt (shared by all heads), i.e. the head's DLA contrast for a letter that is not the answer;
    p add-one over ``N_PERM`` draws, BH q over all heads; an output head needs q <= 0.05 and an effect
    >= ``MIN_OUTPUT`` logits (``extras["output_effect"]``, ``extras["output_q"]``, ``extras["output_head"]``).
-   Confirmation by patching: attribution patching of every head (answer-swapped twin -> prompt,
-   ``logit(correct) - logit(twin's correct)``); ``details["patching"]`` gives the rank correlation
-   with the output effect and the overlap of the top heads.
+   Confirmation by patching (when output heads were found): attribution patching of every head
+   (answer-swapped twin -> prompt, ``logit(correct) - logit(twin's correct)``); ``details["patching"]``
+   gives the rank correlation with the output effect, the overlap of the top heads and each output
+   head's patching effect.
 2. Attention over the K letters ``a`` from the final token (``m = sum(a)``), for output heads only:
    - ``constant``: per prompt ``m * H(a / m) / log K`` (mass on the letters, spread evenly) minus the
      same on K random non-letter positions of the options block (mean of ``N_DRAWS`` draws); null:
@@ -177,6 +178,23 @@ def _n_prompts(cfg: ScanConfig) -> int:
     return n
 
 
+def at_slot(x: np.ndarray, slot: np.ndarray) -> np.ndarray:
+    """``x [L, B, H, K]``, ``slot [B]`` -> ``[L, B, H]`` the entry of each prompt's slot."""
+    pick = np.broadcast_to(slot[None, :, None, None], x.shape[:3] + (1,))
+    return np.take_along_axis(x, pick, axis=3)[..., 0]
+
+
+def output_test(letter_dla: np.ndarray, correct: np.ndarray, *, seed: int,
+                n_perm: int = stats.N_PERM) -> tuple[stats.Tested, np.ndarray]:
+    """Output heads from per-prompt DLA to each letter ``[L, B, H, K]``: the contrast at the correct letter
+    (minus the mean of the others) against the same contrast at a letter drawn at random per prompt."""
+    contrast = stats.slot_contrast(letter_dla)
+    per_prompt = at_slot(contrast, correct)
+    draws = stats.random_slot_null(contrast, n_perm, rng=stats.rng_for(seed, "mcqa:output"))
+    scores = per_prompt.mean(1)
+    return stats.evaluate(per_prompt, draws, OUTPUT_RULE, seed=seed, salt="mcqa:output", scores=scores), scores
+
+
 def compute_mcqa(m: LoadedModel, cfg: ScanConfig) -> MCQAStats:
     tok = m.tokenizer
     check_english(tok)
@@ -205,14 +223,8 @@ def compute_mcqa(m: LoadedModel, cfg: ScanConfig) -> MCQAStats:
             pos.append(sorted(rng.sample(pool, K)))
         ctrl.append(d.attention[rows[:, None], :, :, torch.tensor(pos)].permute(2, 0, 3, 1).double().numpy())
     correct = batch.correct.numpy()
-    contrast = stats.slot_contrast(letter_dla)
-    pick = correct[None, :, None, None]
-    per_prompt = np.take_along_axis(contrast, np.broadcast_to(pick, contrast.shape[:3] + (1,)), axis=3)[..., 0]
-    from_letters = np.take_along_axis(stats.slot_contrast(at_letters),
-                                      np.broadcast_to(pick, contrast.shape[:3] + (1,)), axis=3)[..., 0]
-    draws = stats.random_slot_null(contrast, rng=stats.rng_for(cfg.seed, "mcqa:output"))
-    scores = per_prompt.mean(1)
-    tested = stats.evaluate(per_prompt, draws, OUTPUT_RULE, seed=cfg.seed, salt="mcqa:output", scores=scores)
+    tested, scores = output_test(letter_dla, correct, seed=cfg.seed)
+    from_letters = at_slot(stats.slot_contrast(at_letters), correct)
     clean, acc = _model_metric(m, batch, answers, cfg)
     patching = _patching_agreement(m, batch, answers, tested, cfg)
     return MCQAStats(batch=batch, letter_dla=letter_dla, from_letters=from_letters, attn=attn,
@@ -258,6 +270,9 @@ def _patching_agreement(m: LoadedModel, batch: MCQABatch, answers: torch.Tensor,
 
     if cfg.options.get("mcqa_patching", True) is False:
         return {"skipped": "mcqa_patching=False"}
+    if not tested.labelled and not cfg.options.get("mcqa_patching_always", False):
+        return {"skipped": "no output heads to confirm (patching runs when the DLA test finds output heads, or with "
+                           "options['mcqa_patching_always'])"}
     corr, twin = batch.correct, batch.swapped_correct
 
     def metric(logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -285,7 +300,7 @@ def _patching_agreement(m: LoadedModel, batch: MCQABatch, answers: torch.Tensor,
 MCQA_PASS: SharedPass[MCQAStats] = SharedPass(
     name="mcqa", compute=compute_mcqa,
     key=lambda m, cfg: (cfg.seed, _n_prompts(cfg), cfg.batch_size, bool(cfg.options.get("mcqa_patching", True)),
-                        str(m.dtype), str(m.device)))
+                        bool(cfg.options.get("mcqa_patching_always", False)), str(m.dtype), str(m.device)))
 
 
 def mcqa_stats(m: LoadedModel, cfg: ScanConfig) -> MCQAStats:
@@ -335,8 +350,7 @@ def run_single_letter(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
 def run_correct_letter(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
     st = mcqa_stats(m, cfg)
     contrast = stats.slot_contrast(st.attn)
-    c = st.correct_np()[None, :, None, None]
-    per_prompt = np.take_along_axis(contrast, np.broadcast_to(c, contrast.shape[:3] + (1,)), axis=3)[..., 0]
+    per_prompt = at_slot(contrast, st.correct_np())
     draws = stats.random_slot_null(contrast, rng=stats.rng_for(cfg.seed, "correct_letter:null"))
     return _result("correct_letter", st, per_prompt, draws, CORRECT_RULE, cfg,
                    data="score = attention on the correct letter minus the mean attention on the other letters",
