@@ -567,7 +567,23 @@ ATLAS: dict[str, Callable[[SimpleNamespace], Any]] = {
     "top_heads k='5'": lambda c: c.atlas.top_heads(c.atlas.detectors[0], "5"),
     "top_heads k=-1": lambda c: c.atlas.top_heads(c.atlas.detectors[0], -1),
     "scores of an unknown detector": lambda c: c.atlas.scores("nope"),
+    "Atlas() with a result but no meta": lambda c: Atlas(c.atlas.model, {"x": c.atlas.result(c.atlas.detectors[0])}, {}),
+    "LabelRule with fdr 2": lambda c: headatlas.LabelRule("score", fdr=2.0),
+    "LabelRule with direction 'up'": lambda c: headatlas.LabelRule("score", direction="up"),
+    "LabelRule with a NaN min_effect": lambda c: headatlas.LabelRule("score", min_effect=float("nan")),
+    "register() a number": lambda c: _register(5),
+    "register() a name already taken": lambda c: _register(_detectors().get("previous_token")),
 }
+
+
+def _detectors():
+    from headatlas import detectors
+
+    return detectors
+
+
+def _register(d: Any) -> Any:
+    return _detectors().register(d)
 
 
 def _with_nan(c: SimpleNamespace) -> dict:

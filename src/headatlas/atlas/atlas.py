@@ -132,9 +132,9 @@ class Atlas:
         self.meta: dict[str, DetectorMeta] = {}
         for name, r in results.items():
             if name not in meta:
-                raise ValueError(f"no DetectorMeta for detector {name!r}")
+                raise InputError(f"no DetectorMeta for detector {name!r}")
             if meta[name].stage not in STAGES:
-                raise ValueError(f"detector {name!r} has unknown stage {meta[name].stage!r}")
+                raise InputError(f"detector {name!r} has unknown stage {meta[name].stage!r}")
             _check_shapes(r, self.n_layers, self.n_heads)
             self._results[name] = r
             self.meta[name] = meta[name]
@@ -426,10 +426,10 @@ def _check_shapes(r: DetectorResult, n_layers: int, n_heads: int) -> None:
     for key in PER_HEAD_FIELDS:
         shape = np.shape(getattr(r, key))
         if shape != want:
-            raise ValueError(f"detector {r.name!r}: {key} has shape {shape}, expected [n_layers, n_heads] = {list(want)}")
+            raise InputError(f"detector {r.name!r}: {key} has shape {shape}, expected [n_layers, n_heads] = {list(want)}")
     for layer, head in r.labelled:
         if not (0 <= layer < n_layers and 0 <= head < n_heads):
-            raise ValueError(f"detector {r.name!r} labelled {head_name(layer, head)}, outside the model")
+            raise InputError(f"detector {r.name!r} labelled {head_name(layer, head)}, outside the model")
 
 
 def _scalar(x: Any) -> float | str:

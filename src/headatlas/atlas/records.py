@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ..errors import InputError
+
 Stage = Literal["KR", "ICI", "LR", "EP"]
 Direction = Literal["greater", "less", "two-sided"]
 
@@ -57,11 +59,11 @@ class LabelRule:
 
     def __post_init__(self) -> None:
         if self.direction not in DIRECTIONS:
-            raise ValueError(f"unknown rule direction {self.direction!r}; use one of {', '.join(DIRECTIONS)}")
+            raise InputError(f"unknown rule direction {self.direction!r}; use one of {', '.join(DIRECTIONS)}")
         if not (0.0 < float(self.fdr) < 1.0):
-            raise ValueError(f"rule fdr must be in (0, 1), got {self.fdr}")
+            raise InputError(f"rule fdr must be in (0, 1), got {self.fdr}")
         if not math.isfinite(float(self.min_effect)) or self.min_effect < 0:
-            raise ValueError(f"rule min_effect must be a finite number >= 0, got {self.min_effect}")
+            raise InputError(f"rule min_effect must be a finite number >= 0, got {self.min_effect}")
 
     def describe(self) -> str:
         """One line, e.g. ``q <= 0.05 (BH) and effect >= 0.2 (statistic: ...)``."""

@@ -66,7 +66,7 @@ def encode_array(a: np.ndarray) -> dict[str, Any]:
     elif a.dtype.kind == "U":
         data = [str(x) for x in a.ravel().tolist()]
     else:
-        raise TypeError(f"cannot store an array of dtype {a.dtype} in an atlas")
+        raise InputTypeError(f"cannot store an array of dtype {a.dtype} in an atlas")
     return {"__ndarray__": {"dtype": a.dtype.str.lstrip("<>=|") if a.dtype.kind == "U" else str(a.dtype),
                             "shape": list(a.shape), "data": data}}
 
@@ -155,7 +155,7 @@ def encode(value: Any) -> Any:
         if all(isinstance(k, str) for k in value) and not any(k in _TAGS for k in value):
             return {k: encode(v) for k, v in value.items()}
         return {"__items__": [[encode(k), encode(v)] for k, v in value.items()]}
-    raise TypeError(f"cannot store a {type(value).__name__} in an atlas: {value!r:.80}")
+    raise InputTypeError(f"cannot store a {type(value).__name__} in an atlas: {value!r:.80}")
 
 
 def decode(value: Any, _depth: int = 0) -> Any:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Generic, Hashable, Mapping, Typ
 
 from ..atlas.records import (STAGES, CausalCheck, DetectorResult, LabelRule, Stage, no_causal_check,
                              skipped_result)
-from ..errors import InputError
+from ..errors import InputError, InputTypeError
 
 if TYPE_CHECKING:
     from ..models import LoadedModel
@@ -137,13 +137,13 @@ _REGISTRY: dict[str, Detector] = {}
 
 def register(detector: Detector) -> Detector:
     if not isinstance(detector, Detector):
-        raise TypeError(f"register() takes a Detector, got {type(detector).__name__}")
+        raise InputTypeError(f"register() takes a Detector, got {type(detector).__name__}")
     if detector.name in _REGISTRY:
-        raise ValueError(f"a detector named {detector.name!r} is already registered")
+        raise InputError(f"a detector named {detector.name!r} is already registered")
     if detector.stage not in STAGES:
-        raise ValueError(f"unknown stage {detector.stage!r}; use one of {', '.join(STAGES)}")
+        raise InputError(f"unknown stage {detector.stage!r}; use one of {', '.join(STAGES)}")
     if detector.causal is None and not detector.no_causal:
-        raise ValueError(f"detector {detector.name!r} needs a causal check or a no_causal reason")
+        raise InputError(f"detector {detector.name!r} needs a causal check or a no_causal reason")
     _REGISTRY[detector.name] = detector
     return detector
 
