@@ -58,8 +58,10 @@ def test_planted_heads_behave_as_designed(planted, batch):
 def test_detectors_label_exactly_the_planted_heads(planted, name):
     r = get(name).run(planted, ScanConfig(seed=0, quick=True))
     assert r.labelled == [getattr(PLANTED, name)]
+    planted_head = getattr(PLANTED, name)
+    assert r.q_value[planted_head] <= 0.05 and r.ci_low[planted_head] > r.rule.min_effect
     for lh in PLANTED.random:
-        assert r.scores[lh] < r.min_score
+        assert r.effect[lh] < r.rule.min_effect and lh not in r.labelled
     if name == "positional":
         assert int(r.extras["offset"][PLANTED.positional]) == PLANTED.positional_offset
         # the previous-token head is an offset -1 positional head, left to previous_token by rule
@@ -70,6 +72,16 @@ def test_detectors_label_exactly_the_planted_heads(planted, name):
         assert copying[PLANTED.induction] > 3.0
         others = np.delete(copying.ravel(), PLANTED.induction[0] * 4 + PLANTED.induction[1])
         assert np.abs(others).max() < 1.0
+
+
+def test_the_scan_backs_the_planted_heads_causally(planted):
+    """The scan's causal checks: mean-ablating the planted induction / previous-token head raises the
+    loss on repeated random tokens more than every random head set drawn."""
+    a = headatlas.scan(planted, ["induction", "previous_token"], seed=0, quick=True)
+    for name in ("induction", "previous_token"):
+        c = a.result(name).causal
+        assert c is not None and c.kind == "mean" and c.heads == (getattr(PLANTED, name),)
+        assert c.beats_every_random_set and c.effect > 1.0, (name, c)
 
 
 def test_labels_hold_for_other_seeds(planted):
