@@ -61,7 +61,9 @@ def test_random_weight_models_get_no_labels(random_scans, name):
         assert r.n_null > 0 and r.rule.fdr == pytest.approx(0.05)
     # a detector may refuse every random model only for a stated behavioural reason (retrieval keeps only
     # prompts whose needle the model recalls, as Wu et al. do; a random model recalls none)
-    assert ran >= 1 or all("recalled" in why for why in reasons), f"{name} skipped on every random model: {reasons}"
+    assert ran >= 1 or (any("recalled" in why for why in reasons)
+                        and all("recalled" in why or "English" in why for why in reasons)), \
+        f"{name} skipped on every random model: {reasons}"
 
 
 def test_same_seed_gives_bit_identical_results_and_json_round_trips(tmp_path):
