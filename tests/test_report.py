@@ -200,7 +200,7 @@ def test_sections_rule_table_causal_and_timings():
     assert len(causal) == 1 and len(causal[0]["data"][0]["x"]) == 20
     assert [s["x0"] for s in causal[0]["layout"]["shapes"]][0] == pytest.approx(1.2)
     # timings: the shared pass is named instead of "0.0 s"; settings never print None
-    assert "0.0 s" not in html and "shared pass: reused shared pass" in html
+    assert "0.0 s" not in html and "<td>reused shared pass &#x27;synthetic&#x27; computed by prev</td>" in html
     assert ">None<" not in html and "(not recorded)" in html
     # every labelled head's evidence is in the card data
     ind = data["detectors"][1]

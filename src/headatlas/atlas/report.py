@@ -351,9 +351,7 @@ def _timing(atlas: "Atlas", name: str) -> str:
     if isinstance(seconds, (int, float)) and math.isfinite(seconds):
         t = f"{seconds:.1f} s" if seconds >= 0.05 else "&lt; 0.1 s"
     if shared:
-        if not t or seconds < 0.05:
-            return f"shared pass: {esc(shared)}"
-        return f"{t} (+ shared pass: {esc(shared)})"
+        return esc(shared) if not t or seconds < 0.05 else f"{t}; {esc(shared)}"
     return t or "not recorded"
 
 
