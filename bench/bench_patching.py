@@ -311,7 +311,11 @@ A patch in layer l cannot change layers 0..l-1, so headatlas caches the base run
 decoder-layer input and, for layer l, runs only layers l..L-1 from it (`headatlas.models.suffix.run_from_layer`,
 which drives the model's own forward with the earlier layers skipped, so rotary embeddings, sliding-window masks
 and logit softcaps stay the model's), with one patched head per batch row (`RowHeadPatch`) and the unembedding on
-the last position only. Batched results equal one pass per head to float precision (tests on tiny Llama, GPT-2,
+the last position only. The runs of all layers share one stacked pass (a row joins the batch at its layer:
+`headatlas.models.suffix.run_stacked`, one large matrix product per layer instead of one small one per start
+layer); positions before the first one a patch changes come from the base run's keys and values instead of
+being recomputed; a patch whose source equals the base at every patched position is not run (effect exactly
+0); the last layer's output projection and MLP run on the last position only. Batched results equal one pass per head to float precision (tests on tiny Llama, GPT-2,
 Gemma 3 and Qwen2 models; the benchmark asserts it on smollm2-135m). Timings: `bench/RESULTS.md`.
 
 Normalisation: denoising `(patched - corrupted) / (clean - corrupted)` (1 = the head alone restores the clean
