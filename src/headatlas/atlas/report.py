@@ -317,7 +317,7 @@ def _causal_figure(d: _Det) -> dict[str, Any] | None:
                            "line": {"color": color, "width": 2, "dash": dash}})
             notes.append({"x": x, "xref": "x", "y": 1, "yref": "paper", "text": label, "showarrow": False,
                           "yanchor": "bottom", "font": {"color": color, "size": 11}})
-    layout = {"width": 480, "height": 230, "margin": {"l": 45, "r": 15, "t": 25, "b": 45}, "shapes": shapes,
+    layout = {"width": 480, "height": 250, "margin": {"l": 45, "r": 15, "t": 50, "b": 45}, "shapes": shapes,
               "annotations": notes, "showlegend": False, "bargap": 0.05,
               "xaxis": {"title": {"text": f"change of {esc(c['metric'])} (ablated - clean)"}},
               "yaxis": {"title": {"text": "random sets"}}}
