@@ -66,7 +66,8 @@ def available_memory(device: torch.device) -> int:
 
 
 def max_rows(m: LoadedModel, seq: int, *, last_only: bool = True, budget_bytes: int | None = None) -> int:
-    """Rows per edited pass that fit a memory budget (a simple estimate of one row's live activations).
+    """Rows per edited pass that fit a memory budget (a simple estimate of one row's live activations,
+    and of its keys and values in every layer, which a stacked pass with a reused prefix keeps).
 
     Budget: half the free device memory on a GPU; on CPU the smaller of a quarter of the available RAM
     and ``CPU_BUDGET_BYTES``."""
@@ -75,7 +76,8 @@ def max_rows(m: LoadedModel, seq: int, *, last_only: bool = True, budget_bytes: 
         free = available_memory(m.device)
         budget_bytes = free // 2 if m.device.type == "cuda" else min(free // 4, CPU_BUDGET_BYTES)
     width = torch.finfo(m.dtype).bits // 8 if m.dtype.is_floating_point else 4
-    per_row = width * (seq * 24 * i.d_model + 2 * i.n_heads * seq * seq + (1 if last_only else seq) * i.vocab_size * 2)
+    kv = 2 * i.n_layers * i.n_kv_heads * i.d_head * seq   # a stacked pass's cached keys and values, all layers
+    per_row = width * (seq * 24 * i.d_model + 2 * i.n_heads * seq * seq + (1 if last_only else seq) * i.vocab_size * 2 + kv)
     return int(max(1, min(MAX_ROWS, budget_bytes // max(per_row, 1))))
 
 
