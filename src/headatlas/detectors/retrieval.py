@@ -7,11 +7,13 @@ Data (``tasks/needle.py``): needle-in-a-haystack prompts of exactly one length e
 needle's own prefix. All facts of a prompt have the same token length.
 
 Score (Wu et al.'s retrieval score): the prompt minus its last token is prefilled (sdpa, KV
-cache, no pattern); then the answer is decoded greedily for ``|answer|`` steps with a pattern
-reducer that keeps only each head's top-1 key position of the step's single query
-(``[B, H, 1, S]`` patterns, never ``[S, S]``). At a step, a head hits when its top-1 position lies
-in the needle and the generated token equals the token there; the prompt's score is hits /
-``|answer|``. A prompt counts only when the generated answer recalls >= ``min_recall`` of the
+cache, no pattern; blocks of ``PREFILL_CHUNK`` tokens for long prompts); then the answer is
+decoded greedily for as many steps as the sentence answer "The secret code for the {key} is
+{code}" has (enough for a model that answers with the code alone or in a sentence), with a
+pattern reducer that keeps only each head's top-1 key position of the step's single query
+(``[B, H, 1, S]`` patterns, never ``[S, S]``). At a step, a head hits when its top-1 position
+lies in the needle and the generated token equals the token there; the prompt's score is hits /
+decode steps. A prompt counts only when the generated answer recalls >= ``min_recall`` of the
 code's tokens (the paper's ROUGE filter).
 
 Matched control: the same hit count against each fact slot, position-aligned (a hit on fact ``k``
@@ -55,9 +57,9 @@ if TYPE_CHECKING:
 
 MIN_EFFECT = 0.1          # the paper's retrieval-score threshold, here on score minus control
 MIN_RECALL = 0.5
-EVAL_SEED_OFFSET = 1000
+EVAL_SEED_OFFSET = 1000   # causal-check prompts never reuse the detection seed
 EVAL_LENGTH = 240         # causal-check prompts (22 ablated passes over them: kept short)
-PREFILL_CHUNK = 2048      # longer prompts are prefilled in blocks (never one [S, S] attention)   # causal-check prompts never reuse the detection seed
+PREFILL_CHUNK = 2048      # longer prompts are prefilled in blocks (never one [S, S] attention)
 RULE = LabelRule(statistic=("retrieval score (top-1 copy hits in the needle per answer token) minus the mean of the "
                             "same position-aligned hits in the distractor facts (mean over kept prompts)"),
                  direction="greater", min_effect=MIN_EFFECT)
