@@ -280,7 +280,7 @@ def test_shared_passes_run_once_per_scan_cache():
     fresh = synthetic_stats(m, ScanConfig(seed=0, quick=True))      # another scan: computed again
     assert fresh is not synthetic_stats(m, cfg)
     np.testing.assert_array_equal(fresh.ind, synthetic_stats(m, cfg).ind)
-    assert not m._cache, "nothing is cached on the model handle"
+    assert not hasattr(m, "_cache"), "nothing is cached on the model handle by name"
 
 
 def test_context_too_short_is_an_input_error():

@@ -280,6 +280,8 @@ def _run_scan(model: Any, names: list[str], *, seed: int, quick: bool, out_dir: 
     model_info = {**info, "fingerprint": fingerprint, "source": m.source}
     if options:
         settings["options"] = sorted(options)   # their names only: values can be large arrays
+    if n_prompts is None:   # record the values used: each detector's own default
+        settings = {**settings, "n_prompts": {name: int(r.n_prompts) for name, r in results.items() if not r.skipped}}
     atlas = Atlas(model_info, results, metas, seed=int(seed), settings=settings, timings=timings,
                   shared_passes=shared_notes)
     if out_dir is not None:  # both rendered first; the HTML is never older than the JSON (outdir.write_atlas_pair)

@@ -78,20 +78,19 @@ def _norm_weight(norm: nn.Module, d_model: int) -> tuple[torch.Tensor, bool, flo
 
 def readout(m: LoadedModel) -> Readout:
     """The model's :class:`Readout` (computed once per loaded model, cached on it)."""
-    key = "headatlas.detectors.ov.readout"
-    if key in m._cache:
-        return m._cache[key]
+    if m._readout is not None:
+        return m._readout
     W_U = m.unembed().weight.detach().float()
     d_model = W_U.shape[1]
     norm = m.final_norm()
-    if norm is None:
+    if norm is None:   # the architecture table says this model has no final norm (GPT-NeoX-style models all have one)
         weight, center, eps, has = torch.ones(d_model, device=W_U.device), False, 0.0, False
     else:
         weight, center, eps = _norm_weight(norm, d_model)
         has = True
     r = Readout(weight=weight.to(W_U.device), center=center, eps=eps, has_norm=has, W_U=W_U,
                 mean_u=W_U.mean(0), gram=W_U.t() @ W_U / W_U.shape[0])
-    m._cache[key] = r
+    m._readout = r
     return r
 
 

@@ -41,8 +41,8 @@ class LoadedModel:
     info: ModelInfo
     layout: AttentionLayout
     source: str = ""
-    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
     _readout: Any = field(default=None, repr=False)   # methods.dla.Readout, computed on first use
+    _decoder_layers: Any = field(default=False, repr=False)   # models.suffix.decoder_layers (False: not looked up)
 
     @property
     def device(self) -> torch.device:

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 def decoder_layers(loaded: "LoadedModel") -> nn.ModuleList | None:
     """The ``nn.ModuleList`` whose item ``i`` is decoder layer ``i`` (it contains attention module ``i``)."""
-    cached = loaded._cache.get("decoder_layers", False)
+    cached = loaded._decoder_layers
     if cached is not False:
         return cached
     attn = loaded.layout.attention_modules
@@ -48,7 +48,7 @@ def decoder_layers(loaded: "LoadedModel") -> nn.ModuleList | None:
             if all(any(sub is a for sub in layer.modules()) for layer, a in zip(module, attn)):
                 found = module
                 break
-    loaded._cache["decoder_layers"] = found
+    loaded._decoder_layers = found
     return found
 
 
