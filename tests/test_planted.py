@@ -82,6 +82,14 @@ def test_the_scan_backs_the_planted_heads_causally(planted):
         c = a.result(name).causal
         assert c is not None and c.kind == "mean" and c.heads == (getattr(PLANTED, name),)
         assert c.beats_every_random_set and c.effect > 1.0, (name, c)
+    # the report's token view: the labelled head's attention on one of the detector's own prompts
+    view = a.result("induction").details["token_view"]
+    assert list(view["heads"]) == ["L1H2"] and len(view["tokens"]) == 64
+    rows = view["heads"]["L1H2"]
+    assert all(abs(sum(r) - 1.0) < 0.01 for r in rows[1:])     # rows are rounded for the page
+    block = 40   # the planted induction head attends to the token after the earlier copy
+    q = 1 + block + 5
+    assert max(range(len(rows[q])), key=rows[q].__getitem__) == q - block + 1
 
 
 def test_labels_hold_for_other_seeds(planted):

@@ -212,7 +212,7 @@ def test_cli_sweep_of_the_bundled_models(tmp_path):
     out = tmp_path / "sweep"
     exe = Path(sys.executable).with_name("headatlas")
     res = subprocess.run([str(exe), "sweep", "smollm2-135m", "gemma3-270m", "--detectors", "induction", "--out",
-                          str(out), "--num-cpus", "1"], capture_output=True, text=True, timeout=3600)
+                          str(out), "--num-cpus", "1", "--quick"], capture_output=True, text=True, timeout=3600)
     assert res.returncode == 0, res.stdout + res.stderr
     import pandas as pd
 

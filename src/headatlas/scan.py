@@ -173,6 +173,24 @@ def _causal(det: registry.Detector, m: Any, config: ScanConfig, result: Detector
         return no_causal_check(f"the causal check could not run on this model: {exc}")
 
 
+def _attach_token_view(det: registry.Detector, m: Any, config: ScanConfig, result: DetectorResult) -> None:
+    """``result.details["token_view"]``: the top labelled heads' attention on one of the detector's prompts."""
+    if det.example is None or not result.labelled or "token_view" in result.details:
+        return
+    import torch
+
+    from .atlas.tokenview import MAX_HEADS, MAX_TOKENS, make_token_view
+    from .instrument import Taps, instrumented
+
+    heads = [tuple(lh) for lh in result.labelled[:MAX_HEADS]]
+    ids = torch.as_tensor(det.example(m, config)).reshape(-1)[:MAX_TOKENS]
+    with torch.no_grad(), instrumented(m, taps=Taps(pattern=True, layers=sorted({la for la, _ in heads}))) as rec:
+        m.model(input_ids=ids[None].to(m.device), use_cache=False, logits_to_keep=1)
+    pattern = np.stack([rec.pattern(la)[0, h].float().cpu().numpy() for la, h in heads])
+    tokens = [m.tokenizer.decode([int(t)]) for t in ids]
+    result.details["token_view"] = make_token_view(tokens, pattern, heads)
+
+
 def _shared_note(det: registry.Detector, cache: ScanCache, name: str) -> str:
     """"reused shared pass 'x' (computed by y, 3.2 s)" for the passes another detector paid for."""
     notes = []
@@ -265,6 +283,7 @@ def _run_scan(model: Any, names: list[str], *, seed: int, quick: bool, out_dir: 
                 result = skipped_result(name, n_layers, n_heads, str(exc), int(seed))
             if not result.skipped:
                 result.causal = _causal(det, m, config, result, causal)
+                _attach_token_view(det, m, config, result)
             seconds = time.perf_counter() - t0
             shared = _shared_note(det, cache, name)
             status = "done"

@@ -19,7 +19,7 @@ import numpy as np
 from .. import stats
 from .base import Detector, DetectorResult, LabelRule, ScanConfig, register
 from .behaviours import text_loss_check
-from .synthetic import SYNTHETIC, synthetic_stats
+from .synthetic import SYNTHETIC, example_prompt, synthetic_stats
 
 if TYPE_CHECKING:
     from ..models import LoadedModel
@@ -53,6 +53,6 @@ DETECTOR = register(Detector(
     name="attention_sink", stage="ICI", method="attention-pattern score",
     summary="puts most of its attention on the first token (attention sink / dormant head)",
     citation="Gu et al. 2024, arXiv 2410.10781; Xiao et al. 2023, arXiv 2309.17453", run=run, uses=(SYNTHETIC,),
-    causal=text_loss_check,
+    example=example_prompt, causal=text_loss_check,
     places_stage=False,  # not in the survey's taxonomy; most heads of real LLMs are sinks
 ))

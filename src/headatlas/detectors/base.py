@@ -100,6 +100,7 @@ class ScanConfig:
 
 
 CausalFn = Callable[["LoadedModel", ScanConfig, DetectorResult], CausalCheck]
+ExampleFn = Callable[["LoadedModel", ScanConfig], Any]   # -> 1-d token ids of one of the detector's own prompts
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,8 @@ class Detector:
     - ``causal``: ``fn(model, config, result) -> CausalCheck`` ablating the labelled heads against
       random head sets on the head type's behaviour; or ``no_causal`` — the reason no behavioural
       metric exists (then the atlas says so);
+    - ``example``: ``fn(model, config) -> token ids [S]`` of one of the detector's own prompts; the scan
+      draws its top labelled heads' attention on it as the report's token view;
     - ``version``: bump when the definition changes (stored in every record; resume keys on it);
     - ``places_stage``: False for structural patterns outside the survey's taxonomy (sinks).
     """
@@ -128,6 +131,7 @@ class Detector:
     uses: tuple[SharedPass[Any], ...] = ()
     causal: CausalFn | None = None
     no_causal: str = ""
+    example: ExampleFn | None = None
     version: int = 2
     places_stage: bool = True
 

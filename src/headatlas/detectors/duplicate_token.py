@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from .. import stats
 from .base import Detector, DetectorResult, LabelRule, ScanConfig, register
 from .behaviours import repeat_loss_check
-from .synthetic import SYNTHETIC, mean_std, synthetic_stats
+from .synthetic import SYNTHETIC, example_prompt, mean_std, synthetic_stats
 
 if TYPE_CHECKING:
     from ..models import LoadedModel
@@ -47,5 +47,6 @@ def run(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
 DETECTOR = register(Detector(
     name="duplicate_token", stage="ICI", method="attention-pattern score",
     summary="attends from a token to earlier copies of the same token",
-    citation="Wang et al. 2022, arXiv 2211.00593", run=run, uses=(SYNTHETIC,), causal=repeat_loss_check,
+    citation="Wang et al. 2022, arXiv 2211.00593", run=run, uses=(SYNTHETIC,),
+    example=example_prompt, causal=repeat_loss_check,
 ))

@@ -21,7 +21,7 @@ import numpy as np
 from .. import stats
 from .base import Detector, DetectorResult, LabelRule, ScanConfig, register
 from .behaviours import repeat_loss_check
-from .synthetic import SYNTHETIC, synthetic_stats
+from .synthetic import SYNTHETIC, example_prompt, synthetic_stats
 
 if TYPE_CHECKING:
     from ..models import LoadedModel
@@ -54,5 +54,6 @@ def run(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
 DETECTOR = register(Detector(
     name="previous_token", stage="ICI", method="attention-pattern score",
     summary="attends from each token to the token right before it",
-    citation="Olsson et al. 2022, arXiv 2209.11895", run=run, uses=(SYNTHETIC,), causal=repeat_loss_check,
+    citation="Olsson et al. 2022, arXiv 2209.11895", run=run, uses=(SYNTHETIC,),
+    example=example_prompt, causal=repeat_loss_check,
 ))

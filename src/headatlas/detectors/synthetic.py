@@ -220,3 +220,8 @@ def synthetic_stats(m: LoadedModel, cfg: ScanConfig) -> SyntheticStats:
 def mean_std(values: np.ndarray, axes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Mean and (population) std over ``axes`` of ``[L, B, H, ...]`` values, ignoring NaN."""
     return np.nanmean(values, axis=axes), np.nanstd(values, axis=axes)
+
+
+def example_prompt(m: LoadedModel, cfg: ScanConfig) -> torch.Tensor:
+    """The first repeated random-token sequence of the shared data (the pattern detectors' token view)."""
+    return synthetic_stats(m, cfg).batch.ids[0]
