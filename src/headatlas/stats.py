@@ -50,6 +50,19 @@ def best_candidate(d: np.ndarray) -> np.ndarray:
     return np.nanargmax(np.where(np.isnan(m), -np.inf, m), axis=-1)
 
 
+def items_per_prompt(values: np.ndarray, rows: np.ndarray, n_rows: int) -> np.ndarray:
+    """``values [n_items, L, H]`` (one value per scored item, e.g. a word) -> ``[L, B, H]``: the mean over
+    each prompt's items, for the ``B`` prompts that have one (prompts without an item carry no evidence)."""
+    L, H = values.shape[1:]
+    total = np.zeros((n_rows, L, H))
+    count = np.zeros(n_rows)
+    np.add.at(total, rows, values)
+    np.add.at(count, rows, 1)
+    with np.errstate(invalid="ignore"):
+        out = np.transpose(total / count[:, None, None], (1, 0, 2))
+    return out[:, count > 0]
+
+
 def signflip_null(d: np.ndarray, n: int = N_PERM, *, rng: np.random.Generator,
                   statistic: str = "mean") -> np.ndarray:
     """Null draws ``[R, L, H]`` of the mean (or best-of-``K`` mean) of paired differences ``d``.

@@ -93,18 +93,6 @@ def rare_word_items(seqs: list[WordSeq], offset: int, rng: random.Random,
     return SpanSet.build(quads, len(items) * max_slots), items, max_slots
 
 
-def per_prompt(values: np.ndarray, rows: np.ndarray, n_rows: int) -> np.ndarray:
-    """``values [n_items, L, H]`` -> ``[L, B, H]`` mean over each row's items, for the ``B`` rows that have one."""
-    L, H = values.shape[1:]
-    total = np.zeros((n_rows, L, H))
-    count = np.zeros(n_rows)
-    np.add.at(total, rows, values)
-    np.add.at(count, rows, 1)
-    with np.errstate(invalid="ignore"):
-        out = np.transpose(total / count[:, None, None], (1, 0, 2))
-    return out[:, count > 0]          # prompts without an item carry no evidence
-
-
 def evaluate_words(word_mass: np.ndarray, items: list[dict], n_rows: int, seed: int, n_perm: int = stats.N_PERM):
     """Everything after the forward pass (pure numpy). ``word_mass [n_items, max_slots, L, H]``: pooled
     attention on each candidate word. Returns ``(tested, scores, control_frac, mass_effect, d [L, B, H])``."""
@@ -115,12 +103,12 @@ def evaluate_words(word_mass: np.ndarray, items: list[dict], n_rows: int, seed: 
     invalid = np.arange(word_mass.shape[1])[None, :] >= n_valid[:, None]
     top = np.where(invalid[:, :, None, None], -np.inf, word_mass).argmax(axis=1)      # [n_items, L, H]
     hit_rare, hit_ctrl = (top == rare).astype(float), (top == ctrl).astype(float)
-    d = per_prompt(hit_rare - hit_ctrl, rows, n_rows)
-    scores = np.nanmean(per_prompt(hit_rare, rows, n_rows), axis=1)
-    control_frac = np.nanmean(per_prompt(hit_ctrl, rows, n_rows), axis=1)
+    d = stats.items_per_prompt(hit_rare - hit_ctrl, rows, n_rows)
+    scores = np.nanmean(stats.items_per_prompt(hit_rare, rows, n_rows), axis=1)
+    control_frac = np.nanmean(stats.items_per_prompt(hit_ctrl, rows, n_rows), axis=1)
     m_rare = np.take_along_axis(word_mass, rare[:, None], axis=1)[:, 0]
     m_ctrl = np.take_along_axis(word_mass, ctrl[:, None], axis=1)[:, 0]
-    mass_effect = np.nanmean(per_prompt(m_rare - m_ctrl, rows, n_rows), axis=1)
+    mass_effect = np.nanmean(stats.items_per_prompt(m_rare - m_ctrl, rows, n_rows), axis=1)
     draws = stats.signflip_null(d, n_perm, rng=stats.rng_for(seed, "rare_words:null"))
     tested = stats.evaluate(d, draws, RULE, seed=seed, salt="rare_words", scores=scores)
     return tested, scores, control_frac, mass_effect, d

@@ -70,25 +70,13 @@ def subword_items(seqs: list[WordSeq], offset: int, rng: np.random.Generator, mi
     return SpanSet.build(tq, len(rows)), SpanSet.build(cq, len(rows)), np.array(rows, dtype=np.int64)
 
 
-def per_prompt(values: np.ndarray, rows: np.ndarray, n_rows: int) -> np.ndarray:
-    """``values [n_items, L, H]`` -> ``[L, B, H]`` mean over each row's items, for the ``B`` rows that have one."""
-    L, H = values.shape[1:]
-    total = np.zeros((n_rows, L, H))
-    count = np.zeros(n_rows)
-    np.add.at(total, rows, values)
-    np.add.at(count, rows, 1)
-    with np.errstate(invalid="ignore"):
-        out = np.transpose(total / count[:, None, None], (1, 0, 2))
-    return out[:, count > 0]          # prompts without an item carry no evidence
-
-
 def evaluate_masses(target: np.ndarray, control: np.ndarray, rows: np.ndarray, n_rows: int, seed: int,
                     n_perm: int = stats.N_PERM):
     """Everything after the forward pass (pure numpy): ``target``/``control`` ``[n_items, L, H]``.
     Returns ``(tested, scores, control_mean, d [L, B, H])``."""
-    d = per_prompt(target - control, rows, n_rows)
-    scores = np.nanmean(per_prompt(target, rows, n_rows), axis=1)
-    control_mean = np.nanmean(per_prompt(control, rows, n_rows), axis=1)
+    d = stats.items_per_prompt(target - control, rows, n_rows)
+    scores = np.nanmean(stats.items_per_prompt(target, rows, n_rows), axis=1)
+    control_mean = np.nanmean(stats.items_per_prompt(control, rows, n_rows), axis=1)
     draws = stats.signflip_null(d, n_perm, rng=stats.rng_for(seed, "subword_merge:null"))
     tested = stats.evaluate(d, draws, RULE, seed=seed, salt="subword_merge", scores=scores)
     return tested, scores, control_mean, d
