@@ -83,7 +83,7 @@ def readout(m: LoadedModel) -> Readout:
     W_U = m.unembed().weight.detach().float()
     d_model = W_U.shape[1]
     norm = m.final_norm()
-    if norm is None:   # the architecture table says this model has no final norm (GPT-NeoX-style models all have one)
+    if norm is None:   # a model with no final norm: the unembedding reads the residual stream directly
         weight, center, eps, has = torch.ones(d_model, device=W_U.device), False, 0.0, False
     else:
         weight, center, eps = _norm_weight(norm, d_model)
