@@ -3,7 +3,6 @@ on tiny models, clear refusals where a tokenizer cannot express English."""
 
 from __future__ import annotations
 
-import random
 
 import numpy as np
 import pytest
@@ -100,7 +99,7 @@ def english():
     return headatlas.load(english_tiny_model(n_ctx=512), device="cpu")
 
 
-@pytest.mark.parametrize("name", TEXT_DETECTORS)
+@pytest.mark.parametrize("name", TEXT_DETECTORS + ("constant", "single_letter", "correct_letter", "mover"))
 def test_toy_tokenizer_refused_with_clear_reason(name):
     from tiny import tiny_model
 

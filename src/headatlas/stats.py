@@ -123,6 +123,21 @@ def random_slot_null(contrast: np.ndarray, n: int = N_PERM, *, rng: np.random.Ge
     return np.concatenate(out, axis=0)
 
 
+def evaluate_first_slot(slots: np.ndarray, rule: LabelRule, *, seed: int, salt: str,
+                        n: int = N_PERM) -> tuple[np.ndarray, "Tested", np.ndarray, np.ndarray]:
+    """Test slot 0 of ``slots [L, B, H, K]`` against the other ``K - 1`` comparable slots.
+
+    The score is slot 0's mean over prompts; the effect is its :func:`slot_contrast`; the null draws the
+    scored slot at random per prompt (:func:`random_slot_null`). Returns ``(scores, tested, null_mean,
+    null_std)`` with the null mean/std of the other slots (per head, over prompts and slots)."""
+    scores = slots[..., 0].mean(1)
+    contrast = slot_contrast(slots)
+    draws = random_slot_null(contrast, n, rng=rng_for(seed, f"{salt}:null"))
+    tested = evaluate(contrast[..., 0], draws, rule, seed=seed, salt=salt, scores=scores)
+    others = slots[..., 1:]
+    return scores, tested, np.nanmean(others, axis=(1, 3)), np.nanstd(others, axis=(1, 3))
+
+
 def permute_candidates_null(x: np.ndarray, statistic: Statistic | None = None, n: int = N_PERM, *,
                             rng: np.random.Generator) -> np.ndarray:
     """Null draws ``[R, L, H]``: within each prompt the ``K`` candidate labels are permuted (one

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from .. import stats
 from .base import Detector, DetectorResult, LabelRule, ScanConfig, register
 from .behaviours import text_loss_check
@@ -32,14 +30,9 @@ RULE = LabelRule(statistic="attention on the first token minus the mean attentio
 def run(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
     st = synthetic_stats(m, cfg)
     keys = st.key_mass                                            # [L, B, H, W+1]: keys 0 .. W
-    scores = keys[..., 0].mean(1)
-    contrast = stats.slot_contrast(keys)
-    draws = stats.random_slot_null(contrast, rng=stats.rng_for(cfg.seed, "attention_sink:null"))
-    tested = stats.evaluate(contrast[..., 0], draws, RULE, seed=cfg.seed, salt="attention_sink", scores=scores)
-    others = keys[..., 1:]
+    scores, tested, null_mean, null_std = stats.evaluate_first_slot(keys, RULE, seed=cfg.seed, salt="attention_sink")
     return stats.result(
-        "attention_sink", tested, scores=scores, rule=RULE,
-        null_mean=np.nanmean(others, axis=(1, 3)), null_std=np.nanstd(others, axis=(1, 3)),
+        "attention_sink", tested, scores=scores, rule=RULE, null_mean=null_mean, null_std=null_std,
         data_description=f"{st.describe_random()}; queries i > {st.spec.window}",
         null_description=(f"null mean/std: the head's attention on each other early key 1..{st.spec.window}; p: the "
                           f"scored key drawn at random per prompt among keys 0..{st.spec.window} ({tested.n_null} draws)"),

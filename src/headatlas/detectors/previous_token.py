@@ -16,8 +16,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from .. import stats
 from .base import Detector, DetectorResult, LabelRule, ScanConfig, register
 from .behaviours import repeat_loss_check
@@ -33,14 +31,9 @@ RULE = LabelRule(statistic="attention on i-1 minus the mean attention on i-2..i-
 def run(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
     st = synthetic_stats(m, cfg)
     mass = st.offset_mass[..., 1:]                               # [L, B, H, W]: offsets -1 .. -W
-    scores = mass[..., 0].mean(1)
-    contrast = stats.slot_contrast(mass)
-    draws = stats.random_slot_null(contrast, rng=stats.rng_for(cfg.seed, "previous_token:null"))
-    tested = stats.evaluate(contrast[..., 0], draws, RULE, seed=cfg.seed, salt="previous_token", scores=scores)
-    others = mass[..., 1:]
+    scores, tested, null_mean, null_std = stats.evaluate_first_slot(mass, RULE, seed=cfg.seed, salt="previous_token")
     return stats.result(
-        "previous_token", tested, scores=scores, rule=RULE,
-        null_mean=np.nanmean(others, axis=(1, 3)), null_std=np.nanstd(others, axis=(1, 3)),
+        "previous_token", tested, scores=scores, rule=RULE, null_mean=null_mean, null_std=null_std,
         data_description=f"{st.describe_random()}; queries i > {st.spec.window}",
         null_description=(f"null mean/std: the head's attention on offsets i-2..i-{st.spec.window}; p: the same "
                           f"contrast with the scored offset drawn at random per prompt among i-1..i-{st.spec.window} "
