@@ -1,7 +1,7 @@
 """Head-type detectors. Every detector module registers itself here by being imported."""
 
-from .base import (STAGES, CausalCheck, Detector, DetectorResult, LabelRule, ScanCache, ScanConfig, SharedPass,
-                   all_detectors, get, names, no_causal_check, register, scan_order, skipped_result)
+from .base import (NOT_FOUND, STAGES, CausalCheck, Detector, DetectorResult, LabelRule, ScanCache, ScanConfig,
+                   SharedPass, all_detectors, default_names, get, names, no_causal_check, register, scan_order, skipped_result)
 
 # Detector modules are imported explicitly below, one line each, so the set is visible in one place.
 # --- pattern detectors on random-token data (previous_token, duplicate_token, induction, positional, attention_sink)
@@ -18,5 +18,5 @@ from . import retrieval  # noqa: F401
 from . import mcqa  # noqa: F401  (registers constant, single_letter and correct_letter)
 from . import mover  # noqa: F401
 
-__all__ = ["STAGES", "CausalCheck", "Detector", "DetectorResult", "LabelRule", "ScanCache", "ScanConfig", "SharedPass",
-           "all_detectors", "get", "names", "no_causal_check", "register", "scan_order", "skipped_result"]
+__all__ = ["NOT_FOUND", "STAGES", "CausalCheck", "Detector", "DetectorResult", "LabelRule", "ScanCache", "ScanConfig", "SharedPass",
+           "all_detectors", "default_names", "get", "names", "no_causal_check", "register", "scan_order", "skipped_result"]

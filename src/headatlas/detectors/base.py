@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 __all__ = ["STAGES", "CausalCheck", "Detector", "DetectorResult", "LabelRule", "ScanCache", "ScanConfig", "SharedPass",
-           "Stage", "all_detectors", "get", "names", "no_causal_check", "register", "scan_order", "skipped_result"]
+           "NOT_FOUND", "Stage", "all_detectors", "default_names", "get", "names", "no_causal_check", "register", "scan_order", "skipped_result"]
 
 
 @dataclass(frozen=True)
@@ -119,6 +119,13 @@ class Detector:
       draws its top labelled heads' attention on it as the report's token view;
     - ``version``: bump when the definition changes (stored in every record; resume keys on it);
     - ``places_stage``: False for structural patterns outside the survey's taxonomy (sinks).
+    - ``default``: True when a plain scan (no detector list) runs it. Detectors whose data or causal
+      battery costs minutes on a 135M model on 2 CPU cores set False; ``detectors="all"`` (CLI ``--all``)
+      runs every registered detector.
+
+    A detector whose behaviour the model does not show at all (e.g. it cannot do any of the in-context
+    tasks) raises :class:`InputError` with a message starting ``"not found: "``; the scan records it as a
+    skipped result carrying that reason, and the atlas reports the head type as not found.
     """
 
     name: str
@@ -134,6 +141,10 @@ class Detector:
     example: ExampleFn | None = None
     version: int = 2
     places_stage: bool = True
+    default: bool = True
+
+
+NOT_FOUND = "not found: "   # prefix of the skip reason of a detector whose behaviour the model does not show
 
 
 _REGISTRY: dict[str, Detector] = {}
@@ -168,6 +179,11 @@ def get(name: str) -> Detector:
 
 def names() -> tuple[str, ...]:
     return tuple(sorted(_REGISTRY))
+
+
+def default_names() -> tuple[str, ...]:
+    """The detectors a plain scan runs (``Detector.default``), sorted."""
+    return tuple(n for n in names() if _REGISTRY[n].default)
 
 
 def all_detectors() -> tuple[Detector, ...]:
