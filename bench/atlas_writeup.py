@@ -108,10 +108,14 @@ def stability_rows(a: Atlas, b: Atlas) -> list[str]:
     return lines
 
 
+RENAMED = {"mover": "name_mover"}   # old detector name -> its name now (compared under the new name)
+
+
 def before_after_rows(old: Atlas, new: Atlas) -> list[str]:
     lines = ["| detector | before | after | kept | did not survive | new |", "|---|---:|---:|---|---|---|"]
-    for name in sorted(set(old.detectors) | set(new.detectors)):
-        o = set(old.labelled(name)) if name in old.detectors else set()
+    old_names = {RENAMED.get(n, n): n for n in old.detectors}
+    for name in sorted(set(old_names) | set(new.detectors)):
+        o = set(old.labelled(old_names[name])) if name in old_names else set()
         n = set(new.labelled(name)) if name in new.detectors and not new.result(name).skipped else set()
         gone = sorted(o - n)
         lines.append(f"| {name} | {len(o)} | {len(n)} | {len(o & n)} | "
@@ -158,9 +162,9 @@ def main() -> None:
         text += ["## Label stability across seeds (seed 0 vs seed 1, fresh prompts)", "",
                  f"Rescanned with seed 1: {', '.join(b.detectors)}.", "", *stability_rows(a, b), ""]
     if old is not None:
-        text += ["## Before and after detector contract v2", "",
-                 "Before: the atlas committed earlier (schema 1: score and z cut-offs, z with a floored null std). "
-                 "After: this atlas.", "", *before_after_rows(old, a), ""]
+        text += ["## Changes from the previous atlas", "",
+                 f"Before: the atlas committed earlier ({len(old.detectors)} detectors). After: this atlas ({len(a.detectors)} detectors). A detector "
+                 "absent before shows 0 labels before.", "", *before_after_rows(old, a), ""]
     path = ROOT / "docs" / f"atlas-{args.model}.md"
     path.write_text("\n".join(text))
     print("\n".join(text))

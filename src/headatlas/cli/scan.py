@@ -168,10 +168,11 @@ def detectors_cmd() -> None:
     if not dets:
         out_console.print("no detectors are registered")
         return
-    table = Table("name", "stage", "method", "what it scores",
-                  caption="stages: " + ", ".join(f"{k} = {v}" for k, v in STAGES.items()))
+    table = Table("name", "stage", "default", "method", "what it scores",
+                  caption="stages: " + ", ".join(f"{k} = {v}" for k, v in STAGES.items())
+                  + "; default: run by a plain scan (the others: --detectors all, or by name)")
     for d in dets:
-        table.add_row(d.name, d.stage, d.method, d.summary)
+        table.add_row(d.name, d.stage, "yes" if d.default else "no", d.method, d.summary)
     out_console.print(table)
 
 
