@@ -186,12 +186,14 @@ def replay(m: Any, calls: list[Call]) -> tuple[float, int]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--detectors", default=None, help="comma-separated (default: all registered)")
+    ap.add_argument("--detectors", default=None, help="comma-separated or 'all' (default: the default set)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--section", default="scan", help="RESULTS.md section to write (e.g. 'battery' for --detectors all)")
+    ap.add_argument("--title", default="the whole detector battery vs its plain forward passes")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -218,7 +220,7 @@ def main() -> None:
         total_bad += bad
     ratio = total_scan / total_plain if total_plain > 0 else float("nan")
     lines = [
-        "## scan: the whole detector battery vs its plain forward passes",
+        f"## {args.section}: {args.title}",
         "",
         f"Model `{args.model}` ({m.info.n_layers} x {m.info.n_heads} heads), float32, CPU: {machine_line()}.",
         f"`headatlas.scan(..., quick={args.quick}, seed={args.seed}, batch_size={args.batch_size})`; every forward the",
@@ -247,7 +249,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
-        write_section("scan", text)
+        write_section(args.section, text)
 
 
 if __name__ == "__main__":
