@@ -99,7 +99,7 @@ def english():
     return headatlas.load(english_tiny_model(n_ctx=512), device="cpu")
 
 
-@pytest.mark.parametrize("name", TEXT_DETECTORS + ("constant", "single_letter", "correct_letter", "mover"))
+@pytest.mark.parametrize("name", TEXT_DETECTORS + ("constant", "single_letter", "correct_letter", "name_mover"))
 def test_toy_tokenizer_refused_with_clear_reason(name):
     from tiny import tiny_model
 

@@ -18,7 +18,7 @@ from headatlas.instrument import Taps, instrumented
 from headatlas.methods.dla import capture_final_residual, direct_logit_effect, dla_by_source
 
 MCQA = ("constant", "single_letter", "correct_letter")
-MINE = MCQA + ("mover",)
+MINE = MCQA + ("name_mover",)
 
 
 # ---------------------------------------------------------------- dla_by_source
@@ -191,8 +191,8 @@ def test_same_seed_bit_identical_and_shared_pass(english):
             assert np.array_equal(getattr(r1, f), getattr(r2, f), equal_nan=True), (name, f)
         assert r1.scores.shape == (L, H) and all(v.shape == (L, H) for v in r1.extras.values())
         assert r1.data_description and r1.null_description and r1.n_null > 0
-    other = get("mover").run(english, ScanConfig(seed=4, quick=True))
-    assert not np.array_equal(other.scores, first["mover"].scores)
+    other = get("name_mover").run(english, ScanConfig(seed=4, quick=True))
+    assert not np.array_equal(other.scores, first["name_mover"].scores)
 
 
 def test_causal_checks_run_on_a_given_set(english):
@@ -201,13 +201,13 @@ def test_causal_checks_run_on_a_given_set(english):
     from headatlas.detectors.mover import ioi_check
 
     cfg = ScanConfig(seed=0, quick=True)
-    r = get("mover").run(english, cfg)
+    r = get("name_mover").run(english, cfg)
     r.labelled = [(1, 0)]
     for fn in (ioi_check, mcqa_check):
         c = fn(english, cfg, r)
         assert c.kind == "mean" and len(c.random_effects) == 20 and 0 < c.p_value <= 1 and c.expected == "decrease"
         assert np.isfinite(c.effect) and c.n_prompts == 8
-    assert get("constant").causal is mcqa_check and get("mover").causal is ioi_check
+    assert get("constant").causal is mcqa_check and get("name_mover").causal is ioi_check
     assert isinstance(get("single_letter").causal, type(mcqa_check)) and LabelRule
 
 

@@ -23,6 +23,8 @@ from . import schema
 if TYPE_CHECKING:
     import pandas as pd
 
+    from .circuit import Circuit
+
 MIXED = "mixed"
 
 
@@ -396,6 +398,15 @@ class Atlas:
         """Read an atlas written by :meth:`save`; :class:`AtlasFileError` on a missing, corrupt or foreign
         file, or one written with a newer schema."""
         return cls.from_dict(schema.read_json(path), source=str(path))
+
+    # ----- circuits -------------------------------------------------------------------------------
+    def circuit(self, name: str) -> "Circuit":
+        """The circuit ``name`` (``"ioi"``) read from this atlas's labels: nodes (heads with their roles, effects
+        and q) and sender -> receiver edges (measured path-patching effects; pattern roles unmeasured). See
+        :mod:`headatlas.atlas.circuit`. InputError for an unknown name or an atlas without the circuit's detectors."""
+        from .circuit import build_circuit
+
+        return build_circuit(self, name)
 
     # ----- HTML -----------------------------------------------------------------------------------
     def to_html(self) -> str:

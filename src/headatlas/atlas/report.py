@@ -9,6 +9,8 @@ Sections:
   from the labels of the detectors that place heads (``meta.places_stage``).
 - **Top heads per type**: per detector its labelled heads (effect, q), its causal check (the labelled
   set's effect against the median random set) and time; "none found" or the skip reason otherwise.
+- **IOI circuit** (only when the atlas holds an IOI detector: name_mover, negative_name_mover, s_inhibition):
+  an inline SVG node-link diagram of :meth:`Atlas.circuit` ``("ioi")`` (:mod:`headatlas.atlas.circuit`).
 - **Per detector**: its label rule (``rule.describe()``); its data, null and prompts; its causal check
   (effect vs random median, p, and the distribution of the random sets with the labelled set marked,
   or the reason there is none); a table of its labelled heads (score, null mean ± std, effect with its
@@ -48,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .circuit import circuit_section
 from .htmlsafe import PLOTLY_CONFIG, csp, esc, plain, script_json
 from .records import PER_HEAD_FIELDS, STAGES
 from .report_assets import CSS, JS
@@ -586,6 +589,7 @@ Click a cell for that head's card.</p>
 {_top_table(atlas, dets, top)}
 <h2 id="skipped">Skipped detectors</h2>
 {skipped_html}
+{circuit_section(atlas)}
 {sections}
 <script type="application/json" id="ha-data">{data_block}</script>
 <script>{JS}</script>

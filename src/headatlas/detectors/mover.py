@@ -1,4 +1,4 @@
-"""Name mover heads (Wang et al. 2022, arXiv 2211.00593): on IOI prompts the final position (END)
+"""Name mover heads (detector ``name_mover``; Wang et al. 2022, arXiv 2211.00593): on IOI prompts the final position (END)
 attends to the indirect object (IO) and the head's output raises logit(IO) - logit(S) directly.
 
 Data: ``tasks.ioi.ioi_batch`` (two templates, ABBA/BABA balanced) and their ABC corrupted twins.
@@ -16,13 +16,17 @@ sign-flip null (swapping IO and S flips the contrast's sign), **and** ``attends_
 IO exceeds its attention to S1 by >= ``MIN_ATTN`` with BH q <= 0.05 under its own sign-flip null.
 Heads that attend to IO that way but write *against* it (effect <= -``MIN_DLA``, per-head p <= 0.05 in
 the ``less`` direction; BH ``q_less`` given too) are listed in ``details["negative"]`` with their numbers
-(negative name movers), never dropped silently; heads with a significant positive direct effect that do
+(negative name movers: the ``negative_name_mover`` detector, :mod:`headatlas.detectors.ioi_roles`, tests them
+with their own rule and BH q), never dropped silently; heads with a significant positive direct effect that do
 not attend to IO (e.g. ones that move S and write against it) are listed in
 ``details["direct_without_io_attention"]`` with the part of their DLA moved from IO and from S. ``details["patching"]``: agreement with :func:`headatlas.methods.patching.patching_map`
 on the same prompts (ABC -> clean, denoise; attribution patching unless ``options["mover_patching"] =
 "exact"``): Spearman correlation of the DLA effect with the patching effect, overlap of the top heads,
 and each label's patching effect and rank. Causal check: mean-ablating the labelled heads lowers the
 IOI logit difference on held-out prompts (seed + 1000) more than layer-matched random head sets.
+
+The IOI forward passes (:data:`IOI_PASS`, shared pass ``ioi_dla``) are shared with ``negative_name_mover``.
+Version 3: renamed from ``mover`` (same rule and numbers).
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from ..atlas.records import CausalCheck
 from ..errors import InputError
 from ..methods.dla import dla_by_source
 from ..tasks.ioi import TEMPLATES, IOIBatch, ioi_batch
-from .base import Detector, DetectorResult, LabelRule, ScanConfig, register
+from .base import Detector, DetectorResult, LabelRule, ScanConfig, SharedPass, register
 from .causal import ablation_check
 
 if TYPE_CHECKING:
@@ -55,7 +59,7 @@ RULE = LabelRule(statistic="direct logit attribution at END to logit(IO) - logit
 def _n_prompts(cfg: ScanConfig) -> int:
     n = cfg.n_prompts or (16 if cfg.quick else 32)
     if n < 12:
-        raise InputError("the mover detector needs at least 12 prompts (the resampling unit of its sign-flip null)")
+        raise InputError("the IOI detectors (name_mover, negative_name_mover) need at least 12 prompts (the resampling unit of its sign-flip null)")
     return n
 
 
@@ -94,20 +98,42 @@ def measure(m: LoadedModel, batch: IOIBatch, batch_size: int) -> dict[str, np.nd
             "attn_s1": at(d.attention, batch.s1_pos), "attn_s2": at(d.attention, batch.s2_pos)}
 
 
+def _ioi_pass(m: LoadedModel, cfg: ScanConfig) -> tuple[list[IOIBatch], dict[str, np.ndarray]]:
+    """The IOI batches of this scan and their per-prompt DLA / attention arrays ``[L, B, H]`` (:func:`measure`)."""
+    batches = ioi_batches(m, _n_prompts(cfg), cfg.seed)
+    parts = []
+    for i, b in enumerate(batches):
+        parts.append(measure(m, b, cfg.batch_size))
+        cfg.tick(i + 1, len(batches) + 1)
+    return batches, {k: np.concatenate([p[k] for p in parts], axis=1) for k in parts[0]}
+
+
+IOI_PASS: SharedPass[tuple[list[IOIBatch], dict[str, np.ndarray]]] = SharedPass(
+    "ioi_dla", _ioi_pass, lambda m, cfg: (cfg.seed, _n_prompts(cfg), cfg.batch_size))
+
+
+def attends_io(per: dict[str, np.ndarray], seed: int, n_perm: int = stats.N_PERM) -> dict[str, np.ndarray]:
+    """``attends_io`` (1.0 / 0.0) and the attention numbers behind it, ``[L, H]`` each: END's attention to IO
+    exceeds its attention to S1 by >= ``MIN_ATTN`` with BH q <= 0.05 under a sign-flip null."""
+    attn_diff = per["attn_io"] - per["attn_s1"]
+    a_draws = stats.signflip_null(attn_diff, n_perm, rng=stats.rng_for(seed, "mover:attention"))
+    a_eff = attn_diff.mean(1)
+    a_q = stats.bh_q(stats.permutation_p(a_eff, a_draws, "greater"))
+    attends = (a_q <= RULE.fdr) & (a_eff >= MIN_ATTN) & (np.nanstd(a_draws, axis=0) > 0)
+    return {"attends_io": attends.astype(float), "io_attention": per["attn_io"].mean(1),
+            "io_attention_excess": a_eff, "io_attention_q": a_q, "attn_s": (per["attn_s1"] + per["attn_s2"]).mean(1),
+            "dla_from_io": per["dla_io"].mean(1), "dla_from_s": per["dla_s"].mean(1)}
+
+
 def mover_result(per: dict[str, np.ndarray], *, seed: int, data_description: str,
                  details: dict[str, Any] | None = None, patch_effect: np.ndarray | None = None,
                  n_perm: int = stats.N_PERM) -> DetectorResult:
     """The mover result from per-prompt arrays ``[L, B, H]`` (``dla``, ``dla_io``, ``dla_s``, ``attn_io``,
     ``attn_s1``, ``attn_s2``) and, optionally, a patching effect map ``[L, H]`` to compare with."""
     dla = per["dla"]
-    attn_diff = per["attn_io"] - per["attn_s1"]
-    a_draws = stats.signflip_null(attn_diff, n_perm, rng=stats.rng_for(seed, "mover:attention"))
-    a_eff = attn_diff.mean(1)
-    a_q = stats.bh_q(stats.permutation_p(a_eff, a_draws, "greater"))
-    attends = (a_q <= RULE.fdr) & (a_eff >= MIN_ATTN) & (np.nanstd(a_draws, axis=0) > 0)
-    extras = {"attends_io": attends.astype(float), "io_attention": per["attn_io"].mean(1),
-              "io_attention_excess": a_eff, "io_attention_q": a_q, "attn_s": (per["attn_s1"] + per["attn_s2"]).mean(1),
-              "dla_from_io": per["dla_io"].mean(1), "dla_from_s": per["dla_s"].mean(1)}
+    extras = attends_io(per, seed, n_perm)
+    attends = extras["attends_io"] > 0
+    a_eff = extras["io_attention_excess"]
     draws = stats.signflip_null(dla, n_perm, rng=stats.rng_for(seed, "mover:signflip"))
     scores = dla.mean(1)
     tested = stats.evaluate(dla, draws, RULE, seed=seed, salt="mover", scores=scores, extras=extras)
@@ -138,7 +164,7 @@ def mover_result(per: dict[str, np.ndarray], *, seed: int, data_description: str
     if patch_effect is not None:
         det["patching"] = dict(det.get("patching", {}), **agreement(tested.effect, patch_effect, tested.labelled))
     return stats.result(
-        "mover", tested, scores=scores, rule=RULE, data_description=data_description,
+        "name_mover", tested, scores=scores, rule=RULE, data_description=data_description,
         null_description=(f"sign flips of the per-prompt DLA contrasts (swapping IO and S flips logit(IO) - logit(S); "
                           f"{tested.n_null} draws); attention: END -> IO minus END -> S1, sign flips likewise"),
         n_prompts=dla.shape[1], seed=seed, extras=extras, details=det)
@@ -178,13 +204,7 @@ def _patching(m: LoadedModel, batches: list[IOIBatch], method: str) -> tuple[np.
 
 
 def run(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
-    n = _n_prompts(cfg)
-    batches = ioi_batches(m, n, cfg.seed)
-    parts = []
-    for i, b in enumerate(batches):
-        parts.append(measure(m, b, cfg.batch_size))
-        cfg.tick(i + 1, len(batches) + 1)
-    per = {k: np.concatenate([p[k] for p in parts], axis=1) for k in parts[0]}
+    batches, per = cfg.shared(IOI_PASS, m)
     method = str(cfg.options.get("mover_patching", "attribution"))
     patch, pinfo = (None, {}) if method == "none" else _patching(m, batches, method)
     cfg.tick(len(batches) + 1, len(batches) + 1)
@@ -194,8 +214,10 @@ def run(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
                                           "templates (ABBA/BABA balanced); END = the final token"))
 
 
-def ioi_check(m: LoadedModel, cfg: ScanConfig, result: DetectorResult, *, kind: str = "mean") -> CausalCheck:
-    """Ablate the labelled heads: does the IOI logit difference fall more than for random heads?"""
+def ioi_check(m: LoadedModel, cfg: ScanConfig, result: DetectorResult, *, kind: str = "mean",
+              expected: str = "decrease") -> CausalCheck:
+    """Ablate the labelled heads: does the IOI logit difference fall (``expected="decrease"``; rise for
+    negative name movers) more than for random heads?"""
     seed = cfg.seed + EVAL_SEED_OFFSET
     b = ioi_batches(m, 8 if cfg.quick else 16, seed, n_templates=1)[0]
     io, s = b.io_ids, b.s_ids
@@ -206,14 +228,14 @@ def ioi_check(m: LoadedModel, cfg: ScanConfig, result: DetectorResult, *, kind: 
         return last.gather(1, io[r].to(last.device)[:, None])[:, 0] - last.gather(1, s[r].to(last.device)[:, None])[:, 0]
 
     return ablation_check(m, result.labelled, b.clean_ids, logit_diff, metric="IOI logit difference (IO - S)",
-                          expected="decrease", seed=cfg.seed, kind=kind, batch_size=cfg.batch_size,
+                          expected=expected, seed=cfg.seed, kind=kind, batch_size=cfg.batch_size,
                           description=(f"logit(IO) - logit(S) at END of {b.clean_ids.shape[0]} held-out IOI prompts "
                                        f"(seed {seed}, template {b.template!r}), {kind} ablation over those prompts "
                                        "per position"))
 
 
 DETECTOR = register(Detector(
-    name="mover", stage="ICI", method="direct logit attribution + attention (IOI)",
+    name="name_mover", stage="ICI", method="direct logit attribution + attention (IOI)",
     summary="END attends to the indirect object and the head's output raises logit(IO) - logit(S) directly",
-    citation="Wang et al. 2022, arXiv 2211.00593", run=run, causal=ioi_check,
+    citation="Wang et al. 2022, arXiv 2211.00593", run=run, causal=ioi_check, uses=(IOI_PASS,), version=3,
 ))
