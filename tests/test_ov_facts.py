@@ -157,3 +157,105 @@ def test_successor_null_keeps_a_constant_or_copying_head_at_chance():
     assert draws[:, 0, 1].max() == 0.0                           # a copying head never succeeds
     assert abs(draws[:, 0, 2].mean() - 1 / 8) < 0.02             # a constant head: chance 1/8
     assert (draws[:, 0, 0] >= 1.0).mean() < 0.01                 # a perfect score is rare under shuffling
+
+
+# ---------------------------------------------------------------- facts: subject / relation / mixed
+
+def test_fact_batch_masks_mark_the_subject_and_the_relation_tokens():
+    from english_tiny import english_tokenizer
+    from headatlas.tasks.facts import controls, fact_batch, split
+
+    tok = english_tokenizer()
+    b = fact_batch(tok)
+    assert b.ids.shape[0] == len(b.facts) and b.multi_token >= 1
+    for i in (0, 30, len(b.facts) - 1):
+        n = int(b.lengths[i])
+        subj = tok.decode(b.ids[i][b.subject_mask[i]].tolist()).strip()
+        assert subj == b.facts[i][0]
+        assert not (b.subject_mask[i] & b.relation_mask[i]).any()
+        assert int((b.subject_mask[i] | b.relation_mask[i]).sum()) == n - 1        # all but BOS
+        assert not b.relation_mask[i, n:].any() and b.last[i] == n - 1
+    same, other = controls(b, 4, seed=0)
+    for i, (a, r) in enumerate(zip(b.attribute.tolist(), b.relation)):
+        assert a not in same[i].tolist() and set(same[i].tolist()) <= set(b.candidates[r])
+        assert a not in other[i].tolist() and not set(other[i].tolist()) & set(b.candidates[r])
+    det, ev = split(b, seed=0)
+    assert not set(det) & set(ev) and sorted(det + ev) == list(range(len(b.facts)))
+    assert split(b, seed=0) == (det, ev) and split(b, seed=1) != (det, ev)
+
+
+def test_facts_dla_split_parts_sum_to_the_total():
+    from english_tiny import english_tiny_model
+    from headatlas.detectors.facts import split_maps
+    from headatlas.tasks.facts import controls, fact_batch
+
+    m = headatlas.load(english_tiny_model(seed=0), device="cpu")
+    b = fact_batch(m.tokenizer).subset(list(range(0, 120, 10)))
+    same, other = controls(b, 3, seed=0)
+    d = split_maps(m, b, same, other, batch_size=4)
+    parts = d["dla_subject"] + d["dla_relation"] + d["dla_bos"]
+    assert np.allclose(parts, d["dla_total"], atol=1e-5 * max(1e-3, np.abs(d["dla_total"]).max()))
+    # the total is the head's whole direct effect on logit(attribute) at the last position
+    from headatlas.instrument import Taps, instrumented
+    from headatlas.methods.dla import capture_final_residual, direct_logit_effect
+
+    rows = torch.arange(b.ids.shape[0])
+    with torch.no_grad(), capture_final_residual(m) as res, instrumented(m, taps=Taps(z=True)) as rec:
+        m.model(input_ids=b.ids)
+    for layer in range(m.info.n_layers):
+        ref = direct_logit_effect(m, layer, rec.z(layer)[rows, b.last], res[0][rows, b.last], b.attribute)
+        assert np.allclose(d["dla_total"][layer], ref.numpy(), atol=1e-4)
+
+
+def _fake_pass(seed: int = 0):
+    """A FactsPass with planted effects: head (0, 0) subject only, (0, 1) relation only, (1, 2) both,
+    everything else noise around 0; 40 facts."""
+    from headatlas.detectors.facts import FactsPass
+
+    rng = np.random.default_rng(seed)
+    L, B, H = 2, 40, 4
+    subj = rng.normal(0, 0.05, (L, B, H))
+    rel = rng.normal(0, 0.05, (L, B, H))
+    subj[0, :, 0] += 0.6
+    rel[0, :, 1] += 0.6
+    subj[1, :, 2] += 0.4
+    rel[1, :, 2] += 0.4
+    rel[1, :, 3] += 0.02          # significant but below MIN_DLA
+    raw = {k: rng.normal(0, 0.1, (L, B, H)) for k in ("dla_subject", "dla_relation", "dla_bos", "dla_total")}
+    return FactsPass(subject=subj, relation=rel, raw=raw, batch=None, correct=list(range(B)),   # type: ignore[arg-type]
+                     detect_rows=list(range(B)), eval_rows=[], info={"n_correct": B, "n_facts": B})
+
+
+def test_facts_labels_partition_subject_relation_and_mixed():
+    from headatlas.detectors.facts import facts_result
+
+    fp = _fake_pass()
+    got = {n: facts_result(n, fp, seed=0, n_perm=999) for n in ("subject", "relation", "mixed")}
+    assert got["subject"].labelled == [(0, 0)]
+    assert got["relation"].labelled == [(0, 1)]
+    assert got["mixed"].labelled == [(1, 2)]
+    mixed = got["mixed"]
+    # intersection-union p: the larger of the two parts' p-values
+    assert mixed.p_value[1, 2] == max(got["subject"].p_value[1, 2], got["relation"].p_value[1, 2])
+    assert mixed.p_value[0, 0] >= 0.05                                 # subject-only head: relation part null
+    assert np.isclose(mixed.scores[1, 2], min(fp.subject[1, :, 2].mean(), fp.relation[1, :, 2].mean()))
+    again = facts_result("mixed", fp, seed=0, n_perm=999)
+    assert np.array_equal(again.p_value, mixed.p_value) and again.labelled == mixed.labelled
+    # the mixed head is significant in both single tests but carries neither single label
+    assert got["subject"].q_value[1, 2] <= 0.05 and got["relation"].q_value[1, 2] <= 0.05
+
+
+def test_facts_detectors_skip_or_label_nothing_on_random_weights():
+    from english_tiny import english_tiny_model
+
+    from headatlas.detectors.base import ScanCache
+
+    m = headatlas.load(english_tiny_model(seed=1), device="cpu")
+    cfg = ScanConfig(seed=0, quick=True, cache=ScanCache())
+    for name in ("subject", "relation", "mixed"):
+        try:
+            r = get(name).run(m, cfg)
+        except InputError as e:
+            assert str(e).startswith("not found: ")
+            continue
+        assert r.labelled == []
