@@ -219,3 +219,23 @@ def test_smollm2_is_at_chance_so_amplification_is_not_found():
     with pytest.raises(InputError, match=f"^{NOT_FOUND}the model answers") as e:
         get("amplification").run(m, ScanConfig(seed=0, quick=True))
     assert "chance 25%" in str(e.value)
+
+
+def test_correct_letter_v3_scores_the_answer_swap_contrast_of_attention(english):
+    """correct_letter reads the twins' attention on their own letter positions, and its score is the swap
+    contrast of the letter attention (a fixed-letter preference cancels)."""
+    from headatlas.detectors.mcqa import mcqa_stats, swap_contrast as swap_mcqa
+    from headatlas.methods.dla import dla_by_source
+
+    cfg = ScanConfig(seed=5, quick=True)
+    st = mcqa_stats(english, cfg)
+    b = st.batch
+    att = dla_by_source(english, b.swapped_ids[:3], b.final_pos[:3], {}).attention        # [3, L, H, S]
+    for r in range(3):
+        ref = att[r][:, :, b.swapped_letter_pos[r]].double().numpy()                      # [L, H, K]
+        assert np.allclose(st.attn_twin[:, r], ref, atol=1e-6)
+    res = get("correct_letter").run(english, cfg)
+    assert get("correct_letter").version == 3
+    per = swap_mcqa(st.attn, st.attn_twin, b.correct.numpy(), b.swapped_correct.numpy())
+    assert np.allclose(res.scores, per.mean(1)) and "letter_contrast" in res.extras
+    assert swap_contrast is swap_mcqa

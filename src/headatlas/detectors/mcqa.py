@@ -25,8 +25,14 @@ prompt has an answer-swapped twin). All statistics come from one declared shared
      letters, left out where the letter is the answer; statistic: the best letter's mean over prompts
      (``extras["letter"]``). Null: the letter labels permuted within each prompt, best letter taken in
      every draw (max-statistic null).
-   - ``correct_letter``: attention on the correct letter minus the mean over the other letters; null:
-     the letter scored is drawn at random per prompt.
+   - ``correct_letter`` (v3): the answer-swap contrast of the attention on the letters,
+     ``((a_P[k] - a_T[k]) + (a_T[k2] - a_P[k2])) / 2`` for a prompt ``P`` with answer letter ``k`` and its
+     twin ``T`` (answer ``k2``, the same question and values rotated): how much more the head attends to
+     a letter when it is the answer than to the same letter, in the same prompt layout, when it is not.
+     A fixed-letter preference cancels exactly. Null: sign flips of the per-prompt contrasts (which of
+     the pair is the prompt is a coin flip of the generator). (v2 scored the correct letter against the
+     other letters of the same prompt with a random-letter null; that contrast is ``extras
+     ["letter_contrast"]``.)
 Every label also needs ``output_head == 1``. Causal check (all three): mean-ablating the labelled
 heads lowers the MCQA logit difference (correct letter minus mean other letters) on held-out prompts
 (seed + 1000) more than layer-matched random head sets.
@@ -69,7 +75,8 @@ CONSTANT_RULE = LabelRule(statistic=("letter mass x normalised entropy over the 
 SINGLE_RULE = LabelRule(statistic=("best letter's attention minus the mean over the other letters, on prompts whose "
                                    "answer is another letter (output heads only)"),
                         direction="greater", min_effect=0.1, extra_min=(("output_head", 1.0),))
-CORRECT_RULE = LabelRule(statistic="attention on the correct letter minus the mean over the other letters (output heads only)",
+CORRECT_RULE = LabelRule(statistic=("attention on a letter when it is the answer minus on the same letter of the "
+                                    "answer-swapped twin when it is not (output heads only)"),
                          direction="greater", min_effect=0.1, extra_min=(("output_head", 1.0),))
 
 
@@ -134,6 +141,7 @@ class MCQAStats:
     letter_dla: np.ndarray       # [L, B, H, K] direct effect on each answer letter's logit
     from_letters: np.ndarray     # [L, B, H]  output contrast moved from the letter positions
     attn: np.ndarray             # [L, B, H, K] attention on the letters
+    attn_twin: np.ndarray        # [L, B, H, K] the answer-swapped twins' attention on their letters
     attn_control: np.ndarray     # [N_DRAWS, L, B, H, K] attention on random non-letter option positions
     output: stats.Tested         # the output-head test
     output_scores: np.ndarray    # [L, H]
@@ -222,12 +230,14 @@ def compute_mcqa(m: LoadedModel, cfg: ScanConfig) -> MCQAStats:
             pool = sorted(set(range(lo, hi)) - set(lp[r].tolist()))
             pos.append(sorted(rng.sample(pool, K)))
         ctrl.append(d.attention[rows[:, None], :, :, torch.tensor(pos)].permute(2, 0, 3, 1).double().numpy())
+    tw = dla_by_source(m, batch.swapped_ids, batch.final_pos, {}, batch_size=cfg.batch_size).attention
+    attn_twin = tw[rows[:, None], :, :, batch.swapped_letter_pos].permute(2, 0, 3, 1).double().numpy()
     correct = batch.correct.numpy()
     tested, scores = output_test(letter_dla, correct, seed=cfg.seed)
     from_letters = at_slot(stats.slot_contrast(at_letters), correct)
     clean, acc = _model_metric(m, batch, answers, cfg)
     patching = _patching_agreement(m, batch, answers, tested, cfg)
-    return MCQAStats(batch=batch, letter_dla=letter_dla, from_letters=from_letters, attn=attn,
+    return MCQAStats(batch=batch, letter_dla=letter_dla, from_letters=from_letters, attn=attn, attn_twin=attn_twin,
                      attn_control=np.stack(ctrl), output=tested, output_scores=scores, patching=patching,
                      clean_metric=clean, accuracy=acc, seed=cfg.seed)
 
@@ -347,14 +357,25 @@ def run_single_letter(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
     return res
 
 
+def swap_contrast(x_prompt: np.ndarray, x_twin: np.ndarray, correct: np.ndarray, twin_correct: np.ndarray
+                  ) -> np.ndarray:
+    """``x_* [L, B, H, K]`` per-letter values of prompts and their answer-swapped twins, ``correct`` /
+    ``twin_correct [B]`` their answer letters -> ``[L, B, H]``:
+    ``((x_P[k] - x_T[k]) + (x_T[k2] - x_P[k2])) / 2`` (a letter when it is the answer minus the same
+    letter when it is not; 0 for any head whose values do not follow the answer)."""
+    return 0.5 * ((at_slot(x_prompt, correct) - at_slot(x_twin, correct))
+                  + (at_slot(x_twin, twin_correct) - at_slot(x_prompt, twin_correct)))
+
+
 def run_correct_letter(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
     st = mcqa_stats(m, cfg)
-    contrast = stats.slot_contrast(st.attn)
-    per_prompt = at_slot(contrast, st.correct_np())
-    draws = stats.random_slot_null(contrast, rng=stats.rng_for(cfg.seed, "correct_letter:null"))
-    return _result("correct_letter", st, per_prompt, draws, CORRECT_RULE, cfg,
-                   data="score = attention on the correct letter minus the mean attention on the other letters",
-                   null="the scored letter drawn at random per prompt (shared by all heads)")
+    per_prompt = swap_contrast(st.attn, st.attn_twin, st.correct_np(), st.batch.swapped_correct.numpy())
+    draws = stats.signflip_null(per_prompt, rng=stats.rng_for(cfg.seed, "correct_letter:signflip"))
+    v2 = at_slot(stats.slot_contrast(st.attn), st.correct_np()).mean(1)
+    return _result("correct_letter", st, per_prompt, draws, CORRECT_RULE, cfg, extras={"letter_contrast": v2},
+                   data=("score = attention on a letter when it is the answer minus on the same letter of the "
+                         "answer-swapped twin when it is not (both directions, averaged)"),
+                   null="sign flips of the per-prompt swap contrasts")
 
 
 def mcqa_check(m: LoadedModel, cfg: ScanConfig, result: DetectorResult, *, kind: str = "mean") -> CausalCheck:
@@ -383,4 +404,4 @@ SINGLE_LETTER = register(Detector(
 CORRECT_LETTER = register(Detector(
     name="correct_letter", stage="LR", method="DLA output heads + attention pattern (MCQA)",
     summary="an MCQA output head whose final-token attention goes to the correct option letter",
-    citation=_CITE, run=run_correct_letter, uses=(MCQA_PASS,), causal=mcqa_check))
+    citation=_CITE, run=run_correct_letter, uses=(MCQA_PASS,), causal=mcqa_check, version=3))

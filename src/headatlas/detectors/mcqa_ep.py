@@ -53,7 +53,7 @@ from ..tasks.mcqa import MCQABatch, mcqa_batch
 from ..tasks.text import check_english
 from .base import NOT_FOUND, Detector, DetectorResult, LabelRule, ScanConfig, SharedPass, register
 from .causal import ablation_check
-from .mcqa import answer_letter_ids, at_slot, mcqa_logit_diff
+from .mcqa import answer_letter_ids, mcqa_logit_diff, swap_contrast
 
 if TYPE_CHECKING:
     from ..models import LoadedModel
@@ -85,14 +85,6 @@ def _n_prompts(cfg: ScanConfig) -> int:
     if n < 12:
         raise InputError("the MCQA EP detectors need at least 12 prompts (the resampling unit of their nulls)")
     return n
-
-
-def swap_contrast(c_prompt: np.ndarray, c_twin: np.ndarray, correct: np.ndarray, twin_correct: np.ndarray
-                  ) -> np.ndarray:
-    """``c_* [L, B, H, K]`` per-letter values of prompts and twins, ``correct``/``twin_correct [B]`` ->
-    ``[L, B, H]``: ``((c_P[k] - c_T[k]) + (c_T[k2] - c_P[k2])) / 2``."""
-    return 0.5 * ((at_slot(c_prompt, correct) - at_slot(c_twin, correct))
-                  + (at_slot(c_twin, twin_correct) - at_slot(c_prompt, twin_correct)))
 
 
 def binomial_above_chance(hits: int, n: int, chance: float) -> float:
