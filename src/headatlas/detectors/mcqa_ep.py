@@ -3,8 +3,9 @@
 
 Data: ``tasks/mcqa.py`` lettered questions with answer-swapped twins (the same prefix, question and
 option values, rotated so that the answer sits under another letter). Default format: prototypical
-colours after 3 solved examples (``options["mcqa_topic"]`` = ``"colors"`` | ``"arithmetic"``,
-``options["mcqa_shots"]`` = 0..8), ``K = 4`` letters, the final token is ``:`` of ``Answer:``.
+colours after 3 solved examples, ``K = 4`` letters (``options["mcqa_topic"]`` = ``"colors"`` |
+``"arithmetic"``, ``options["mcqa_shots"]`` = 0..8, ``options["mcqa_options"]`` = 2..4); the final token
+is ``:`` of ``Answer:``.
 
 Skill gate: both heads are defined by how they raise the *correct* letter, which only exists when the
 model knows the answer. The pass first reads the answer letters' logits on the prompts and their twins;
@@ -63,7 +64,7 @@ MAX_OPTION_ATTENTION = 0.1     # an amplifier reads (almost) nothing from the op
 MIN_PATCH = 0.1                # logits of logit(k) - logit(k2): the smallest patching effect worth a label
 GATE_ALPHA = 0.05
 EVAL_SEED_OFFSET = 1000
-DEFAULT_TOPIC, DEFAULT_SHOTS = "colors", 3
+DEFAULT_TOPIC, DEFAULT_SHOTS, DEFAULT_OPTIONS = "colors", 3, 4
 
 AMP_RULE = LabelRule(statistic=("DLA swap contrast at the final token: the head's DLA to logit(letter) - mean "
                                 "logit(other letters) when the letter is the answer minus when the same letter "
@@ -75,9 +76,10 @@ CORRECT_RULE = LabelRule(statistic=("exact activation patching of the head's fin
                          direction="greater", min_effect=MIN_PATCH, extra_min=(("dla_positive", 1.0),))
 
 
-def mcqa_format(cfg: ScanConfig) -> tuple[str, int]:
-    """``(topic, shots)`` of the prompts from the scan options."""
-    return str(cfg.options.get("mcqa_topic", DEFAULT_TOPIC)), int(cfg.options.get("mcqa_shots", DEFAULT_SHOTS))
+def mcqa_format(cfg: ScanConfig) -> tuple[str, int, int]:
+    """``(topic, shots, n_options)`` of the prompts from the scan options."""
+    return (str(cfg.options.get("mcqa_topic", DEFAULT_TOPIC)), int(cfg.options.get("mcqa_shots", DEFAULT_SHOTS)),
+            int(cfg.options.get("mcqa_options", DEFAULT_OPTIONS)))
 
 
 def _n_prompts(cfg: ScanConfig) -> int:
@@ -162,24 +164,25 @@ def compute_ep(m: LoadedModel, cfg: ScanConfig) -> EPStats:
     tok = m.tokenizer
     check_english(tok)
     n = _n_prompts(cfg)
-    topic, shots = mcqa_format(cfg)
-    batch = mcqa_batch(tok, n, seed=cfg.seed, topic=topic, shots=shots)
+    topic, shots, n_options = mcqa_format(cfg)
+    batch = mcqa_batch(tok, n, seed=cfg.seed, topic=topic, shots=shots, n_options=n_options)
     if batch.ids.shape[1] > m.info.n_ctx:
         raise InputError(f"MCQA prompts need {batch.ids.shape[1]} positions; the model has {m.info.n_ctx}")
     answers = answer_letter_ids(tok, batch)
     K = answers.numel()
     bs = cfg.batch_size
     ll_p = letter_logits(m, batch.ids, batch.final_pos, answers, bs)
-    ll_t = letter_logits(m, batch.swapped_ids, batch.final_pos, answers, bs)
     hits = int((ll_p.argmax(1) == batch.correct).sum())
-    acc, tacc = hits / n, float((ll_t.argmax(1) == batch.swapped_correct).double().mean())
+    acc = hits / n
     c = ll_p.gather(1, batch.correct[:, None])[:, 0]
     diff = float((c - (ll_p.sum(1) - c) / (K - 1)).mean())
     p_gate = binomial_above_chance(hits, n, 1 / K)
     if p_gate > GATE_ALPHA and cfg.options.get("mcqa_require_skill", True):
         raise InputError(f"{NOT_FOUND}the model answers {100 * acc:.0f}% of {n} {topic} MCQA prompts "
-                         f"({shots}-shot; chance {100 / K:.0f}%, binomial p = {p_gate:.2g}; twins {100 * tacc:.0f}%; mean "
+                         f"({shots}-shot, {K} options; chance {100 / K:.0f}%, binomial p = {p_gate:.2g}; mean "
                          f"logit(correct) - mean logit(others) {diff:+.3f}): no correct letter to amplify")
+    ll_t = letter_logits(m, batch.swapped_ids, batch.final_pos, answers, bs)
+    tacc = float((ll_t.argmax(1) == batch.swapped_correct).double().mean())
 
     def side(ids: torch.Tensor, letter_pos: torch.Tensor) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
         d = dla_by_source(m, ids, batch.final_pos, {str(j): answers[j].repeat(n) for j in range(K)}, batch_size=bs)
@@ -288,8 +291,8 @@ def ep_check(m: LoadedModel, cfg: ScanConfig, result: DetectorResult, *, kind: s
     fall more than for layer-matched random heads?"""
     n = 8 if cfg.quick else 16
     seed = cfg.seed + EVAL_SEED_OFFSET
-    topic, shots = mcqa_format(cfg)
-    batch = mcqa_batch(m.tokenizer, n, seed=seed, topic=topic, shots=shots)
+    topic, shots, n_options = mcqa_format(cfg)
+    batch = mcqa_batch(m.tokenizer, n, seed=seed, topic=topic, shots=shots, n_options=n_options)
     answers = answer_letter_ids(m.tokenizer, batch)
     return ablation_check(m, result.labelled, batch.ids, mcqa_logit_diff(batch, answers),
                           metric="MCQA logit difference (correct letter - mean other letters)", expected="decrease",
