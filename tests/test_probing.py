@@ -1,0 +1,234 @@
+"""Per-head probes (methods/probing.py), ITI, the statement data and the probing detectors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import headatlas
+from headatlas.errors import InputError
+from headatlas.methods.probing import (ProbeData, capture_heads, grouped_folds, iti, load_probe_data,
+                                       mass_mean_directions, permute_labels, probe, probe_features,
+                                       resolve_positions, token_rows)
+from headatlas.tasks.statements import pairs_to_records, statement_pairs
+
+
+def _planted(n_groups=40, L=3, H=4, D=8, seed=0, strength=1.5, planted=(1, 2)):
+    """Features [N, L, H, D] of random noise, except head ``planted`` whose first feature carries the label."""
+    rng = np.random.default_rng(seed)
+    labels = np.tile([1, 0], n_groups)
+    groups = np.repeat(np.arange(n_groups), 2)
+    x = rng.normal(size=(2 * n_groups, L, H, D)).astype(np.float32)
+    x[:, planted[0], planted[1], 0] += strength * (2 * labels - 1)
+    return x, labels, groups
+
+
+def test_planted_head_is_found_and_no_other():
+    x, y, g = _planted()
+    r = probe_features(x, y, g, n_perm=299, seed=0)
+    assert r.accuracy[1, 2] > 0.8 and r.p[1, 2] == pytest.approx(1 / 300) and r.q[1, 2] <= 0.05
+    others = np.ones(r.accuracy.shape, bool)
+    others[1, 2] = False
+    assert (r.q[others] > 0.05).all()
+    assert np.abs(r.null_mean - 0.5).max() < 0.05
+    assert r.top(1) == [(1, 2)] and r.significant() == [(1, 2)]
+    df = r.to_dataframe()
+    assert len(df) == 12 and set(df.columns) >= {"layer", "head", "accuracy", "null_mean", "p", "q"}
+    # mass-mean direction of the planted head points along feature 0
+    assert abs(r.direction[1, 2, 0]) > 0.9
+
+
+def test_random_labels_give_chance_accuracy_and_no_significance():
+    x, _, g = _planted(strength=0.0)
+    y = np.tile([1, 0], 40)
+    r = probe_features(x, y, g, n_perm=199, seed=3)
+    assert abs(float(r.accuracy.mean()) - 0.5) < 0.08
+    assert (r.q > 0.05).all()
+
+
+def test_logistic_method_agrees_on_the_planted_head():
+    x, y, g = _planted(n_groups=20, L=1, H=3, planted=(0, 1), strength=2.0)
+    r = probe_features(x, y, g, n_perm=19, method="logistic", n_folds=2)
+    assert int(np.argmax(r.accuracy[0])) == 1 and r.p[0, 1] == pytest.approx(1 / 20)
+
+
+def test_grouped_folds_never_split_a_group_and_permutations_keep_structure():
+    y = np.array([1, 0] * 15 + [1, 1, 1, 0, 0, 0])
+    g = np.concatenate([np.repeat(np.arange(15), 2), [15, 16, 17, 18, 19, 20]])
+    fold = grouped_folds(y, g, 5, seed=1)
+    for grp in np.unique(g):
+        assert len(set(fold[g == grp])) == 1
+    perms = permute_labels(y, g, 50, np.random.default_rng(0))
+    assert (perms.sum(1) == y.sum()).all()
+    for grp in range(15):    # mixed pairs stay one 1 and one 0
+        assert (perms[:, g == grp].sum(1) == 1).all()
+    assert not (perms == y).all()
+    # single-label groups move as wholes: items of a 2-item pure group share a label
+    y2, g2 = np.array([1, 1, 0, 0, 1, 1, 0, 0]), np.array([0, 0, 1, 1, 2, 2, 3, 3])
+    p2 = permute_labels(y2, g2, 30, np.random.default_rng(1))
+    assert (p2[:, 0::2] == p2[:, 1::2]).all() and len({tuple(r) for r in p2}) > 1
+
+
+def test_jsonl_loader_errors(tmp_path):
+    f = tmp_path / "d.jsonl"
+    f.write_text("")
+    with pytest.raises(InputError, match="empty"):
+        load_probe_data(f)
+    f.write_text('{"text": "a", "label": 1}\nnot json\n')
+    with pytest.raises(InputError, match="line 2"):
+        load_probe_data(f)
+    f.write_text('{"text": "a"}\n')
+    with pytest.raises(InputError, match="lacks label"):
+        load_probe_data(f)
+    f.write_text('{"text": "a", "label": 2}\n')
+    with pytest.raises(InputError, match="0 or 1"):
+        load_probe_data(f)
+    f.write_text("".join(json.dumps({"text": f"t{i}", "label": 1}) + "\n" for i in range(8)))
+    with pytest.raises(InputError, match="both labels"):
+        load_probe_data(f)
+    with pytest.raises(InputError, match="does not exist"):
+        load_probe_data(tmp_path / "nope.jsonl")
+    f.write_text("".join(json.dumps({"text": f"t{i}", "label": i % 2, "group": i // 2}) + "\n" for i in range(10)))
+    d = load_probe_data(f)
+    assert len(d) == 10 and list(d.groups[:4]) == [0, 0, 1, 1]
+
+
+def test_truthfulqa_formats(tmp_path):
+    csv = tmp_path / "TruthfulQA.csv"
+    rows = ["Type,Category,Question,Best Answer,Correct Answers,Incorrect Answers,Source"]
+    for i in range(4):
+        rows.append(f'Adversarial,Misc,Q{i}?,a{i},"a{i}; b{i}","c{i}; d{i}",x')
+    csv.write_text("\n".join(rows) + "\n")
+    d = load_probe_data(csv)
+    assert len(d) == 16 and d.labels.sum() == 8 and d.texts[0] == "Q: Q0? A: a0" and len(set(d.groups)) == 4
+    js = tmp_path / "tqa.jsonl"
+    js.write_text("".join(json.dumps({"question": f"Q{i}?", "correct_answers": [f"a{i}", f"b{i}"],
+                                      "incorrect_answers": [f"c{i}", f"d{i}"]}) + "\n" for i in range(4)))
+    assert len(load_probe_data(js)) == 16
+
+
+def test_statements_balanced_grouped_and_split():
+    pairs = statement_pairs(seed=0)
+    assert {p.domain for p in pairs} == {"geography", "arithmetic", "units", "everyday"}
+    assert all(p.true != p.false for p in pairs)
+    texts, labels, groups = pairs_to_records(pairs)
+    assert labels.mean() == 0.5 and len(set(groups)) == len(pairs)
+    probe_split = statement_pairs(seed=0, split="probe")
+    held = statement_pairs(seed=0, split="heldout")
+    assert len(probe_split) + len(held) == len(pairs) and not set(probe_split) & set(held)
+    assert statement_pairs(seed=0) == pairs and statement_pairs(seed=1) != pairs
+    # completions do not give the label away: within authored domains each word is true as often as false
+    for dom in ("units", "everyday", "geography"):
+        ps = [p for p in pairs if p.domain == dom]
+        trues = sorted(p.true for p in ps)
+        assert sorted(p.false for p in ps) == trues or len(ps) < 2
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from english_tiny import english_tiny_model
+
+    return headatlas.load(english_tiny_model(seed=0), device="cpu")
+
+
+def test_capture_matches_plain_z_at_last_token(tiny):
+    texts = ["Snow is cold.", "The capital of France is Paris.", "3 + 4 = 7."]
+    rows = token_rows(tiny, texts)
+    pos = resolve_positions(rows, -1)
+    cap = capture_heads(tiny, rows, pos, batch_size=2)
+    for i, row in enumerate(rows):
+        with torch.no_grad(), headatlas.instrumented(tiny, taps=headatlas.Taps(z=True)) as rec:
+            tiny.model(input_ids=torch.tensor([row]))
+        z = rec.z_all()[:, 0, -1].numpy()
+        assert np.allclose(cap.features[i], z, atol=1e-5)
+    with pytest.raises(InputError, match="outside"):
+        resolve_positions(rows, 40)
+
+
+def test_probe_on_random_model_finds_nothing(tiny):
+    from headatlas.tasks.statements import statement_probe_data
+
+    data = statement_probe_data(seed=0, max_pairs=40)
+    r = probe(tiny, data, n_perm=199, n_folds=4)
+    assert r.accuracy.shape == (tiny.info.n_layers, tiny.info.n_heads)
+    assert (r.q > 0.05).all() and abs(float(r.accuracy.mean()) - 0.5) < 0.1
+
+
+def test_iti_alpha_zero_is_identity_and_touches_only_chosen_heads(tiny):
+    ids = torch.tensor([token_rows(tiny, ["The capital of France is Paris."])[0]])
+    L, H, D = tiny.info.n_layers, tiny.info.n_heads, tiny.info.d_head
+    dirs = torch.randn(L, H, D, generator=torch.Generator().manual_seed(0))
+    taps = headatlas.Taps(z=True)
+    with torch.no_grad(), headatlas.instrumented(tiny, taps=taps) as rec:
+        base = tiny.model(input_ids=ids).logits
+    z0 = rec.z_all()
+    it0 = iti(tiny, [(1, 2)], dirs, 0.0, sigma=np.ones((L, H)))
+    with torch.no_grad(), headatlas.instrumented(tiny, edits=it0.edits()):
+        same = tiny.model(input_ids=ids).logits
+    assert torch.allclose(base, same, atol=1e-6)
+    it = iti(tiny, [(1, 2)], dirs, 3.0, sigma=np.full((L, H), 2.0))
+    with torch.no_grad(), headatlas.instrumented(tiny, edits=it.edits(), taps=taps) as rec:
+        tiny.model(input_ids=ids)
+    z1 = rec.z_all()
+    diff = (z1 - z0).abs().amax(dim=(1, 2, 4))        # [L, H]
+    assert diff[1, 2] > 0 and float(diff.sum() - diff[1, 2]) == 0.0
+    unit = dirs[1, 2] / dirs[1, 2].norm()
+    assert torch.allclose(z1[1, 0, :, 2] - z0[1, 0, :, 2], (6.0 * unit).expand(ids.shape[1], D), atol=1e-5)
+    assert isinstance(it.generate("Snow is", max_new_tokens=2), str)
+
+
+def test_iti_from_probe_result_top_k():
+    x, y, g = _planted(L=2, H=3, D=tiny_d_head(), planted=(1, 0))
+    r = probe_features(x, y, g, n_perm=99)
+    unit, sigma = mass_mean_directions(x, y)
+    assert np.allclose(r.direction, unit) and np.allclose(r.sigma, sigma)
+
+
+def tiny_d_head():
+    return 8
+
+
+def test_detectors_label_nothing_on_random_models_quickly(tiny):
+    import time
+
+    from headatlas.detectors import ScanConfig, get
+
+    for name in ("truthfulness",):
+        t = time.perf_counter()
+        try:
+            r = get(name).run(tiny, ScanConfig(seed=0, quick=True))
+        except InputError as exc:
+            assert str(exc)
+            continue
+        assert r.labelled == [] and np.isfinite(r.p_value).all()
+        assert time.perf_counter() - t < 4
+        r2 = get(name).run(tiny, ScanConfig(seed=0, quick=True))
+        assert np.array_equal(r.p_value, r2.p_value) and np.array_equal(r.scores, r2.scores)
+
+
+def test_cli_probe_bad_file(tmp_path):
+    from typer.testing import CliRunner
+
+    from headatlas.cli import app
+
+    f = tmp_path / "bad.jsonl"
+    f.write_text('{"text": "a", "label": 1}\n{oops\n')
+    res = CliRunner().invoke(app, ["probe", "smollm2-135m", "--data", str(f), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "line 2" in res.output
+
+
+@pytest.mark.slow
+def test_truthfulness_on_smollm2(smollm2):
+    from headatlas.detectors import ScanConfig, get
+
+    cfg = ScanConfig(seed=0)
+    det = get("truthfulness")
+    r = det.run(smollm2, cfg)
+    assert len(r.labelled) >= 5 and float(np.nanmax(r.scores)) > 0.6
+    layers = [lh[0] for lh in r.labelled]
+    assert 5 <= np.median(layers) <= 25          # middle layers, as in Li et al.
+    c = det.causal(smollm2, cfg, r)
+    assert c.ran and np.isfinite(c.effect) and len(c.random_effects) == 20
