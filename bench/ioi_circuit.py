@@ -50,6 +50,22 @@ def main(model: str = "smollm2-135m", out: str = "/tmp/ioi_smollm2") -> None:
         summary[name] = {"labelled": rows, "causal": c, "n_prompts": r.n_prompts}
     if not atlas.result("s_inhibition").skipped:
         summary["s_inhibition"]["edges"] = atlas.result("s_inhibition").details.get("edges")
+    # sensitivity: negative name movers on 64 prompts (same seed; a scan option n_prompts=64 does the same)
+    from headatlas.detectors import ScanConfig, get
+
+    cfg64 = ScanConfig(seed=0, n_prompts=64)
+    t2 = time.perf_counter()
+    neg64 = get("negative_name_mover").run(m, cfg64)
+    neg64.causal = get("negative_name_mover").causal(m, cfg64, neg64)
+    summary["negative_name_mover_64"] = {
+        "seconds": time.perf_counter() - t2,
+        "labelled": [{"head": f"L{a}H{h}", "effect": float(neg64.effect[a, h]), "q": float(neg64.q_value[a, h]),
+                      "p": float(neg64.p_value[a, h]), "io_attention": float(neg64.extras["io_attention"][a, h]),
+                      "dla_from_io": float(neg64.extras["dla_from_io"][a, h])} for a, h in neg64.labelled],
+        "causal": None if neg64.causal is None else {
+            "effect": neg64.causal.effect, "p": neg64.causal.p_value, "kind": neg64.causal.kind,
+            "random_median": float(np.median(neg64.causal.random_effects)) if neg64.causal.random_effects else None,
+            "baseline": neg64.causal.baseline}}
     circ = atlas.circuit("ioi")
     summary["circuit"] = circ.to_dict()
     with open(f"{out}/ioi_summary.json", "w") as f:
