@@ -131,7 +131,9 @@ def sinh_result(drop: np.ndarray, sender: np.ndarray, *, seed: int, data_descrip
 def run_sinh(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
     movers = cfg.result("name_mover")
     if movers.skipped or not movers.labelled:
-        raise InputError(NOT_FOUND + "no name mover heads were labelled, so there are no receivers to path-patch into")
+        why = f" (name_mover was skipped: {movers.skipped})" if movers.skipped else ""
+        raise InputError(NOT_FOUND + "no name mover heads were labelled, so there are no receivers to path-patch "
+                         "into" + why)
     receivers = sorted((int(a), int(b)) for a, b in movers.labelled)
     last = max(layer for layer, _ in receivers)
     if last == 0:
