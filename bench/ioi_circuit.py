@@ -2,6 +2,7 @@
 path-patching edges into the name movers) and the upstream pattern heads, with causal checks and timings.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/ioi_circuit.py smollm2-135m /tmp/ioi_smollm2
+    OMP_NUM_THREADS=1 .venv/bin/python bench/ioi_circuit.py gemma3-270m /tmp/ioi_gemma3 name_mover,negative_name_mover,s_inhibition
 
 Writes OUT/atlas.json, OUT/atlas.html and OUT/ioi_summary.json (the numbers docs/ioi_circuit.md quotes).
 """
@@ -21,11 +22,13 @@ from headatlas.detectors.mover import ioi_batches
 DETECTORS = ["previous_token", "duplicate_token", "induction", "name_mover", "negative_name_mover", "s_inhibition"]
 
 
-def main(model: str = "smollm2-135m", out: str = "/tmp/ioi_smollm2") -> None:
+def main(model: str = "smollm2-135m", out: str = "/tmp/ioi_smollm2", detectors: str = "") -> None:
+    """``detectors``: a comma list to scan instead of :data:`DETECTORS` (e.g. only the IOI roles)."""
     torch.set_num_threads(1)
+    dets = [d for d in detectors.split(",") if d] or DETECTORS
     m = headatlas.load(model)
     t0 = time.perf_counter()
-    atlas = headatlas.scan(m, DETECTORS, seed=0, out=out, resume=True)
+    atlas = headatlas.scan(m, dets, seed=0, out=out, resume=True)
     total = time.perf_counter() - t0
     # one plain forward over the name_mover prompts (32, two templates)
     batches = ioi_batches(m, 32, 0)
@@ -36,7 +39,7 @@ def main(model: str = "smollm2-135m", out: str = "/tmp/ioi_smollm2") -> None:
     plain = time.perf_counter() - t1
     summary = {"model": model, "scan_seconds": total, "plain_forward_seconds_32_ioi_prompts": plain,
                "timings": atlas.timings, "shared_passes": atlas.shared_passes, "skipped": atlas.skipped()}
-    for name in DETECTORS:
+    for name in dets:
         r = atlas.result(name)
         rows = []
         for a, h in r.labelled:

@@ -90,6 +90,16 @@ def test_unknown_circuit_and_atlas_without_ioi_detectors():
         make_atlas(only=("induction", "previous_token")).circuit("ioi")
 
 
+def test_atlas_from_before_the_rename_reads_mover_as_name_mover():
+    a = make_atlas(only=("name_mover",))
+    r = a.result("name_mover")
+    r.name = "mover"
+    old = Atlas({"name": "toy", "n_layers": L, "n_heads": H}, {"mover": r},
+                {"mover": DetectorMeta("mover", "ICI", method="m", summary="s", citation="c")})
+    c = old.circuit("ioi")
+    assert c.role("name_mover") == ["L3H0"] and c.missing["s_inhibition"] == "not in this atlas"
+
+
 def test_circuit_survives_json_round_trip():
     a = make_atlas()
     b = Atlas.from_dict(a.to_dict())

@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     from .atlas import Atlas
 
 CIRCUITS = ("ioi",)
-IOI_DETECTORS = ("name_mover", "negative_name_mover", "s_inhibition")
+IOI_DETECTORS = ("name_mover", "negative_name_mover", "s_inhibition", "mover")
+OLD_NAMES = {"name_mover": "mover"}   # atlases scanned before the rename hold the name movers as "mover"
 IOI_PATTERN_ROLES = ("previous_token", "duplicate_token", "induction")
 IOI_ROLES = IOI_PATTERN_ROLES + ("s_inhibition", "name_mover", "negative_name_mover")
 MAX_PATTERN_NODES = 6
@@ -111,17 +112,18 @@ def build_circuit(atlas: "Atlas", name: str) -> Circuit:
         raise InputError(f"unknown circuit {name!r}; known circuits: {', '.join(CIRCUITS)}")
     held = set(atlas.detectors)
     if not held & set(IOI_DETECTORS):
-        raise InputError(f"this atlas holds none of the IOI detectors ({', '.join(IOI_DETECTORS)}); scan with them "
+        raise InputError(f"this atlas holds none of the IOI detectors ({', '.join(IOI_DETECTORS[:3])}); scan with them "
                          "(e.g. detectors='name_mover,negative_name_mover,s_inhibition')")
     roles_of: dict[tuple[int, int], list[str]] = {}
     effects: dict[tuple[int, int], dict[str, float]] = {}
     qs: dict[tuple[int, int], dict[str, float]] = {}
     missing: dict[str, str] = {}
     for role in IOI_ROLES:
-        if role not in held:
+        source = role if role in held else OLD_NAMES.get(role, role)
+        if source not in held:
             missing[role] = "not in this atlas"
             continue
-        r = atlas.result(role)
+        r = atlas.result(source)
         if r.skipped:
             missing[role] = f"skipped: {r.skipped}"
             continue
