@@ -250,9 +250,8 @@ FV_PASS: SharedPass[FVStats] = SharedPass(
 
 def _agreement(st: FVStats) -> dict[str, Any]:
     a = st.attribution.mean(1)
-    e = np.nanmean(st.exact, axis=1)
     ca = np.array([a[l, h] for l, h in st.candidates])
-    ce = np.array([e[l, h] for l, h in st.candidates])
+    ce = np.array([st.exact[l, :, h].mean() for l, h in st.candidates])
     rho = float(sps.spearmanr(ca, ce).statistic) if len(ca) > 2 and np.std(ce) > 0 else math.nan
     k = min(TOP_AGREE, len(ca))
     top_a = {st.candidates[i] for i in np.argsort(-ca, kind="stable")[:k]}
