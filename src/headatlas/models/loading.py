@@ -258,6 +258,10 @@ def _load_from_spec(spec: str, dtype: torch.dtype, use_cache: bool,
         model, tok = _load_gguf(path, dtype, use_cache)
         return model, tok, spec
     path = Path(spec).expanduser()
+    if path.is_dir() and (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
+        from .adapter import load_adapter_spec   # a PEFT/LoRA adapter: its base with the adapter merged in
+
+        return load_adapter_spec(path, dtype, use_cache)
     if path.is_dir():
         _check_model_folder(path)
         try:
