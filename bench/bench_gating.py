@@ -43,13 +43,16 @@ def main(spec: str = "smollm2-135m", out: str | None = None, seed: int = 0) -> d
     for p in m.model.parameters():
         p.requires_grad_(True)
 
+    print(f"plain forward {t_fwd:.2f} s, gate step {t_step:.2f} s", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     prior = headatlas.scan(m, ["previous_token", "induction"], seed=seed, causal=False)
     t_prior = time.perf_counter() - t0
     cfg = ScanConfig(seed=seed, results={n: prior.result(n) for n in ("previous_token", "induction")})
+    print(f"previous_token+induction {t_prior:.1f} s", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     r = gating.run(m, cfg)
     t_run = time.perf_counter() - t0
+    print(f"gating run {t_run:.1f} s", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     cc = repeat_loss_check(m, cfg, r)
     t_causal = time.perf_counter() - t0
