@@ -331,3 +331,26 @@ def test_semantic_induction_skips_or_labels_nothing_on_random_weights():
             assert str(e).startswith("not found: ")
             continue
         assert r.labelled == [] and np.all(np.isfinite(r.p_value))
+
+
+# ---------------------------------------------------------------- the bundled model
+
+@pytest.mark.slow
+def test_smollm2_successor_and_fact_heads(smollm2):
+    """smollm2-135m: the successor score stays far from a successor head (best ~0.2 of 71 pairs, no label);
+    the fact heads partition into subject heads and relation heads that do not overlap."""
+    from headatlas.detectors.base import ScanCache
+
+    cfg = ScanConfig(seed=0, cache=ScanCache())
+    s = get("successor").run(smollm2, cfg)
+    assert s.details["n_pairs"] >= 60 and np.all(np.isfinite(s.p_value))
+    assert s.labelled == [] and float(np.max(s.scores)) < 0.5
+    got = {n: get(n).run(smollm2, cfg) for n in ("subject", "relation", "mixed")}
+    assert got["subject"].details["n_correct"] >= 60
+    subj, rel, mix = (set(got[n].labelled) for n in ("subject", "relation", "mixed"))
+    assert subj and rel and not (subj & rel) and not (mix & (subj | rel))
+    # subject heads get their direct effect from the subject's tokens, relation heads from the relation's
+    for a, b in subj:
+        assert got["subject"].extras["dla_subject"][a, b] > got["subject"].extras["dla_relation"][a, b]
+    for a, b in rel:
+        assert got["relation"].extras["relation_effect"][a, b] > got["relation"].extras["subject_effect"][a, b]

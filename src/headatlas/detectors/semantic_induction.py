@@ -10,8 +10,8 @@ for detection (both carriers), a seeded third is held out for the causal check.
 Score (the relation index, per prompt; :func:`headatlas.methods.dla.dla_by_source`): the part of the
 head's direct logit attribution at the last position that it moves **from the head word's position**,
 on ``logit(tail)`` minus its mean on ``K`` control tails (tails of other pairs of the same relation).
-Mean over prompts, in logits; ``extras["by_relation"]``-style per-relation means are in
-``details["top_heads"]``. Null: sign flips per prompt (tail and controls come from one pool: every tail
+Mean over prompts, in logits; per-relation means of the top five heads and of every labelled head
+are in ``details["top_heads"]``. Null: sign flips per prompt (tail and controls come from one pool: every tail
 is some prompt's control), ``stats.N_PERM`` draws, add-one p, BH q. Label: q <= 0.05 and effect >=
 ``MIN_DLA`` (0.1 logits, as for the mover and fact detectors).
 
@@ -85,7 +85,8 @@ def semantic_result(per: dict[str, np.ndarray], relations: list[str], *, seed: i
     tested = stats.evaluate(x, draws, RULE, seed=seed, salt="semantic_induction", scores=scores, extras=extras)
     rel = np.array(relations)
     H = scores.shape[1]
-    top = np.argsort(-scores, axis=None)[:5]
+    top = list(dict.fromkeys([int(i) for i in np.argsort(-scores, axis=None)[:5]]
+                             + [a * H + b for a, b in tested.labelled]))     # the top five and every label
     det = dict(details or {})
     det["top_heads"] = [{"head": f"L{i // H}H{i % H}", "index": float(scores.flat[i]),
                          "by_relation": {r: float(x[i // H, rel == r, i % H].mean()) for r in dict.fromkeys(relations)}}
