@@ -386,9 +386,10 @@ def run_in_context(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
             lg = engine.logits_of(m, b.ids[s:e].to(m.device), True)[:, -1].float().cpu()
             r = resid[-1][:, -1]
             c, o = b.correct[s:e], b.other[s:e]
-            per.append(torch.stack([(direct_logit_effect(m, l, rec.z(l)[:, -1], r, c.to(r.device))
-                                     - direct_logit_effect(m, l, rec.z(l)[:, -1], r, o.to(r.device))).float().cpu()
-                                    for l in range(L)]))
+            a_in = {l: resid.attn_in[l][-1][:, -1] for l in resid.attn_in}   # sandwich-norm inputs (Gemma 2/3)
+            per.append(torch.stack([(direct_logit_effect(m, l, rec.z(l)[:, -1], r, c.to(r.device), a_in.get(l))
+                                     - direct_logit_effect(m, l, rec.z(l)[:, -1], r, o.to(r.device), a_in.get(l)))
+                                    .float().cpu() for l in range(L)]))
         lds.append(lg.gather(1, c[:, None])[:, 0] - lg.gather(1, o[:, None])[:, 0])
     ld = torch.cat(lds)
     per_prompt = torch.cat(per, dim=1).double().numpy()

@@ -141,7 +141,7 @@ def _repeat_reducer(window: int, rep_ids: torch.Tensor, start: int, block_len: i
     return reduce
 
 
-def _copying(m: LoadedModel, rec, resid: torch.Tensor, rep_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _copying(m: LoadedModel, rec, store: ov.ResidualStore, rep_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``[L, B, H]`` standardised and raw direct effect of each head on the induction target's logit,
     averaged over up to ``COPY_QUERIES`` evenly spaced queries that have a target in every row."""
     r = ov.readout(m)
@@ -150,10 +150,11 @@ def _copying(m: LoadedModel, rec, resid: torch.Tensor, rep_ids: torch.Tensor) ->
     pos = torch.nonzero((targets >= 0).all(0)).flatten()
     if pos.numel() > COPY_QUERIES:
         pos = pos[torch.linspace(0, pos.numel() - 1, COPY_QUERIES).round().long()]
-    tgt, res = targets[:, pos].to(dev), resid[:, pos].to(dev)
+    tgt, res = targets[:, pos].to(dev), store[0][:, pos].to(dev)
     zs, logits = [], []
     for layer in range(m.info.n_layers):
-        out = ov.head_outputs(rec.z(layer)[:, pos].to(dev), m.W_O(layer).detach().to(dev))  # [B, P, H, M]
+        a_in = store.attn_in[layer][0][:, pos] if layer in store.attn_in else None
+        out = ov.residual_outputs(m, layer, rec.z(layer)[:, pos], a_in)                   # [B, P, H, M]
         eff = ov.logit_effects(out, res, tgt, r)
         zs.append(eff["z"].mean(1))
         logits.append(eff["logit"].sub(eff["mean"]).mean(1))
@@ -171,7 +172,7 @@ def _run_chunk(m: LoadedModel, ids: torch.Tensor, reducer, *, with_z: bool):
     with torch.no_grad(), ov.capture_final_residual(m) as resid, instrumented(m, taps=taps) as rec:
         m.model(ids.to(m.device))
     reduced = {layer: vals[0] for layer, vals in rec.reduced.items()}
-    return reduced, rec, (resid[0] if resid else None)
+    return reduced, rec, (resid if resid else None)
 
 
 def compute_synthetic(m: LoadedModel, cfg: ScanConfig) -> SyntheticStats:

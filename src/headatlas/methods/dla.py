@@ -6,6 +6,11 @@ final norm linearised at the real residual ``x`` it normalises: the scale the no
 ``x`` (``1 / rms(x)``, or ``1 / std(x)`` after centering) is frozen and applied to ``out``, times the
 norm weight. For an RMS norm, summing ``N_x`` over all components of ``x`` gives ``N(x)`` exactly.
 
+Architectures with a norm on the attention output (Gemma 2/3's sandwich norm ``N_post``, applied to the
+sum of the heads' outputs before the residual add) get it linearised the same way: at the real
+attention output ``a`` of the layer, a head's part of the residual is ``out * c_post / rms(a)``, and
+these parts sum over the heads to ``N_post(a)`` exactly (no output bias).
+
 Only ``[d_model]``-sized products are formed: the mean and spread of a head's effect over the
 whole vocabulary come from ``mean(W_U)`` and the Gram matrix ``W_U^T W_U / V``, never from a
 ``[.., vocab]`` tensor per head.
@@ -41,6 +46,21 @@ class Readout:
     W_U: torch.Tensor
     mean_u: torch.Tensor
     gram: torch.Tensor
+    post: tuple[tuple[torch.Tensor, float] | None, ...] = ()   # per layer: (c_post [d_model], eps) or None
+
+    def post_factor(self, layer: int, attn_in: torch.Tensor | None) -> torch.Tensor | None:
+        """``[..., d_model]`` the linearised attention-output norm of ``layer`` at its real input
+        ``attn_in [..., d_model]`` (``c_post / rms(attn_in)``), or None when the layer has no such norm.
+        ValueError when it has one and ``attn_in`` is missing."""
+        spec = self.post[layer] if layer < len(self.post) else None
+        if spec is None:
+            return None
+        if attn_in is None:
+            raise ValueError(f"layer {layer} normalises its attention output (sandwich norm): pass the norm's input "
+                             "(capture_final_residual(m) records it as store.attn_in[layer])")
+        c, eps = spec
+        a = attn_in.float().to(c.device)
+        return c / torch.sqrt(a.pow(2).mean(-1, keepdim=True) + eps)
 
     def scale(self, resid: torch.Tensor) -> torch.Tensor:
         """``[..., d_model] -> [..., 1]``: the factor the norm divides ``resid`` by (frozen)."""
@@ -88,23 +108,50 @@ def readout(m: LoadedModel) -> Readout:
     else:
         weight, center, eps = _norm_weight(norm, d_model)
         has = True
+    post = []
+    for pn in getattr(m.layout, "attn_out_norms", ()):
+        if pn is None:
+            post.append(None)
+            continue
+        c, centered, p_eps = _norm_weight(pn, d_model)
+        if centered:
+            raise ValueError("a LayerNorm on the attention output is not supported by the linearised DLA")
+        post.append((c.float().to(W_U.device), p_eps))
     r = Readout(weight=weight.to(W_U.device), center=center, eps=eps, has_norm=has, W_U=W_U,
-                mean_u=W_U.mean(0), gram=W_U.t() @ W_U / W_U.shape[0])
+                mean_u=W_U.mean(0), gram=W_U.t() @ W_U / W_U.shape[0], post=tuple(post))
     m._readout = r
     return r
 
 
+class ResidualStore(list):
+    """The final residual of each forward (``[batch, seq, d_model]``, a list entry per forward), and
+    ``attn_in[layer]``: the input of each attention-output norm (same layout), for architectures that
+    have one (empty otherwise)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn_in: dict[int, list[torch.Tensor]] = {}
+
+
 @contextlib.contextmanager
-def capture_final_residual(m: LoadedModel) -> Iterator[list[torch.Tensor]]:
+def capture_final_residual(m: LoadedModel) -> Iterator[ResidualStore]:
     """Record the residual stream entering the final norm (``[batch, seq, d_model]``, one entry per
-    forward); without a final norm, the last hidden state entering the unembedding."""
-    store: list[torch.Tensor] = []
+    forward); without a final norm, the last hidden state entering the unembedding. Where the
+    architecture normalises the attention output (Gemma 2/3), also the input of that norm, per layer
+    (``store.attn_in[layer]``), which the linearised DLA needs."""
+    store = ResidualStore()
     module = m.final_norm() or m.unembed()
-    handle = module.register_forward_pre_hook(lambda _mod, args: store.append(args[0].detach().float()))
+    handles = [module.register_forward_pre_hook(lambda _mod, args: store.append(args[0].detach().float()))]
+    for layer, pn in enumerate(getattr(m.layout, "attn_out_norms", ())):
+        if pn is not None:
+            store.attn_in[layer] = []
+            handles.append(pn.register_forward_pre_hook(
+                lambda _mod, args, _l=layer: store.attn_in[_l].append(args[0].detach().float())))
     try:
         yield store
     finally:
-        handle.remove()
+        for h in handles:
+            h.remove()
 
 
 def head_outputs(z: torch.Tensor, W_O: torch.Tensor) -> torch.Tensor:
@@ -130,15 +177,26 @@ def logit_effects(out: torch.Tensor, resid: torch.Tensor, tokens: torch.Tensor, 
     return {"logit": logit, "mean": mean, "std": std, "z": (logit - mean) / std}
 
 
+def residual_outputs(m: LoadedModel, layer: int, z: torch.Tensor, attn_in: torch.Tensor | None = None) -> torch.Tensor:
+    """``z [..., n_heads, d_head]`` -> ``[..., n_heads, d_model]``: what each head adds to the residual
+    stream: ``z_h @ W_O[h]``, through the layer's attention-output norm linearised at its real input
+    ``attn_in [..., d_model]`` where the architecture has one (Gemma 2/3)."""
+    r = readout(m)
+    out = head_outputs(z.to(r.W_U.device), m.W_O(layer).detach().to(r.W_U.device))
+    f = r.post_factor(layer, attn_in)
+    return out if f is None else out * f[..., None, :]
+
+
 def direct_logit_effect(m: LoadedModel, layer: int, z: torch.Tensor, resid: torch.Tensor,
-                        tokens: torch.Tensor) -> torch.Tensor:
+                        tokens: torch.Tensor, attn_in: torch.Tensor | None = None) -> torch.Tensor:
     """Each head's direct effect on the logit of ``tokens``: ``[..., n_heads]``.
 
     ``z [..., n_heads, d_head]`` the layer's head outputs (e.g. ``rec.z(layer)``), ``resid
     [..., d_model]`` the final residual at the same positions (:func:`capture_final_residual`),
-    ``tokens [...]``."""
+    ``tokens [...]``; ``attn_in [..., d_model]``: the input of the layer's attention-output norm at the
+    same positions (``store.attn_in[layer]``), required where the architecture has one."""
     r = readout(m)
-    out = head_outputs(z.to(r.W_U.device), m.W_O(layer).detach().to(r.W_U.device))
+    out = residual_outputs(m, layer, z, attn_in)
     return logit_effects(out, resid.to(r.W_U.device), tokens.to(r.W_U.device), r)["logit"]
 
 
@@ -209,6 +267,8 @@ def dla_by_source(m: LoadedModel, ids: torch.Tensor, query_pos: torch.Tensor | i
                 instrumented(m, taps=Taps(qkv=True, reducer=keep_row, layers=use)) as rec:
             m.model(input_ids=ids[s0:s1].to(m.device), use_cache=False, logits_to_keep=1)
         x = resid[0][rows, q_local].to(dev_u)                                   # [b, M] final residual at the query
+        post = {layer: r.post_factor(layer, resid.attn_in[layer][0][rows, q_local]) for layer in use
+                if layer in resid.attn_in}                                      # [b, M] sandwich-norm factors
         # each target's readout direction through the linearised norm: logit(out) = out . d
         for name, t in targets.items():
             w = r.W_U[torch.as_tensor(t)[s0:s1].to(dev_u)] * r.weight / r.scale(x)   # [b, M]
@@ -216,7 +276,8 @@ def dla_by_source(m: LoadedModel, ids: torch.Tensor, query_pos: torch.Tensor | i
                 w = w - w.mean(-1, keepdim=True)
             for layer in use:
                 W_O = m.W_O(layer).detach().to(dev_u).float()                   # [H, D, M]
-                wo = torch.einsum("hdm,bm->bhd", W_O, w)                        # [b, H, D]
+                wl = w * post[layer] if layer in post else w
+                wo = torch.einsum("hdm,bm->bhd", W_O, wl)                       # [b, H, D]
                 v = rec.v(layer).to(dev_u)[:, kv]                                # [b, H, S, D]
                 per_src = torch.einsum("bhsd,bhd->bhs", v.float(), wo)          # [b, H, S]
                 a = rec.reduced[layer][0].to(dev_u)

@@ -21,8 +21,10 @@ class ArchSpec:
 
     ``q``, ``k``, ``v``, ``o``: the projections inside each attention module (GPT-2 fuses q/k/v in
     ``c_attn``); ``final_norm``: the norm before the unembedding, relative to the model;
-    ``unembed``: the language-model head, relative to the model. A path that does not resolve on a
-    loaded model raises :class:`UnsupportedArchitectureError` naming it (never a silent ``None``)."""
+    ``unembed``: the language-model head, relative to the model; ``attn_out_norm``: a norm applied to
+    the attention block's output before it joins the residual stream (Gemma 2/3's "sandwich" norm),
+    relative to the decoder layer, or None. A path that does not resolve on a loaded model raises
+    :class:`UnsupportedArchitectureError` naming it (never a silent ``None``)."""
 
     model_type: str
     q: str = "q_proj"
@@ -31,6 +33,7 @@ class ArchSpec:
     o: str = "o_proj"
     final_norm: str = "model.norm"
     unembed: str = "lm_head"
+    attn_out_norm: str | None = None
 
 
 # The architectures the test-suite exercises on tiny random models. Others whose attention goes
@@ -38,7 +41,7 @@ class ArchSpec:
 ARCHS: dict[str, ArchSpec] = {
     "llama": ArchSpec("llama"),
     "qwen2": ArchSpec("qwen2"),
-    "gemma3_text": ArchSpec("gemma3_text"),
+    "gemma3_text": ArchSpec("gemma3_text", attn_out_norm="post_attention_layernorm"),
     "gpt2": ArchSpec("gpt2", q="c_attn", k="c_attn", v="c_attn", o="c_proj", final_norm="transformer.ln_f"),
 }
 TESTED_ARCHITECTURES: dict[str, str] = {k: v.o for k, v in ARCHS.items()}
@@ -55,6 +58,7 @@ class AttentionLayout:
     final_norm: nn.Module | None = None
     unembed: nn.Module | None = None
     spec: ArchSpec | None = None               # the table row, or None for a generically found architecture
+    attn_out_norms: tuple[nn.Module | None, ...] = ()   # per layer: the norm on the attention output, if any
 
 
 def supports_attention_interface(model: nn.Module) -> bool:
@@ -133,7 +137,35 @@ def check_supported(model: nn.Module) -> AttentionLayout:
             raise UnsupportedArchitectureError(
                 f"cannot find the final norm of {type(model).__name__} (looked for {', '.join(_FINAL_NORM_NAMES)} on its "
                 "base model); add a row for model_type " + repr(model_type) + " to headatlas.models.arch.ARCHS")
-    return AttentionLayout(attention_modules=modules, out_proj_name=name, final_norm=norm, unembed=unembed, spec=spec)
+    return AttentionLayout(attention_modules=modules, out_proj_name=name, final_norm=norm, unembed=unembed, spec=spec,
+                           attn_out_norms=attention_output_norms(model, modules, spec))
+
+
+def attention_output_norms(model: nn.Module, modules: tuple[nn.Module, ...],
+                           spec: ArchSpec | None) -> tuple[nn.Module | None, ...]:
+    """Per layer, the norm applied to the attention output before the residual add (or None).
+
+    From the table when the architecture has a row; otherwise found generically: a decoder layer with
+    both ``post_attention_layernorm`` and ``pre_feedforward_layernorm`` is a sandwich-norm layer (Gemma 2
+    and 3), whose ``post_attention_layernorm`` normalises the attention output. (In Llama-style layers
+    ``post_attention_layernorm`` is the MLP's input norm: it does not touch the attention output.)"""
+    names = {id(mod): name for name, mod in model.named_modules()}
+    out: list[nn.Module | None] = []
+    for mod in modules:
+        name = names.get(id(mod), "")
+        parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else None
+        if parent is None:
+            out.append(None)
+            continue
+        if spec is not None:
+            path = spec.attn_out_norm
+            out.append(_resolve(parent, path, "attention-output norm") if path else None)
+        elif hasattr(parent, "pre_feedforward_layernorm") and isinstance(getattr(parent, "post_attention_layernorm", None),
+                                                                         nn.Module):
+            out.append(parent.post_attention_layernorm)
+        else:
+            out.append(None)
+    return tuple(out)
 
 
 def _resolve(model: nn.Module, path: str, what: str) -> nn.Module:
