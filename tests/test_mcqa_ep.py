@@ -184,8 +184,13 @@ def test_random_weights_skip_or_label_nothing(seed):
     from english_tiny import english_tiny_model
 
     m = headatlas.load(english_tiny_model(n_ctx=512, seed=seed), device="cpu")
-    with pytest.raises(InputError, match=f"^{NOT_FOUND}the model answers"):
-        get("amplification").run(m, ScanConfig(seed=seed, quick=True))
+    from headatlas.detectors.base import ScanCache
+
+    gated = ScanConfig(seed=seed, quick=True, cache=ScanCache())
+    for name in ("amplification", "correct"):                # one gate pass for both
+        with pytest.raises(InputError, match=f"^{NOT_FOUND}the model answers"):
+            get(name).run(m, gated)
+    assert len([k for k in gated.cache.values if k[0] == EP_PASS.name]) == 1
     cfg = ScanConfig(seed=seed, quick=True, options=NOSKILL)
     for name in ("amplification", "correct"):
         r = get(name).run(m, cfg)

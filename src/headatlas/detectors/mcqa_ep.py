@@ -134,6 +134,7 @@ class EPStats:
     topic: str
     shots: int
     seed: int
+    not_found: str | None = None  # the skill gate's reason (kept in the pass, so a scan pays the gate once)
 
     def describe(self) -> str:
         B, K = self.swap.shape[1], self.dla_prompt.shape[-1]
@@ -178,9 +179,13 @@ def compute_ep(m: LoadedModel, cfg: ScanConfig) -> EPStats:
     diff = float((c - (ll_p.sum(1) - c) / (K - 1)).mean())
     p_gate = binomial_above_chance(hits, n, 1 / K)
     if p_gate > GATE_ALPHA and cfg.options.get("mcqa_require_skill", True):
-        raise InputError(f"{NOT_FOUND}the model answers {100 * acc:.0f}% of {n} {topic} MCQA prompts "
-                         f"({shots}-shot, {K} options; chance {100 / K:.0f}%, binomial p = {p_gate:.2g}; mean "
-                         f"logit(correct) - mean logit(others) {diff:+.3f}): no correct letter to amplify")
+        reason = (f"{NOT_FOUND}the model answers {100 * acc:.0f}% of {n} {topic} MCQA prompts ({shots}-shot, {K} "
+                  f"options; chance {100 / K:.0f}%, binomial p = {p_gate:.2g}; mean logit(correct) - mean "
+                  f"logit(others) {diff:+.3f}): no correct letter to amplify")
+        empty = np.zeros((0,))
+        return EPStats(batch=batch, answers=answers, dla_prompt=empty, dla_twin=empty, swap=empty,
+                       option_attention=empty, letter_attention=empty, accuracy=acc, twin_accuracy=float("nan"),
+                       logit_diff=diff, topic=topic, shots=shots, seed=cfg.seed, not_found=reason)
     ll_t = letter_logits(m, batch.swapped_ids, batch.final_pos, answers, bs)
     tacc = float((ll_t.argmax(1) == batch.swapped_correct).double().mean())
 
@@ -227,8 +232,16 @@ def amplification_result(swap: np.ndarray, option_attention: np.ndarray, *, seed
     return res
 
 
-def run_amplification(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
+def ep_stats(m: LoadedModel, cfg: ScanConfig) -> EPStats:
+    """The shared pass; raises the skill gate's ``not found`` when the model is at chance."""
     st = cfg.shared(EP_PASS, m)
+    if st.not_found:
+        raise InputError(st.not_found)
+    return st
+
+
+def run_amplification(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
+    st = ep_stats(m, cfg)
     return amplification_result(st.swap, st.option_attention, letter_attention=st.letter_attention, seed=cfg.seed,
                                 data_description=(f"{st.describe()}; score = mean over prompts of the DLA swap "
                                                   "contrast; option attention = final-token attention on the "
@@ -277,7 +290,7 @@ def correct_result(effects: np.ndarray, swap: np.ndarray, *, seed: int, data_des
 
 
 def run_correct(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
-    st = cfg.shared(EP_PASS, m)
+    st = ep_stats(m, cfg)
     eff = patch_effects(m, st.batch, st.answers)
     return correct_result(eff, st.swap, seed=cfg.seed,
                           data_description=(f"{st.describe()}; score = mean over prompts of the exact patching "
