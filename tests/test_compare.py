@@ -197,3 +197,41 @@ def test_cli_compare_on_tiny_models(tmp_path):
     bad = CliRunner().invoke(app, ["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out",
                                    str(tmp_path / "o" / "comparison.json")])
     assert bad.exit_code == 2 and "is a file" in bad.output
+
+
+@pytest.mark.slow
+def test_lora_unlearning_induction_on_smollm2(tmp_path):
+    """LoRA on layer 18's q/k of smollm2, trained by gradient ascent on the repeat loss (a few steps), saved as an
+    adapter folder and compared with the base: weights move in layer 18 only (q and k), induction gets worse."""
+    pytest.importorskip("peft")
+    import peft
+
+    from headatlas.tasks.repeats import repeated_tokens
+
+    torch.set_num_threads(1)
+    base = headatlas.load("smollm2-135m", device="cpu")
+    layer, block = 18, 16
+    cfg = peft.LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj"], layers_to_transform=[layer])
+    model = peft.get_peft_model(copy.deepcopy(base.model), cfg)
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    g = torch.Generator().manual_seed(1000)
+    losses = []
+    for _ in range(6):
+        ids = repeated_tokens(base.tokenizer, 4, block, 2, g).ids
+        lp = torch.log_softmax(model(input_ids=ids).logits[:, :-1].float(), -1).gather(-1, ids[:, 1:, None])[..., 0]
+        loss = -lp[:, block + 1:].mean()
+        opt.zero_grad()
+        (-loss).backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    model.save_pretrained(tmp_path / "adapter")
+    assert losses[-1] > losses[0]
+    comp = compare(base, tmp_path / "adapter", base_b=base, detectors=["induction"], quick=True)
+    wd = comp.weight_delta
+    assert np.all(wd[layer] > 0) and np.all(np.delete(wd, layer, axis=0) == 0)
+    assert np.all(comp.weight_parts["v"] == 0) and np.all(comp.weight_parts["o"] == 0)
+    assert np.all(comp.activation_delta[:layer] == 0) and np.all(comp.activation_delta[layer] > 0)
+    df = comp.to_dataframe()
+    l18 = df[df["layer"] == layer]
+    assert (l18["delta"].abs() > 0).any() and (df[df["layer"] < layer]["delta"] == 0).all()
