@@ -232,3 +232,47 @@ def test_truthfulness_on_smollm2(smollm2):
     assert 5 <= np.median(layers) <= 25          # middle layers, as in Li et al.
     c = det.causal(smollm2, cfg, r)
     assert c.ran and np.isfinite(c.effect) and len(c.random_effects) == 20
+
+
+def test_completion_logodds_matches_one_by_one(tiny):
+    from headatlas.methods.probing import completion_logodds
+
+    triples = [("The capital of France is", "Paris", "Rome"), ("Snow is", "cold", "hot"), ("3 + 4 =", "7", "12")]
+    got = completion_logodds(tiny, triples, batch_size=4)
+    for (prefix, good, bad), g in zip(triples, got):
+        vals = []
+        for comp in (good, bad):
+            head = token_rows(tiny, [prefix])[0]
+            tail = tiny.tokenizer.encode(" " + comp, add_special_tokens=False)
+            with torch.no_grad():
+                lp = torch.log_softmax(tiny.model(input_ids=torch.tensor([head + tail])).logits[0].float(), -1)
+            vals.append(sum(float(lp[len(head) - 1 + i, t]) for i, t in enumerate(tail)))
+        assert g == pytest.approx(vals[0] - vals[1], abs=1e-4)
+
+
+@pytest.mark.slow
+def test_cli_probe_on_smollm2(tmp_path):
+    from typer.testing import CliRunner
+
+    from headatlas.cli import app
+    from headatlas.tasks.statements import statement_probe_data
+
+    d = statement_probe_data(seed=0, max_pairs=30)
+    f = tmp_path / "s.jsonl"
+    f.write_text("".join(json.dumps({"text": t, "label": int(y), "group": int(g)}) + "\n"
+                         for t, y, g in zip(d.texts, d.labels, d.groups)))
+    res = CliRunner().invoke(app, ["probe", "smollm2-135m", "--data", str(f), "--n-perm", "99", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    rows = json.loads((tmp_path / "o" / "probe.json").read_text())["heads"]
+    assert len(rows) == 270 and (tmp_path / "o" / "probe.csv").exists()
+
+
+def test_balanced_accuracy_on_unbalanced_labels():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(80, 2, 2, 6)).astype(np.float32)
+    y = (np.arange(80) % 4 == 0).astype(int)          # 25% positives
+    x[:, 0, 1, 0] += 2.0 * (2 * y - 1)
+    r = probe_features(x, y, np.arange(80), n_perm=199, seed=1)
+    assert abs(float(r.null_mean.mean()) - 0.5) < 0.05       # not the 0.75 of always guessing the majority
+    assert r.accuracy[0, 1] > 0.85 and r.q[0, 1] <= 0.05
+    assert np.allclose(r.correct.mean(1), r.accuracy)

@@ -6,7 +6,7 @@ Data: two-digit additions with a two-shot prefix (``"23 + 41 = 64\\n15 + 32 = 47
 given the ones before it, which is exactly when greedy decoding writes the answer). One forward per batch
 gives both the label and every head's ``z`` at the prompt's last token (``=``). Each problem is its own group.
 
-Score: held-out probe accuracy (grouped 5-fold CV); null: labels permuted across problems (999 draws);
+Score: held-out balanced probe accuracy (grouped 5-fold CV); null: labels permuted across problems (999 draws);
 p add-one, BH q; label: q <= 0.05 and accuracy >= null mean + 0.1. Refuses ("not found: ...") when either
 class has fewer than ``MIN_CLASS`` problems or 15% (a model that solves none, or all, gives a probe nothing
 to predict). LoFiT's fine-tuned head scalers are not implemented.
@@ -42,7 +42,7 @@ N_ITEMS = 240
 QUICK_ITEMS = 40
 EVAL_SEED_OFFSET = 1000
 
-RULE = LabelRule(statistic="held-out accuracy of a linear probe on z at '=' predicting whether the model's greedy "
+RULE = LabelRule(statistic="held-out balanced accuracy of a linear probe on z at '=' predicting whether the model's greedy "
                            "sum is correct, minus its shuffled-label null mean", direction="greater", min_effect=0.1)
 
 

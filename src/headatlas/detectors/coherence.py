@@ -8,7 +8,7 @@ a higher log-probability than the same answer in English. Features: ``z`` at the
 question is its own group; the null permutes labels within a language (so a head that only tells French from
 Spanish gains nothing). Concepts are split 3/4 (probe) and 1/4 (held out for the causal check).
 
-Score: held-out probe accuracy (grouped 5-fold CV); null: 999 permutations; BH q; label: q <= 0.05 and
+Score: held-out balanced probe accuracy (grouped 5-fold CV); null: 999 permutations; BH q; label: q <= 0.05 and
 accuracy >= null mean + 0.1. Refuses ("not found: ...") when fewer than ``MIN_CLASS`` probe questions fall in
 either class (e.g. a model that always prefers the English answer).
 
@@ -141,7 +141,7 @@ def run(m: "LoadedModel", cfg: ScanConfig) -> DetectorResult:
         details={"in_language": int(cp.labels.sum()), "n_questions": cp.n})
 
 
-RULE = LabelRule(statistic="held-out accuracy of a linear probe on z at the question's last token predicting whether "
+RULE = LabelRule(statistic="held-out balanced accuracy of a linear probe on z at the question's last token predicting whether "
                            "the model prefers the answer in the question's language over English, minus its "
                            "shuffled-label null mean", direction="greater", min_effect=0.1)
 

@@ -8,7 +8,7 @@ answer to a paraphrase is its greedy next token (stripped, lower-cased); a set i
 three answers agree. Every paraphrase is one item with its set's label, the set is its group (grouped CV;
 the null permutes the labels of whole sets, within a domain); features: ``z`` at each prompt's last token.
 
-Score: held-out probe accuracy; null: set labels permuted across sets (999 draws); BH q; label: q <= 0.05 and
+Score: held-out balanced probe accuracy; null: set labels permuted across sets (999 draws); BH q; label: q <= 0.05 and
 accuracy >= null mean + 0.1. Refuses ("not found: ...") with fewer than ``MIN_SETS`` sets in a class.
 
 Causal check: on held-out sets (two-digit sums, seed + 1000), mean-ablating the labelled heads (each
@@ -42,7 +42,7 @@ CAPITAL_TEMPLATES = ("The capital of {c} is", "The capital city of {c} is", "{c}
 MIN_SETS = 8
 EVAL_SEED_OFFSET = 1000
 
-RULE = LabelRule(statistic="held-out accuracy of a linear probe on z at the question's last token predicting whether "
+RULE = LabelRule(statistic="held-out balanced accuracy of a linear probe on z at the question's last token predicting whether "
                            "the model answers all paraphrases alike, minus its shuffled-label null mean",
                  direction="greater", min_effect=0.1)
 

@@ -5,7 +5,7 @@ Data: ``tasks/statements.py`` (geography, arithmetic, units, everyday facts; eac
 false, the pair one group; false completions are other items' true completions). The probe split (3/4 of
 the pairs) is probed; the held-out 1/4 drives the causal check.
 
-Score: held-out accuracy of a per-head linear probe on ``z`` at the statement's last token (grouped
+Score: held-out balanced accuracy of a per-head linear probe on ``z`` at the statement's last token (grouped
 5-fold CV, :func:`headatlas.methods.probing.probe_features`). Null: the same probe's accuracy with the
 labels permuted within each true/false pair (999 permutations, same folds); p add-one, BH q. Label: q <=
 0.05 and accuracy >= null mean + ``MIN_EFFECT`` (0.1: ten accuracy points above chance, a margin a 64-d
@@ -42,7 +42,7 @@ ALPHA = 5.0          # in sigmas (ITI uses 15 on 7B models; smaller models break
 QUICK_PAIRS = 24
 MAX_HELDOUT = 32     # held-out facts in the causal check (22 steered runs over them)
 
-RULE = LabelRule(statistic="held-out accuracy of a linear probe on z at the statement's last token (true vs false), "
+RULE = LabelRule(statistic="held-out balanced accuracy of a linear probe on z at the statement's last token (true vs false), "
                            "minus its shuffled-label null mean", direction="greater", min_effect=MIN_EFFECT)
 
 

@@ -7,8 +7,9 @@ accuracy under cross-validation grouped by item (a statement and its negation ne
 test).
 
 The probe (``method="ridge"``, default) is an L2-regularised least-squares classifier on centred
-features (``w = (Xc'Xc + lam I)^-1 Xc'y``, prediction ``ybar + xc.w > 1/2``), fitted for all heads at
-once. Its held-out predictions are *linear in the labels* (``yhat = ybar_train + M y_train`` with
+features (``w = (Xc'Xc + lam I)^-1 Xc'y``, ``lam`` = ``ridge`` x the mean eigenvalue of ``Xc'Xc``; predicts
+label 1 when ``xc.w > 0``), fitted for all heads at once. The score is the balanced held-out accuracy (the
+mean of the two classes' recalls). Its held-out predictions are *linear in the labels* (``yhat = ybar_train + M y_train`` with
 ``M = Xc_test (Xc_train'Xc_train + lam I)^-1 Xc_train'`` fixed per fold and head), so the shuffled-label
 null costs one matrix product per fold for all permutations: ``n_perm`` (default 999) permutations of
 the labels within the group structure (labels shuffled inside each group that holds both classes,
@@ -363,7 +364,7 @@ def _logistic_fold(X: np.ndarray, train: np.ndarray, test: np.ndarray, Y: np.nda
     for r in range(Y.shape[1]):
         y = Y[train, r]
         for k in range(K):
-            clf = LogisticRegression(C=C, max_iter=1000)
+            clf = LogisticRegression(C=C, max_iter=1000, class_weight="balanced")
             clf.fit(X[k, train], y)
             out[k, :, r] = clf.predict_proba(X[k, test])[:, 1]
     return out
@@ -374,8 +375,11 @@ def probe_correct(features: np.ndarray, labels: np.ndarray, groups: np.ndarray, 
                   chunk: int = 200, strata: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Cross-validated probes of every head, on the real labels and ``n_perm`` permuted ones.
 
-    ``features [N, L, H, D]`` -> ``(correct [L, N, H]`` 0/1 held-out correctness with the real labels,
-    ``null_acc [n_perm, L, H]`` held-out accuracy under each permutation, ``fold [N])``."""
+    The statistic is the *balanced* held-out accuracy (mean of the two classes' recalls; plain accuracy when
+    the classes are balanced), so a probe gains nothing by predicting the majority class.
+    ``features [N, L, H, D]`` -> ``(correct [L, N, H]`` held-out correctness with the real labels, weighted
+    so that its mean over items is the balanced accuracy (``N / (2 n_class)`` per right item),
+    ``null_acc [n_perm, L, H]`` held-out balanced accuracy under each permutation, ``fold [N])``."""
     N, L, H, D = features.shape
     labels = np.asarray(labels, dtype=int)
     groups = np.asarray(groups, dtype=int)
@@ -383,6 +387,10 @@ def probe_correct(features: np.ndarray, labels: np.ndarray, groups: np.ndarray, 
     perms = permute_labels(labels, groups, n_perm, stats.rng_for(seed, "probe:permute"), strata)   # [R, N]
     Yall = np.concatenate([labels[None], perms], 0).T.astype(np.float64)                  # [N, 1 + R]
     X = np.ascontiguousarray(np.moveaxis(features.reshape(N, L * H, D), 1, 0), dtype=np.float64)  # [K, N, D]
+    # balanced accuracy: item i weighs 1 / (2 * size of its class) under each label vector (class sizes
+    # are the same in every permutation), so the mean recall of the two classes is a weighted hit count
+    n1 = labels.sum()
+    weights = np.where(Yall > 0.5, 1.0 / (2 * n1), 1.0 / (2 * (N - n1)))                 # [N, 1 + R]
     K = L * H
     hits = np.zeros((K, 1 + n_perm))
     correct = np.zeros((K, N))
@@ -391,15 +399,18 @@ def probe_correct(features: np.ndarray, labels: np.ndarray, groups: np.ndarray, 
         train, test = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
         for s in range(0, 1 + n_perm, chunk):
             Y = Yall[:, s:s + chunk]
-            if method == "ridge":
+            if method == "ridge":   # threshold at the training mean (balanced classes: 1/2)
                 pred = _ridge_fold(Xt, train, test, torch.from_numpy(Y), ridge).numpy()
+                cut = Y[train].mean(0)[None, None, :]
             else:
                 pred = _logistic_fold(X, train, test, Y, C)
-            ok = (pred > 0.5) == (Y[test][None] > 0.5)                                   # [K, n_te, r]
-            hits[:, s:s + Y.shape[1]] += ok.sum(1)
+                cut = 0.5
+            ok = (pred > cut) == (Y[test][None] > 0.5)                                   # [K, n_te, r]
+            w = weights[test, s:s + Y.shape[1]]                                          # [n_te, r]
+            hits[:, s:s + Y.shape[1]] += (ok * w[None]).sum(1)
             if s == 0:
-                correct[:, test] = ok[:, :, 0]
-    acc = hits / N                                                                         # [K, 1 + R]
+                correct[:, test] = ok[:, :, 0] * w[None, :, 0] * N
+    acc = hits                                                                             # [K, 1 + R]
     null_acc = acc[:, 1:].T.reshape(n_perm, L, H)
     return np.moveaxis(correct.reshape(L, H, N), 2, 1), null_acc, fold
 
@@ -422,10 +433,10 @@ def mass_mean_directions(features: np.ndarray, labels: np.ndarray) -> tuple[np.n
 class ProbeResult:
     """Per-head probe accuracies ``[L, H]`` with their shuffled-label null, p and q.
 
-    - ``accuracy``: held-out accuracy (grouped ``n_folds``-fold CV); ``null_mean``/``null_std``: of the
+    - ``accuracy``: held-out balanced accuracy (grouped ``n_folds``-fold CV; plain accuracy for balanced labels); ``null_mean``/``null_std``: of the
       accuracy under ``n_perm`` label permutations; ``effect = accuracy - null_mean``; ``p`` add-one
       (accuracy >= observed), ``q`` BH over all heads;
-    - ``correct [L, N, H]``: held-out correctness per item (real labels); ``null [R, L, H]``: the draws;
+    - ``correct [L, N, H]``: held-out correctness per item (real labels), weighted ``N / (2 n_class)``; ``null [R, L, H]``: the draws;
     - ``direction [L, H, D]`` / ``sigma [L, H]``: ITI's mass-mean shift on all items (see :func:`iti`)."""
 
     accuracy: np.ndarray
