@@ -40,10 +40,12 @@ COLOR_ITEMS: dict[str, tuple[str, tuple[str, ...]]] = {
     "a tomato": ("red", ("green", "orange")), "a carrot": ("orange", ()), "a lemon": ("yellow", ("green",)),
     "milk": ("white", ()), "a strawberry": ("red", ("pink",)), "chocolate": ("brown", ("black", "white")),
     "an orange": ("orange", ("yellow", "green")), "a lime": ("green", ("yellow",)), "blood": ("red", ("brown",)),
-    "the ocean": ("blue", ("green", "gray")), "a crow": ("black", ("gray",)), "a flamingo": ("pink", ("red", "white", "orange")),
-    "an eggplant": ("purple", ("black",)), "a cucumber": ("green", ()), "a pumpkin": ("orange", ("yellow", "white", "green")),
+    "the ocean": ("blue", ("green", "gray")), "a crow": ("black", ("gray",)),
+    "a flamingo": ("pink", ("red", "white", "orange")), "an eggplant": ("purple", ("black",)),
+    "a cucumber": ("green", ()), "a pumpkin": ("orange", ("yellow", "white", "green")),
     "a fire truck": ("red", ("yellow",)), "a polar bear": ("white", ("yellow",)), "ash": ("gray", ("black", "white")),
-    "a frog": ("green", ("brown",)), "a school bus": ("yellow", ("orange",)), "a lavender flower": ("purple", ("blue", "pink")),
+    "a frog": ("green", ("brown",)), "a school bus": ("yellow", ("orange",)),
+    "a lavender flower": ("purple", ("blue", "pink")),
     "a cherry": ("red", ("black", "purple")), "an elephant": ("gray", ("brown",)), "a chick": ("yellow", ()),
     "cinnamon": ("brown", ("red", "orange")), "a raven": ("black", ()), "a pig": ("pink", ("brown", "black")),
 }
@@ -121,7 +123,8 @@ def few_shot_prefix(topic: str, shots: int, *, seed: int, n_options: int = 4) ->
         used.add(item)
         k = (first + j) % n_options
         values = wrong[:k] + [answer] + wrong[k:]
-        text += _question(topic, item) + "".join(f"\n{c}. {v}" for c, v in zip(letters, values)) + f"\nAnswer: {letters[k]}\n\n"
+        options = "".join(f"\n{c}. {v}" for c, v in zip(letters, values))
+        text += _question(topic, item) + options + f"\nAnswer: {letters[k]}\n\n"
     return text, used
 
 
