@@ -25,7 +25,6 @@ NAMES = ("successor", "subject", "relation", "mixed", "semantic_induction")
 
 def plain_forward_seconds(m, name: str, seed: int) -> float:
     """One plain forward (no instrumentation) over the prompts the detector reads."""
-    from headatlas.detectors.successor import _prompts
     from headatlas.methods.ov_circuit import effective_embeddings
     from headatlas.tasks.facts import fact_batch
     from headatlas.tasks.ordinal import ordinal_families

@@ -32,6 +32,7 @@ import torch
 
 from .. import stats
 from ..atlas.records import CausalCheck
+from ..errors import InputError
 from ..methods.ov_circuit import effective_embeddings, ov_logits, ov_outputs, ov_z
 from ..tasks.ordinal import Family, drop_report, ordinal_families, sequence_prompts
 from ..tasks.vocab import bos_id
@@ -145,7 +146,10 @@ def successor_check(m: LoadedModel, cfg: ScanConfig, result: DetectorResult, *, 
 
 
 def _example(m: LoadedModel, cfg: ScanConfig) -> torch.Tensor:
-    return _prompts(m, 1, cfg.seed)[0][0]
+    try:
+        return _prompts(m, 1, cfg.seed)[0][0]
+    except InputError:      # no family runs 4 items long after a space: show the first family's tokens in order
+        return torch.tensor(ordinal_families(m.tokenizer)[0].ids)
 
 
 DETECTOR = register(Detector(
