@@ -30,7 +30,7 @@ if the remaining accuracy is not above chance (one-sided binomial p > 0.05): ``n
 head's direct logit attribution at the last position to ``logit(correct label) - logit(other label)``;
 null: sign flips per prompt (swapping the mapping swaps the two labels and flips the contrast of a head that
 does not read the mapping). Causal check: zero-ablating the labelled heads lowers the logit difference on
-held-out prompts (seed + 1000) more than layer-matched random sets.
+held-out prompts (seed + 1000, the class pairs kept for detection) more than layer-matched random sets.
 """
 
 from __future__ import annotations
@@ -353,14 +353,6 @@ def fv_check(m: LoadedModel, cfg: ScanConfig, result: DetectorResult) -> CausalC
 
 # ---- in-context heads ----
 
-@dataclass
-class ICStats:
-    per_prompt: np.ndarray          # [L, B, H]
-    accuracy: dict[str, float]
-    kept_pairs: list[int]
-    n_prompts: int
-
-
 def _kept_rows(ld: torch.Tensor, pair: torch.Tensor) -> tuple[torch.Tensor, dict[str, float], list[int]]:
     acc = {}
     keep = []
@@ -409,15 +401,16 @@ def run_in_context(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
                           f"{MIN_PAIR_ACCURACY}; score = DLA at the last token to logit(correct) - logit(other label)"),
         null_description=("sign flips of the per-prompt DLA contrasts (swapping the label mapping flips the contrast "
                           "of a head that does not read it)"),
-        details={"accuracy_per_pair": acc, "accuracy": overall, "binomial_p": binom_p,
+        details={"accuracy_per_pair": acc, "kept_pairs": kept_pairs, "accuracy": overall, "binomial_p": binom_p,
                  "mean_logit_diff": float(ld[keep].mean())})
     return res
 
 
 def ic_check(m: LoadedModel, cfg: ScanConfig, result: DetectorResult) -> CausalCheck:
-    n = _n(cfg, 6, 24)
+    n = _n(cfg, 6, 16)
     seed = cfg.seed + EVAL_SEED_OFFSET
-    b = class_batch(m.tokenizer, n, K_SHOT if not cfg.quick else 4, seed=seed)
+    pairs = result.details.get("kept_pairs")
+    b = class_batch(m.tokenizer, n, K_SHOT if not cfg.quick else 4, seed=seed, pairs=pairs)
 
     def fn(logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         last = logits[:, -1]
@@ -426,7 +419,7 @@ def ic_check(m: LoadedModel, cfg: ScanConfig, result: DetectorResult) -> CausalC
     return ablation_check(m, result.labelled, b.ids, fn, metric="logit(correct label) - logit(other label)",
                           expected="decrease", seed=cfg.seed, kind="zero", batch_size=cfg.batch_size, keep_last=1,
                           description=(f"foo/bar classification logit difference at the last token of {n} held-out "
-                                       f"prompts (seed {seed}, all class pairs), zero ablation"))
+                                       f"prompts (seed {seed}) of the class pairs kept for detection, zero ablation"))
 
 
 FUNCTION_VECTOR = register(Detector(

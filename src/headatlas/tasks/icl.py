@@ -284,9 +284,9 @@ def class_words(tokenizer: Any) -> tuple[dict[str, list[int]], dict[str, int]]:
     return out, dropped
 
 
-def class_batch(tokenizer: Any, n: int, k: int, *, seed: int) -> ClassBatch:
-    """``n`` prompts (cycling through :data:`PAIRS`) of ``k`` demonstrations (``k // 2`` per class, random
-    order) and a query word of either class not among the demonstrations."""
+def class_batch(tokenizer: Any, n: int, k: int, *, seed: int, pairs: Sequence[int] | None = None) -> ClassBatch:
+    """``n`` prompts (cycling through :data:`PAIRS`, or the pairs of index ``pairs``) of ``k`` demonstrations
+    (``k // 2`` per class, random order) and a query word of either class not among the demonstrations."""
     if k < 2 or k % 2:
         raise InputError(f"classification prompts need an even number of demonstrations >= 2, got {k}")
     t = template(tokenizer)
@@ -294,7 +294,8 @@ def class_batch(tokenizer: Any, n: int, k: int, *, seed: int) -> ClassBatch:
     if None in labels or labels[0] == labels[1]:
         raise InputError(f"the label words {LABELS} are not distinct single tokens for this tokenizer")
     words, dropped = class_words(tokenizer)
-    pairs = [p for p in PAIRS if min(len(words[p[0]]), len(words[p[1]])) >= k // 2 + 2]
+    chosen = [PAIRS[i] for i in pairs] if pairs is not None else list(PAIRS)
+    pairs = [p for p in chosen if min(len(words[p[0]]), len(words[p[1]])) >= k // 2 + 2]
     if not pairs:
         raise InputError("no class pair has enough single-token words for foo/bar classification prompts "
                          f"(dropped per class: {dropped})")
