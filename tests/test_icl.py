@@ -189,7 +189,7 @@ def test_in_context_dla_sums_to_logit_diff_direct_part(m, monkeypatch):
 
 
 @pytest.mark.slow
-def test_smollm2_icl_accuracy_and_in_context():
+def test_smollm2_country_capital_is_learned_in_context():
     m = headatlas.load("smollm2-135m")
     tasks = icl.icl_tasks(m.tokenizer, seed=0)
     assert len(tasks) == 6
