@@ -1,7 +1,7 @@
 """memory, context and negative heads on a bundled model, with causal checks and timings (the numbers
 docs/knowledge_conflict.md quotes).
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/conflict_negative.py smollm2-135m /tmp/conflict_smollm2.json
+    OMP_NUM_THREADS=1 .venv/bin/python bench/conflict_negative.py smollm2-135m /tmp/conflict_smollm2.json [seed] [detectors]
 
 Wall time and process CPU time (one thread: about the wall time on an idle core) are reported per
 detector, causal check included; the shared conflict pass is paid by ``memory``.
@@ -50,12 +50,14 @@ def _plain_forward(m, ids: torch.Tensor, batch_size: int = 8) -> float:
     return time.perf_counter() - t
 
 
-def main(model: str = "smollm2-135m", out: str = "/tmp/conflict_negative.json", seed: str = "0") -> None:
+def main(model: str = "smollm2-135m", out: str = "/tmp/conflict_negative.json", seed: str = "0",
+         detectors: str = "memory,context,negative") -> None:
     torch.set_num_threads(1)
     m = headatlas.load(model)
     cfg = ScanConfig(seed=int(seed))
     summary: dict = {"model": model, "seed": int(seed)}
-    for name in ("memory", "context", "negative"):
+    names = detectors.split(",")
+    for name in names:
         det = get(name)
         t, c = time.perf_counter(), time.process_time()
         try:
@@ -70,8 +72,20 @@ def main(model: str = "smollm2-135m", out: str = "/tmp/conflict_negative.json", 
                          "behaviour": r.details.get("behaviour"), "causal_rates": r.details.get("causal_rates"),
                          "closed_book": r.details.get("closed_book"), "run_seconds": run_s,
                          "seconds": time.perf_counter() - t, "cpu_seconds": time.process_time() - c}
-        print(name, json.dumps(summary[name], default=str)[:1500], flush=True)
-    if "skipped" not in summary["memory"]:
+        if name == "negative":
+            summary[name]["top_yes_no"] = r.details.get("top_yes_no")
+            summary[name]["pairs_dropped"] = r.details.get("pairs_dropped")
+            if not r.labelled and r.details.get("top_yes_no"):
+                # exploratory, not a label: the causal check on the top heads of the paper's Yes/No-only ranking
+                top = [tuple(d["head"]) for d in r.details["top_yes_no"][:3]]
+                r.labelled = top
+                t2 = time.perf_counter()
+                summary[name]["exploratory_top3_yes_no_causal"] = {
+                    "heads": [f"L{a}H{h}" for a, h in top], **_causal(det.causal(m, cfg, r)),
+                    "rates": r.details.get("causal_rates"), "seconds": time.perf_counter() - t2}
+                r.labelled = []
+        print(name, json.dumps(summary[name], default=str), flush=True)
+    if "memory" in summary and "skipped" not in summary["memory"]:
         st = cfg.shared(CONFLICT_PASS, m)
         summary["plain_forward_conflict_prompts"] = {"n": len(st.batch), "seconds": _plain_forward(m, st.batch.ids)}
     yb = yesno_batch(m.tokenizer, 16, seed=int(seed))

@@ -12,7 +12,8 @@ Score: the paper's negative attention score (survey Eq. NAS), per head and promp
     NAS = sum_i (A[i, t_Yes] + A[i, t_No]) * log(A[i, t_No] / A[i, t_Yes])
 
 with ``t_Yes``, ``t_No`` the positions of the answer words in the instruction (a word split into several
-tokens: the attention summed over them) and ``i`` running over the
+tokens: the mean attention over them, so that longer words -- negatives are often longer, "Incorrect" --
+do not score by their length) and ``i`` running over the
 query positions after the instruction (the question and the final "Answer:" tokens, up to the answer
 position). Attention probabilities are clamped at ``EPS`` inside the log. Per item, the two answer
 orders are averaged (``NAS_item = (NAS_YesNo + NAS_NoYes) / 2``), then the items of a word pair: a head that attends to the first (or
@@ -33,6 +34,10 @@ pairs give a smallest exact p of 2^-15), BH q over all heads. The Yes/No pair's 
 ``extras["nas_yes_no"]``.
 Label: q <= 0.05 and effect >= ``MIN_EFFECT`` (0.1: e.g. 10% of the attention of the question positions
 on the two words in total, split 2.7:1 in favour of the negative word).
+
+The paper's Yes/No-only ranking is kept as a report, not a label: ``details["top_yes_no"]`` lists the
+heads with the largest order-averaged NAS on the Yes/No items (4 groups, 16 prompts) and their sign-flip p
+over those items.
 
 Behaviour (``details["behaviour"]``, Yes/No prompts and all pairs): the model's "No" rate (logit(No) >
 logit(Yes) at the answer position), mean ``P(No) - P(Yes)``, mean ``logit(No) - logit(Yes)`` and the
@@ -68,6 +73,8 @@ EPS = 1e-6
 MIN_EFFECT = 0.1
 SCALE = 0.0
 EVAL_SEED_OFFSET = 1000
+YES_NO_GROUPS = 4          # the Yes/No pair gets 4 groups (16 prompts: its NAS and the No bias), other pairs 1
+TOP_YES_NO = 5
 RULE = LabelRule(statistic=("negative attention score sum_i (A[i,No] + A[i,Yes]) log(A[i,No] / A[i,Yes]) over the "
                             "question positions, averaged over both answer orders, mean over answer-word pairs"),
                  direction="greater", min_effect=MIN_EFFECT)
@@ -128,7 +135,7 @@ def _n_groups(cfg: ScanConfig, quick_default: int = 1, full_default: int = 1) ->
 
 def capture_nas(m: LoadedModel, batch: YesNoBatch, batch_size: int, seed: int) -> YesNoStats:
     """One forward per ``batch_size`` prompts keeping, per layer, the attention of every query on the two
-    answer words (summed over each word's tokens) and the answer-position logits."""
+    answer words (the mean over each word's tokens) and the answer-position logits."""
     B, S = batch.ids.shape
     if S > m.info.n_ctx:
         raise InputError(f"yes/no prompts need {S} positions; the model has {m.info.n_ctx}")
@@ -140,6 +147,7 @@ def capture_nas(m: LoadedModel, batch: YesNoBatch, batch_size: int, seed: int) -
     for s0 in range(0, B, batch_size):
         s1 = min(B, s0 + batch_size)
         wm = torch.stack([batch.yes_mask[s0:s1], batch.no_mask[s0:s1]], 1).float()        # [b, 2, S]
+        wm = wm / wm.sum(-1, keepdim=True).clamp_min(1.0)      # a split word: the mean over its tokens
 
         def keep(layer: int, pattern: torch.Tensor, call: Any, wm=wm) -> torch.Tensor:
             w = wm.to(pattern.device, pattern.dtype)
@@ -163,7 +171,7 @@ def capture_nas(m: LoadedModel, batch: YesNoBatch, batch_size: int, seed: int) -
 
 def compute_yesno(m: LoadedModel, cfg: ScanConfig) -> YesNoStats:
     check_english(m.tokenizer)
-    batch = yesno_batch(m.tokenizer, _n_groups(cfg), seed=cfg.seed)
+    batch = yesno_batch(m.tokenizer, _n_groups(cfg), seed=cfg.seed, first_pair_groups=YES_NO_GROUPS)
     return capture_nas(m, batch, cfg.batch_size, cfg.seed)
 
 
@@ -187,6 +195,7 @@ def negative_result(st: YesNoStats, cfg: ScanConfig) -> DetectorResult:
               "nas_yes_no": st.nas[:, yn].mean(1) if yn.any() else np.full(scores.shape, np.nan),
               "nas_second_minus_first": positional.mean(1)}
     tested = stats.evaluate(per_pair, draws, RULE, seed=cfg.seed, salt="negative", scores=scores, extras=extras)
+    top_yes_no = yes_no_only(st, cfg.seed)
     beh = st.behaviour
     data = (f"{len(b)} yes/no prompts (seed {cfg.seed}): {per_pair.shape[1]} answer-word pairs (Yes/No, True/False, "
             f"...) x true and false items (arithmetic, comparison, category) x both answer orders; on Yes/No the model "
@@ -199,7 +208,24 @@ def negative_result(st: YesNoStats, cfg: ScanConfig) -> DetectorResult:
                         n_prompts=len(b), seed=cfg.seed, extras=extras,
                         details={"behaviour": beh, "n_pairs": int(per_pair.shape[1]), "pairs": [list(p) for p in b.pairs],
                                  "pairs_dropped": [list(p) for p in b.dropped],
-                                 "query_positions": "after the instruction up to the answer position"})
+                                 "query_positions": "after the instruction up to the answer position",
+                                 "top_yes_no": top_yes_no})
+
+
+def yes_no_only(st: YesNoStats, seed: int, top: int = TOP_YES_NO) -> list[dict[str, Any]]:
+    """The paper's Yes/No-only ranking (not a label): the ``top`` heads by mean order-averaged NAS over the
+    Yes/No items, each with the sign-flip p over those items. This null does not separate an accidental
+    preference for the token "No" from a negative head (a random-weight model passes it), hence no labels."""
+    b = st.batch
+    yn = (b.pair == 0).numpy()
+    if not yn.any():
+        return []
+    per_item = order_average(st.nas[:, yn], b.item.numpy()[yn])                         # [L, I, H]
+    eff = per_item.mean(1)
+    p = stats.permutation_p(eff, stats.signflip_null(per_item, rng=stats.rng_for(seed, "negative:yes_no")), "greater")
+    order = np.argsort(-np.nan_to_num(eff, nan=-np.inf), axis=None)[:top]
+    return [{"head": [int(a), int(h)], "nas_yes_no": float(eff[a, h]), "p_items": float(p[a, h]),
+             "n_items": int(per_item.shape[1])} for a, h in (np.unravel_index(i, eff.shape) for i in order)]
 
 
 def no_gap(batch: YesNoBatch):

@@ -20,7 +20,8 @@ matched control that separates attention to the token "No" from attention to a p
 The instruction is built from separately encoded pieces (``"Answer"``, ``" Yes"``, ``" or"``, ``" No"``,
 ``"."``) so the positions of the two answer words are known exactly; the model's answer is read as the
 logits of the same tokens ``" Yes"`` and ``" No"`` at the final position (:func:`answer_ids`: a tokenizer
-that splits them is read by first tokens, and the attention to a word is the sum over its tokens).
+that splits them is read by first tokens, and the attention to a word is the mean over its tokens; only
+answer-word pairs whose two words have the same number of tokens are used).
 """
 
 from __future__ import annotations
@@ -43,9 +44,10 @@ COLOURS = ("red", "blue", "green", "yellow", "black", "white", "brown", "purple"
 
 # (positive, negative) answer words; the first pair is the paper's Yes/No
 OPTION_PAIRS: tuple[tuple[str, str], ...] = (
-    ("Yes", "No"), ("yes", "no"), ("YES", "NO"), ("True", "False"), ("true", "false"), ("TRUE", "FALSE"),
-    ("Right", "Wrong"), ("right", "wrong"), ("Correct", "Incorrect"), ("correct", "incorrect"), ("Valid", "Invalid"),
-    ("Agree", "Disagree"), ("Y", "N"), ("T", "F"), ("Accept", "Reject"), ("Positive", "Negative"))
+    ("Yes", "No"), ("True", "False"), ("Right", "Wrong"), ("Correct", "Incorrect"), ("Valid", "Invalid"),
+    ("Agree", "Disagree"), ("Accept", "Reject"), ("Positive", "Negative"),
+    ("yes", "no"), ("true", "false"), ("right", "wrong"), ("correct", "incorrect"), ("valid", "invalid"),
+    ("agree", "disagree"), ("accept", "reject"), ("positive", "negative"))
 
 
 @dataclass
@@ -121,10 +123,10 @@ def answer_ids(tokenizer: Any, pos: str = "Yes", neg: str = "No") -> tuple[int, 
 
 
 def yesno_batch(tokenizer: Any, n_groups: int, *, seed: int,
-                pairs: tuple[tuple[str, str], ...] = OPTION_PAIRS) -> YesNoBatch:
-    """Per answer-word pair, ``n_groups`` groups (a true and a false item), each item in both answer orders:
-    ``4 * n_groups`` prompts per usable pair. Pairs whose words share their first token are dropped
-    (``dropped``); InputError when none is left."""
+                pairs: tuple[tuple[str, str], ...] = OPTION_PAIRS, first_pair_groups: int | None = None) -> YesNoBatch:
+    """Per answer-word pair, ``n_groups`` groups (a true and a false item; ``first_pair_groups`` for the
+    first pair, Yes/No, when given), each item in both answer orders: ``4 * n_groups`` prompts per usable
+    pair. Pairs whose words share their first token are dropped (``dropped``); InputError when none is left."""
     if n_groups < 1:
         raise InputError("yesno_batch needs at least one group")
     enc = lambda s: list(tokenizer.encode(s, add_special_tokens=False))  # noqa: E731
@@ -132,6 +134,9 @@ def yesno_batch(tokenizer: Any, n_groups: int, *, seed: int,
     head = [bos] if bos is not None else []
     usable, dropped, ans = [], [], []
     for pos_w, neg_w in pairs:
+        if len(enc(" " + pos_w)) != len(enc(" " + neg_w)):   # token-count matched words only
+            dropped.append((pos_w, neg_w))
+            continue
         try:
             ans.append(answer_ids(tokenizer, pos_w, neg_w))
             usable.append((pos_w, neg_w))
@@ -139,11 +144,15 @@ def yesno_batch(tokenizer: Any, n_groups: int, *, seed: int,
             dropped.append((pos_w, neg_w))
     if not usable:
         raise InputError("the tokenizer gives every answer-word pair (Yes/No, True/False, ...) the same first token")
-    groups = question_groups(n_groups * len(usable), seed=seed)
+    counts = [n_groups] * len(usable)
+    if first_pair_groups is not None and usable and usable[0] == pairs[0]:
+        counts[0] = max(1, int(first_pair_groups))
+    owner = [k for k, c in enumerate(counts) for _ in range(c)]
+    groups = question_groups(len(owner), seed=seed)
     w_or, w_ans, w_dot = enc(" or"), enc("Answer"), enc(".")
     rows, spans, qs, truth, item, group, pair, nf, questions, yid, nid = ([] for _ in range(11))
     for g, qpair in enumerate(groups):
-        k_pair = g // n_groups
+        k_pair = owner[g]
         pos_w, neg_w = usable[k_pair]
         w_yes, w_no = enc(" " + pos_w), enc(" " + neg_w)
         for k, (q, t) in enumerate(qpair):
