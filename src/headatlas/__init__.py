@@ -20,8 +20,11 @@ _EXPORTS: dict[str, str] = {
     "load": ".models",
     "ablate_heads": ".methods", "patch_heads": ".methods", "patch_heads_by_position": ".methods",
     "path_patch": ".methods", "steer": ".methods",
+    "probe": ".methods.probing", "iti": ".methods.probing",
+    "gate": ".methods.gating",
     "Atlas": ".atlas", "LabelRule": ".atlas", "CausalCheck": ".atlas",
     "scan": ".scan",
+    "compare": ".compare", "Comparison": ".compare",
     "sweep": ".sweep",
 }
 

@@ -15,8 +15,10 @@ app = typer.Typer(
 
 def _register_commands() -> None:
     # Each module adds its commands to ``app`` at import.
+    from . import compare  # noqa: F401
     from . import info  # noqa: F401
     from . import methods  # noqa: F401
+    from . import probe  # noqa: F401
     from . import scan  # noqa: F401
     from . import sweep  # noqa: F401
 
