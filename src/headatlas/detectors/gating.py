@@ -9,9 +9,9 @@ is the in-context copying of a repeated block (the behaviour induction heads ser
    the unregularised gates; ``details["classes"]`` CHG's classes.
 2. Effect, on held-out prompts (another seed) and their non-repeated twins (same length, no token equal
    to the one a block earlier): per prompt, the rise of the loss on the second block when the head's
-   gate closes, starting from the seed-mean G- gates, minus the same on the twin. Heads the G- fit kept
-   open (gate >= 0.5) are closed exactly (one forward per head and prompt); for the others, already at
-   most half open, the first-order change ``-g * dloss/dg`` stands in. Null: sign flips of the per-prompt
+   gate closes, starting from the seed-mean G- gates, minus the same on the twin. The (at most 16) heads
+   with the highest G- >= 0.5 are closed exactly (one forward per head and prompt; only they can be
+   labelled: ``extras["exact"]``); for the others the first-order change ``-g * dloss/dg`` stands in. Null: sign flips of the per-prompt
    differences (repeat and twin are exchangeable for a head whose contribution ignores repetition).
 3. Label: q <= 0.05, effect >= 0.1 nats, G- >= 0.5 (the fit kept it), and closing it raises the loss on the
    repeat by >= 0.1 nats on its own (``extras["closing_task"]``): facilitating, and for the repeat more
@@ -47,13 +47,14 @@ if TYPE_CHECKING:
 
 MIN_EFFECT = 0.1          # nats per target token
 MIN_GATE = 0.5
+MAX_EXACT = 16            # at most this many heads (the highest G- among those >= MIN_GATE) are closed exactly
 MIN_GAP = 0.5             # the model must predict the repeat better than the twin by this many nats
 EVAL_SALT = 7919          # held-out prompts: seed + EVAL_SALT
 LAM = 0.01
 RULE = LabelRule(statistic=("rise of the repeat loss when the head's gate closes (from the G- gates) minus the same "
                             "on the non-repeated twin, nats per token (mean over held-out prompts)"),
                  direction="greater", min_effect=MIN_EFFECT, min_score=MIN_GATE,
-                 extra_min=(("closing_task", MIN_EFFECT),))
+                 extra_min=(("closing_task", MIN_EFFECT), ("exact", 1.0)))
 COMPARE = ("induction", "previous_token", "duplicate_token")
 
 
@@ -71,7 +72,7 @@ class Settings:
         if cfg.quick:
             return Settings(n_fit=4, n_eval=8, block=8, steps=16, init_steps=8, n_seeds=1)
         n = int(cfg.n_prompts or 16)
-        return Settings(n_fit=max(2, n // 4), n_eval=n, block=10, steps=30, init_steps=15, n_seeds=2)
+        return Settings(n_fit=max(2, n // 8), n_eval=n, block=10, steps=30, init_steps=15, n_seeds=2)
 
 
 def exact_closing(m: LoadedModel, ids: torch.Tensor, mask: torch.Tensor, gates: np.ndarray,
@@ -98,11 +99,17 @@ def exact_closing(m: LoadedModel, ids: torch.Tensor, mask: torch.Tensor, gates: 
     return losses[B:].reshape(len(heads), B) - base[None]
 
 
+def exact_heads(gates: np.ndarray) -> list[tuple[int, int]]:
+    """The heads closed exactly: gate >= MIN_GATE, the MAX_EXACT highest (ties by layer, head)."""
+    open_ = [(int(a), int(b)) for a, b in zip(*np.nonzero(gates >= MIN_GATE))]
+    return sorted(sorted(open_, key=lambda lh: -float(gates[lh]))[:MAX_EXACT])
+
+
 def closing_map(m: LoadedModel, ids: torch.Tensor, mask: torch.Tensor, gates: np.ndarray, batch_size: int) -> np.ndarray:
-    """``[L, B, H]`` per-prompt closing effects: exact for heads with gate >= MIN_GATE, first order otherwise."""
+    """``[L, B, H]`` per-prompt closing effects: exact for :func:`exact_heads`, first order otherwise."""
     out = closing_effects(m, ids, gates, targets=torch.cat([torch.zeros(ids.shape[0], 1, dtype=torch.bool), mask], 1),
                           batch_size=batch_size)
-    open_heads = [(int(a), int(b)) for a, b in zip(*np.nonzero(gates >= MIN_GATE))]
+    open_heads = exact_heads(gates)
     if open_heads:
         exact = exact_closing(m, ids, mask, gates, open_heads, batch_size)
         for i, (layer, head) in enumerate(open_heads):
@@ -143,8 +150,11 @@ def run(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
     task = closing_map(m, ev.ids, mask, gm, cfg.batch_size)
     ctrl = closing_map(m, ev.null_ids, mask, gm, cfg.batch_size)
     diff = task - ctrl
+    exact = np.zeros((L, H))
+    for lh in exact_heads(gm):
+        exact[lh] = 1.0
     extras = {"closing_task": task.mean(1), "closing_twin": ctrl.mean(1), "g_minus_std": g.minus_spread,
-              "g_plus": g.plus, "g_plus_std": g.plus_spread, "g_zero": g.g_zero.mean(0)}
+              "g_plus": g.plus, "g_plus_std": g.plus_spread, "g_zero": g.g_zero.mean(0), "exact": exact}
     draws = stats.signflip_null(diff, rng=stats.rng_for(cfg.seed, "gating:null"))
     tested = stats.evaluate(diff, draws, RULE, seed=cfg.seed, salt="gating", scores=gm, extras=extras)
     classes = {c: [list(x) for x in g.heads(c)] for c in CLASSES}
@@ -152,7 +162,7 @@ def run(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
                "n_seeds": st.n_seeds, "n_fit_prompts": st.n_fit, "block_len": block,
                "loss_clean_fit": g.loss_clean, "loss_g_minus": [float(x) for x in g.loss_minus],
                "loss_g_plus": [float(x) for x in g.loss_plus], "loss_repeat_eval": rep, "loss_twin_eval": twin,
-               "exact_heads": [[int(a), int(b)] for a, b in zip(*np.nonzero(gm >= MIN_GATE))],
+               "exact_heads": [list(x) for x in exact_heads(gm)], "n_open": int((gm >= MIN_GATE).sum()),
                "agreement": _agreement(cfg, list(tested.labelled), g.heads("facilitating"))}
     return stats.result(
         "gating", tested, scores=gm, rule=RULE, null_mean=np.zeros((L, H)), null_std=g.minus_spread,
