@@ -42,7 +42,8 @@ def test_dla_by_source_sums_to_the_heads_direct_effect(kind):
     for layer in range(L):
         z = rec.z(layer)[rows, q]
         for name, t in targets.items():
-            ref = direct_logit_effect(m, layer, z, res[0][rows, q], t)
+            a_in = res.attn_in[layer][0][rows, q] if layer in res.attn_in else None   # gemma3 sandwich norm
+            ref = direct_logit_effect(m, layer, z, res[0][rows, q], t, attn_in=a_in)
             scale = float(ref.abs().max())
             assert torch.allclose(d.total(name)[:, layer], ref, atol=1e-5 * max(scale, 1e-3), rtol=1e-4)
     # attention rows sum to 1 and nothing is read past the query
