@@ -32,6 +32,7 @@ def train_adapter(m, folder: str, *, steps: int, layer: int = LAYER, seed: int =
     import peft
 
     g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)                         # the LoRA A matrices' initialisation
     cfg = peft.LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj"], layers_to_transform=[layer],
                           lora_dropout=0.0)
     model = peft.get_peft_model(copy.deepcopy(m.model), cfg)

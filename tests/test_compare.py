@@ -202,7 +202,8 @@ def test_cli_compare_on_tiny_models(tmp_path):
 @pytest.mark.slow
 def test_lora_unlearning_induction_on_smollm2(tmp_path):
     """LoRA on layer 18's q/k of smollm2, trained by gradient ascent on the repeat loss (a few steps), saved as an
-    adapter folder and compared with the base: weights move in layer 18 only (q and k), induction gets worse."""
+    adapter folder and compared with the base: weights move in layer 18 only (q and k), induction scores change
+    from layer 18 on (about 5 min on 2 busy cores, ~2 min idle)."""
     pytest.importorskip("peft")
     import peft
 
@@ -212,12 +213,13 @@ def test_lora_unlearning_induction_on_smollm2(tmp_path):
     base = headatlas.load("smollm2-135m", device="cpu")
     layer, block = 18, 16
     cfg = peft.LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj"], layers_to_transform=[layer])
+    torch.manual_seed(1000)                 # the LoRA A matrices' initialisation
     model = peft.get_peft_model(copy.deepcopy(base.model), cfg)
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
     g = torch.Generator().manual_seed(1000)
     losses = []
-    for _ in range(6):
+    for _ in range(4):
         ids = repeated_tokens(base.tokenizer, 4, block, 2, g).ids
         lp = torch.log_softmax(model(input_ids=ids).logits[:, :-1].float(), -1).gather(-1, ids[:, 1:, None])[..., 0]
         loss = -lp[:, block + 1:].mean()
