@@ -319,7 +319,7 @@ class Atlas:
             lines.append(f"  {name} [{m.stage}]: {len(r.labelled)} labelled: {heads}" + (f", +{more} more" if more > 0 else ""))
             c = r.causal
             if c is not None and c.ran:
-                lines.append(f"    causal ({c.kind} ablation, {c.metric}): {c.effect:+.3g} vs random median "
+                lines.append(f"    causal ({c.intervention}, {c.metric}): {c.effect:+.3g} vs random median "
                              f"{c.random_median:+.3g} over {len(c.random_effects)} sets, p {c.p_value:.2g}")
         return "\n".join(lines)
 

@@ -87,6 +87,11 @@ class LabelRule:
                    extra_min=tuple((str(k), float(v)) for k, v in d.get("extra_min", [])))
 
 
+_INTERVENTIONS = {"mean": "mean ablation", "zero": "zero ablation", "resample": "resample ablation",
+                  "add": "addition", "scale": "down-scaling", "iti": "ITI steering", "steer": "steering",
+                  "none": "no intervention"}
+
+
 @dataclass(frozen=True)
 class CausalCheck:
     """Does the model's behaviour depend on the labelled heads more than on random heads?
@@ -115,6 +120,11 @@ class CausalCheck:
     @property
     def ran(self) -> bool:
         return self.kind != "none"
+
+    @property
+    def intervention(self) -> str:
+        """The intervention in words: "mean ablation", "zero ablation", "addition", ... ."""
+        return _INTERVENTIONS.get(self.kind, f"{self.kind} intervention")
 
     @property
     def random_median(self) -> float:

@@ -52,7 +52,7 @@ import numpy as np
 
 from .circuit import circuit_section
 from .htmlsafe import PLOTLY_CONFIG, csp, esc, plain, script_json
-from .records import PER_HEAD_FIELDS, STAGES
+from .records import _INTERVENTIONS, PER_HEAD_FIELDS, STAGES
 from .report_assets import CSS, JS
 from .tokenview import check_token_view
 
@@ -456,7 +456,8 @@ def _detector_section(atlas: "Atlas", d: _Det, figures: list[dict[str, Any]], vi
             sign = -1.0 if c["expected"] == "decrease" else 1.0
             n_beat = sum(sign * c["effect"] > sign * x for x in rand)
             beats = f"; the labelled set's change exceeds {n_beat} of {len(rand)} random sets in the expected direction"
-        parts.append(f"<p>{esc(c['kind'])} ablation of the {len(c['heads'])} labelled heads on {esc(c['n_prompts'])} "
+        what = _INTERVENTIONS.get(str(c["kind"]), f"{c['kind']} intervention")
+        parts.append(f"<p>{esc(what[:1].upper() + what[1:])} of the {len(c['heads'])} labelled heads on {esc(c['n_prompts'])} "
                      f"prompts: {_causal_line(c)}{beats}. Expected direction: {esc(c['expected'])}. "
                      f"{esc(c['description'])}</p>")
         if c["note"]:
