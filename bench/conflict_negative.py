@@ -19,6 +19,7 @@ import torch
 import headatlas
 from headatlas.detectors import ScanConfig, get
 from headatlas.detectors.conflict import CONFLICT_PASS
+from headatlas.detectors.negative import YES_NO_GROUPS
 from headatlas.tasks.yesno import yesno_batch
 
 
@@ -88,7 +89,7 @@ def main(model: str = "smollm2-135m", out: str = "/tmp/conflict_negative.json", 
     if "memory" in summary and "skipped" not in summary["memory"]:
         st = cfg.shared(CONFLICT_PASS, m)
         summary["plain_forward_conflict_prompts"] = {"n": len(st.batch), "seconds": _plain_forward(m, st.batch.ids)}
-    yb = yesno_batch(m.tokenizer, 16, seed=int(seed))
+    yb = yesno_batch(m.tokenizer, 1, seed=int(seed), first_pair_groups=YES_NO_GROUPS)    # the negative detector's prompts
     summary["plain_forward_yesno_prompts"] = {"n": len(yb), "seconds": _plain_forward(m, yb.ids)}
     with open(out, "w") as f:
         json.dump(summary, f, indent=1, default=str)
