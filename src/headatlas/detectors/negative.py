@@ -263,7 +263,7 @@ def negative_check(m: LoadedModel, cfg: ScanConfig, result: DetectorResult) -> C
          "accuracy_random_median": float(np.median([acc(x) for x in runs.random]))}
     result.details["causal_rates"] = r
     return set_runs_check(
-        runs, result.labelled, metric="logit(No) - logit(Yes)", kind=f"scale x{SCALE:g}", expected="decrease",
+        runs, result.labelled, metric="logit(No) - logit(Yes)", kind="scale", expected="decrease",
         description=(f"mean logit(No) - logit(Yes) at the answer position of {len(batch)} held-out balanced yes/no "
                      f"prompts (seed {seed}); heads' outputs scaled by {SCALE:g}"),
         note=(f"No rate {r['no_rate_clean']:.2f} -> {r['no_rate_edited']:.2f} (random sets: median "
