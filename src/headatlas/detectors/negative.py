@@ -278,4 +278,5 @@ def _example(m: LoadedModel, cfg: ScanConfig) -> torch.Tensor:
 NEGATIVE = register(Detector(
     name="negative", stage="KR", method="scoring (negative attention score)",
     summary="attends from the question to the word 'No' named in a yes/no instruction, whatever the question",
-    citation="Yu et al. 2024, arXiv 2408.00137", run=run_negative, causal=negative_check, example=_example))
+    citation="Yu et al. 2024, arXiv 2408.00137", run=run_negative, causal=negative_check, example=_example,
+    default=False))
