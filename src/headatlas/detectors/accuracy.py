@@ -112,7 +112,7 @@ def run(m: "LoadedModel", cfg: ScanConfig) -> DetectorResult:
 
 
 def causal(m: "LoadedModel", cfg: ScanConfig, result: DetectorResult) -> CausalCheck:
-    items = problems(64, cfg.seed + EVAL_SEED_OFFSET)
+    items = problems(32, cfg.seed + EVAL_SEED_OFFSET)
     enc = [encode_problem(m, a, b) for a, b in items]
     lengths = [(len(p), len(a)) for p, a in enc]
     modal = max(set(lengths), key=lengths.count)
