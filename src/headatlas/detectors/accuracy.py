@@ -6,7 +6,7 @@ Data: two-digit additions with a two-shot prefix (``"23 + 41 = 64\\n15 + 32 = 47
 given the ones before it, which is exactly when greedy decoding writes the answer). One forward per batch
 gives both the label and every head's ``z`` at the prompt's last token (``=``). Each problem is its own group.
 
-Score: held-out balanced probe accuracy (grouped 5-fold CV); null: labels permuted across problems (999 draws);
+Score: held-out balanced probe accuracy (grouped 5-fold CV); null: labels permuted across problems of one difficulty stratum (carry x tens digit of the sum; 999 draws);
 p add-one, BH q; label: q <= 0.05 and accuracy >= null mean + 0.1. Refuses ("not found: ...") when either
 class has fewer than ``MIN_CLASS`` problems or 15% (a model that solves none, or all, gives a probe nothing
 to predict). LoFiT's fine-tuned head scalers are not implemented.
@@ -58,6 +58,12 @@ def problems(n: int, seed: int) -> list[tuple[int, int]]:
     return out
 
 
+def difficulty(a: int, b: int) -> int:
+    """The null's stratum of ``a + b``: carry or not x tens digit of the sum (labels are permuted only among
+    problems of one stratum, so a head that merely encodes how hard the problem is gains nothing)."""
+    return int((a % 10) + (b % 10) >= 10) * 10 + (a + b) // 10
+
+
 def encode_problem(m: "LoadedModel", a: int, b: int) -> tuple[list[int], list[int]]:
     """``(prompt ids with BOS, answer ids)`` for ``a + b`` (answer encoded after a space)."""
     bos = bos_id(m.tokenizer)
@@ -93,9 +99,10 @@ def _compute(m: "LoadedModel", cfg: ScanConfig) -> AccuracyPass:
     if min(k, n - k) < max(MIN_CLASS if not cfg.quick else 4, int(MIN_FRACTION * n)):
         raise InputError(f"{NOT_FOUND}the model answers {k}/{n} two-digit sums correctly (greedy, 2-shot); a probe "
                          f"needs at least {MIN_CLASS} and {MIN_FRACTION:.0%} of the problems in each class")
+    strata = np.array([difficulty(a, b) for a, b in items])
     pr = probe_features(cap.features, correct, np.arange(n), n_folds=4 if cfg.quick else 5,
                         n_perm=199 if cfg.quick else 999, seed=cfg.seed, position="last prompt token ('=')",
-                        source="two-digit sums")
+                        source="two-digit sums", strata=strata)
     return AccuracyPass(pr, correct, n)
 
 
