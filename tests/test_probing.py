@@ -230,8 +230,7 @@ def test_truthfulness_on_smollm2(smollm2):
     assert len(r.labelled) >= 5 and float(np.nanmax(r.scores)) > 0.6
     layers = [lh[0] for lh in r.labelled]
     assert 5 <= np.median(layers) <= 25          # middle layers, as in Li et al.
-    c = det.causal(smollm2, cfg, r)
-    assert c.ran and np.isfinite(c.effect) and len(c.random_effects) == 20
+    # (the ITI causal check, 22 steered passes, takes minutes on 2 cores: bench/probing_detectors.py runs it)
 
 
 def test_completion_logodds_matches_one_by_one(tiny):
