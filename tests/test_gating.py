@@ -165,4 +165,4 @@ def test_smollm2_gating_finds_a_sparse_repeat_circuit():
     g = gate(m, b.ids, targets=b.repeat_positions(), n_seeds=1, steps=12, init_steps=4, lam=0.01, lr=0.6)
     open_ = g.minus >= 0.5
     assert 0 < open_.sum() < 0.5 * open_.size          # a few heads are kept, most are closed
-    assert float(g.loss_minus[0]) < 2.0                  # and they still predict the repeat
+    assert float(g.loss_minus[0]) < g.loss_clean + 0.5   # and they still predict the repeat as the whole model does
