@@ -34,11 +34,12 @@ def english_tokenizer(vocab_size: int = 1200):
     return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")
 
 
-def english_tiny_model(n_ctx: int = 512, seed: int = 0):
-    """``(hf_model, tokenizer)``: 2 layers x 4 heads (2 kv heads), random weights, English BPE."""
+def english_tiny_model(n_ctx: int = 512, seed: int = 0, tokenizer=None):
+    """``(hf_model, tokenizer)``: 2 layers x 4 heads (2 kv heads), random weights, English BPE (or the
+    given ``tokenizer``)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tok = english_tokenizer()
+    tok = english_tokenizer() if tokenizer is None else tokenizer
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=n_ctx,

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from english_tiny import english_tiny_model
+
 import headatlas
 from headatlas.detectors import ScanConfig
 from headatlas.detectors import function_vector as fvmod
@@ -35,20 +37,7 @@ def icl_tokenizer():
 
 
 def icl_model(seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tok = icl_tokenizer()
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    model = LlamaForCausalLM(cfg).eval()
-    with torch.no_grad():
-        g = torch.Generator().manual_seed(seed + 1)
-        for name, p in model.named_parameters():
-            if p.dim() == 2 and ("q_proj" in name or "k_proj" in name):
-                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-    return headatlas.load((model, tok), device="cpu")
+    return headatlas.load(english_tiny_model(n_ctx=256, seed=seed, tokenizer=icl_tokenizer()), device="cpu")
 
 
 @pytest.fixture(scope="module")

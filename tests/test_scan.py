@@ -208,7 +208,7 @@ def test_every_registered_detector_fits_the_atlas(tmp_path):
 
     if not names():
         pytest.skip("no detectors registered yet")
-    atlas = scan(tiny_model("llama"), None, quick=True, out=tmp_path)
+    atlas = scan(tiny_model("llama"), "all", quick=True, out=tmp_path)
     assert atlas.detectors == list(names())
     back = Atlas.load(tmp_path / "atlas.json")
     assert back.to_dict() == atlas.to_dict()
