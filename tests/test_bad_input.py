@@ -598,11 +598,12 @@ def test_atlas(ctx, case):
 
 
 def test_a_crafted_atlas_does_not_allocate_gigabytes(ctx):
-    """A ~100 KB file declaring a huge array is refused before anything of that size is allocated."""
+    """A file of under a megabyte (the shipped gemma3 atlas, one array's declared shape changed) declaring an
+    80 GB array is refused before anything of that size is allocated."""
     import tracemalloc
 
     path = _doc_with(ctx, lambda d: _set(_scores(d), "dtype", "(100000,100000)f8"))
-    assert path.stat().st_size < 400_000
+    assert path.stat().st_size < 2_000_000
     tracemalloc.start()
     try:
         check_clean_error(lambda: Atlas.load(path))
@@ -615,7 +616,8 @@ def test_a_crafted_atlas_does_not_allocate_gigabytes(ctx):
 def test_the_shipped_atlases_still_load():
     for path in sorted((REPO / "docs").glob("atlas-*/atlas.json")):
         atlas = Atlas.load(path)
-        assert atlas.detectors and math.isfinite(float(np.nanmax(atlas.scores(atlas.detectors[0]))))
+        ran = [n for n in atlas.detectors if not atlas.result(n).skipped]
+        assert ran and all(math.isfinite(float(np.nanmax(atlas.scores(n)))) for n in ran)
 
 
 # ----- the CLI --------------------------------------------------------------------------------------------------
