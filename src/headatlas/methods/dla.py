@@ -6,7 +6,7 @@ final norm linearised at the real residual ``x`` it normalises: the scale the no
 ``x`` (``1 / rms(x)``, or ``1 / std(x)`` after centering) is frozen and applied to ``out``, times the
 norm weight. For an RMS norm, summing ``N_x`` over all components of ``x`` gives ``N(x)`` exactly.
 
-Architectures with a norm on the attention output (Gemma 2/3's sandwich norm ``N_post``, applied to the
+Architectures with a norm on the attention output (a "sandwich" norm ``N_post``, ``models.arch.ArchSpec.attn_out_norm``, applied to the
 sum of the heads' outputs before the residual add) get it linearised the same way: at the real
 attention output ``a`` of the layer, a head's part of the residual is ``out * c_post / rms(a)``, and
 these parts sum over the heads to ``N_post(a)`` exactly (no output bias).
@@ -137,7 +137,7 @@ class ResidualStore(list):
 def capture_final_residual(m: LoadedModel) -> Iterator[ResidualStore]:
     """Record the residual stream entering the final norm (``[batch, seq, d_model]``, one entry per
     forward); without a final norm, the last hidden state entering the unembedding. Where the
-    architecture normalises the attention output (Gemma 2/3), also the input of that norm, per layer
+    architecture normalises the attention output (``ArchSpec.attn_out_norm``), also the input of that norm, per layer
     (``store.attn_in[layer]``), which the linearised DLA needs."""
     store = ResidualStore()
     module = m.final_norm() or m.unembed()
@@ -180,7 +180,7 @@ def logit_effects(out: torch.Tensor, resid: torch.Tensor, tokens: torch.Tensor, 
 def residual_outputs(m: LoadedModel, layer: int, z: torch.Tensor, attn_in: torch.Tensor | None = None) -> torch.Tensor:
     """``z [..., n_heads, d_head]`` -> ``[..., n_heads, d_model]``: what each head adds to the residual
     stream: ``z_h @ W_O[h]``, through the layer's attention-output norm linearised at its real input
-    ``attn_in [..., d_model]`` where the architecture has one (Gemma 2/3)."""
+    ``attn_in [..., d_model]`` where the architecture has one (``ArchSpec.attn_out_norm``)."""
     r = readout(m)
     out = head_outputs(z.to(r.W_U.device), m.W_O(layer).detach().to(r.W_U.device))
     f = r.post_factor(layer, attn_in)

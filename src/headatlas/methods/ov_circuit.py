@@ -5,7 +5,7 @@ tokens it would promote, when it attends fully to a given residual vector.
   2312.09230): the residual stream after decoder block 0 when the token is run alone as a one-token
   sequence. Attention 0 can then only attend to the token itself, so this is
   ``E[t] + attn0_self(E[t]) + MLP0(...)`` with every norm of block 0 exactly as the model applies it
-  (Llama / Gemma RMS norms, Gemma's embedding scale and sandwich norms included). Gould et al. use
+  (RMS or LayerNorm, any embedding scale and attention-output norms included). Gould et al. use
   ``MLP0(W_E)``; including attention 0's self-attention is the usual approximation for models whose
   first layer's attention is mostly self/BOS-directed and keeps the function architecture-agnostic.
 - :func:`ov_outputs`: for residual vectors ``x [N, d_model]``, every head's output ``v_h(norm_l(x)) @ W_O[h]``
@@ -14,9 +14,9 @@ tokens it would promote, when it attends fully to a given residual vector.
   map of ``x`` through the layer's own input norm, value projection and GQA grouping).
 - :func:`ov_logits`: those outputs read out on chosen tokens through the final norm's weight (the final
   norm treats the head output as the whole residual: its scale is a positive factor per vector, which
-  leaves any argmax or ranking over tokens unchanged; LayerNorm centring is applied). For Gemma-style
-  layers that normalise the attention output before adding it (``post_attention_layernorm`` with a
-  ``pre_feedforward_layernorm`` beside it) that norm's elementwise weight is applied too.
+  leaves any argmax or ranking over tokens unchanged; LayerNorm centring is applied). For layers that
+  normalise the attention output before adding it (``models.arch.ArchSpec.attn_out_norm``, found per layer
+  in ``m.layout.attn_out_norms``) that norm's elementwise weight is applied too.
 """
 
 from __future__ import annotations
@@ -110,13 +110,13 @@ def ov_z(m: LoadedModel, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor
 
 
 def _post_attention_weight(m: LoadedModel, layer: int, d_model: int) -> torch.Tensor | None:
-    """The elementwise weight of a norm applied to the attention output before the residual add
-    (Gemma 2/3 sandwich norms), or None (Llama's ``post_attention_layernorm`` is the MLP's input norm)."""
+    """The elementwise weight of the norm the layout records on ``layer``'s attention output
+    (``m.layout.attn_out_norms``), or None when the layer has none."""
     from .dla import _norm_weight
 
-    block = _layers(m)[layer]
-    norm = getattr(block, "post_attention_layernorm", None)
-    if norm is None or getattr(block, "pre_feedforward_layernorm", None) is None:
+    norms = m.layout.attn_out_norms
+    norm = norms[layer] if layer < len(norms) else None
+    if norm is None:
         return None
     return _norm_weight(norm, d_model)[0].float().cpu()
 
