@@ -60,8 +60,8 @@ def make_report_atlas(s: str = "", *, shared: bool = True) -> Atlas:
     ]
     stages = {"prev": "ICI", "ind": "LR", "nothing": "EP", "sink": "KR", "negative": "KR", "long": "ICI"}
     meta = {n + s: DetectorMeta(n + s, st, method="pattern" + s, summary=f"{n} heads{s}", citation="paper" + s,
-                                version=("2" + s) if s else 2, places_stage=(n != "sink"))
-            for n, st in stages.items()}
+                                version=("2" + s) if s else 2, places_stage=(n != "sink"), metric="")
+            for n, st in stages.items()}   # attention-defined: their labels place heads without a causal check
     return Atlas({"name": "toy" + s, "architecture": "Toy" + s, "n_layers": L, "n_heads": H, "note" + s: "x" + s},
                  results, meta, seed=3, settings={"quick": True, "n_prompts": None, "device" + s: "cpu" + s,
                                                   "nested": {"k" + s: ["v" + s]}},
