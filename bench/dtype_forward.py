@@ -1,6 +1,7 @@
 """float32 vs bfloat16 forward time of one bundled model, interleaved in one process (the README's
 bfloat16 row): the model is loaded once in float32 and converted in place between timings, so both
-dtypes run on the same machine state and only one copy of the weights is ever held.
+dtypes run on the same machine state (peak RSS 10.9 GB for qwen2.5-coder-1.5b: the memory-mapped
+float32 cache stays resident beside the converted weights).
 
     OMP_NUM_THREADS=2 .venv/bin/python bench/dtype_forward.py MODEL OUT.json [--rounds 2]
 

@@ -234,3 +234,17 @@ def test_a_float32_cache_feeds_a_missing_bfloat16_cache(fake_gguf):
     headatlas.load(str(path), dtype="bfloat16", device="cpu", cache=False)
     assert calls == [torch.float32, torch.bfloat16]                      # cache=False reads the GGUF file
 
+
+
+@pytest.mark.slow
+def test_bfloat16_straight_from_gguf_equals_float32_rounded(tmp_path, monkeypatch):
+    """The real GGUF reader: de-quantizing into bfloat16 gives the float32 weights rounded, tensor for tensor."""
+    monkeypatch.setenv("HEADATLAS_CACHE", str(tmp_path))
+    path = bundled.BUNDLED["smollm2-135m"].locate()
+    m16, _ = loading._load_gguf(path, torch.bfloat16, use_cache=False)
+    s16 = m16.state_dict()
+    del m16
+    m32, _ = loading._load_gguf(path, torch.float32, use_cache=False)
+    s32 = m32.state_dict()
+    assert s16.keys() == s32.keys()
+    assert all(s16[k].dtype == torch.bfloat16 and torch.equal(s16[k], s32[k].to(torch.bfloat16)) for k in s32)

@@ -304,10 +304,11 @@ def load(spec: Any = "smollm2-135m", *, device: str | torch.device | None = None
          revision: str | None = None) -> LoadedModel:
     """Load a causal LM for head analysis.
 
-    ``spec``: a bundled short name (``"smollm2-135m"``, ``"gemma3-270m"``), a Hugging Face id,
-    a local model folder, a path to a ``.gguf`` file, an already loaded ``(model, tokenizer)``
-    pair, or a :class:`LoadedModel` (returned as is). ``dtype`` defaults to float32, ``device``
-    to CUDA when available. ``cache`` keeps a de-quantized copy of GGUF files for fast reloads.
+    ``spec``: a bundled short name (``"smollm2-135m"``, ``"gemma3-270m"``, ``"qwen2.5-coder-1.5b"``
+    with the ``[qwen]`` extra), a Hugging Face id, a local model folder, a path to a ``.gguf`` file,
+    an already loaded ``(model, tokenizer)`` pair, or a :class:`LoadedModel` (returned as is).
+    ``dtype`` defaults to float32, ``device`` to CUDA when available. ``cache`` keeps a de-quantized
+    copy of GGUF files, in ``dtype``, for fast reloads (bfloat16: half the bytes of float32).
 
     Models larger than one device (see ``models/placement.py``): ``device_map="auto"`` (or
     ``"balanced"``, ``"balanced_low_0"``, ``"sequential"``, or a dict of module name -> GPU index,
