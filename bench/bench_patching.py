@@ -261,9 +261,40 @@ def attribution_line(m) -> str:
             f"Pearson r with exact patching: **{r:.3f}**.")
 
 
+def section_head(m, name: str, s: dict, args, gpu: bool) -> list[str]:
+    where = (f"CUDA ({torch.cuda.get_device_name(m.device)}, torch {torch.__version__})" if gpu
+             else f"CPU ({machine_line()})")
+    nn_cell = "not run" if s["nnsight"] is None else f"**{s['nnsight']:.2f}x** ({s['cnnsight']:.2f}x)"
+    return [
+        f"## patching, case {name}" + (" (CUDA)" if gpu else ""),
+        "",
+        f"Per-head activation patching (denoising, logit difference at the last position) of all "
+        f"{m.info.n_layers * m.info.n_heads} heads of {MODEL}; float32, {where}. All methods in one process, "
+        f"interleaved (A B C A B C ...), {args.repeats} round(s), medians; each time is a whole map from scratch "
+        f"(clean run included). **Floor**: the multiply-adds an exact patch cannot avoid (every layer after the "
+        f"patched one, from the first position the patch changes, plus the last position's unembedding), summed "
+        f"over heads and prompts, in plain forwards of the batch (`bench/patching_cases.py`); **cost**: headatlas's "
+        f"time / one plain forward's time, measured in the same rounds.",
+        "",
+        "| case | floor (plain forwards) | headatlas cost, wall (CPU) | cost / floor, wall (CPU) | nnsight batched / headatlas, wall (CPU) |",
+        "|---|---:|---:|---:|---:|",
+        f"| {name}: {s['description']} | {s['floor']:.1f} | {s['cost']:.1f} ({s['ccost']:.1f}) | "
+        f"**{s['cost'] / s['floor']:.2f}x** ({s['ccost'] / s['floor']:.2f}x) | {nn_cell} |",
+        "",
+    ]
+
+
+def section_tail(m, name: str, args, gpu: bool) -> list[str]:
+    tail = [attribution_line(m)] if name == "ioi" else []
+    tail += [f"- {line}" for line in missing_peers(not args.no_peers)]
+    tail.append(f"- Regenerate: `python bench/bench_patching.py --case {name} --repeats {args.repeats} --threads "
+                f"{args.threads}{' --device cuda' if gpu else ''}` (peers: `pip install -e .[bench]`).")
+    return tail
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--case", default="all", choices=("all",) + CASES)
+    ap.add_argument("--case", default="all", help=f"all, or comma-separated cases of {', '.join(CASES)}")
     ap.add_argument("--prompts", type=int, default=2, help="prompts of the ioi, prefix and firstwords cases")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds of the fast methods")
     ap.add_argument("--slow-repeats", type=int, default=0,
@@ -279,41 +310,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     m = headatlas.load(MODEL, device=args.device)
     nn = nnsight_model(MODEL, device=args.device) if not args.no_peers and available("nnsight") else None
-    cases = CASES if args.case == "all" else (args.case,)
-    body, rows = [], []
-    for name in cases:
-        lines, summary = run_case(m, name, args, nn)
-        body += lines
-        rows.append(summary)
+    cases = CASES if args.case == "all" else tuple(args.case.split(","))
     gpu = m.device.type == "cuda"
-    where = (f"CUDA ({torch.cuda.get_device_name(m.device)}, torch {torch.__version__})" if gpu
-             else f"CPU ({machine_line()})")
-    head = [
-        "## patching" + (" (CUDA)" if gpu else ""),
-        "",
-        f"Per-head activation patching (denoising, logit difference at the last position) of all "
-        f"{m.info.n_layers * m.info.n_heads} heads of {MODEL}; float32, {where}. Per case, all methods in one "
-        f"process, interleaved (A B C A B C ...), {args.repeats} rounds, medians; each time is a whole map from "
-        f"scratch (clean run included). **Floor**: the multiply-adds an exact patch cannot avoid (every layer after "
-        f"the patched one, from the first position the patch changes, plus the last position's unembedding), "
-        f"summed over heads and prompts, in plain forwards of the batch (`bench/patching_cases.py`); **cost**: "
-        f"headatlas's time / one plain forward's time, measured in the same rounds.",
-        "",
-        "| case | floor (plain forwards) | headatlas cost, wall (CPU) | cost / floor, wall (CPU) | nnsight batched / headatlas, wall (CPU) |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for s in rows:
-        nn_cell = "not run" if s["nnsight"] is None else f"**{s['nnsight']:.2f}x** ({s['cnnsight']:.2f}x)"
-        head.append(f"| {s['case']}: {s['description']} | {s['floor']:.1f} | {s['cost']:.1f} ({s['ccost']:.1f}) | "
-                    f"**{s['cost'] / s['floor']:.2f}x** ({s['ccost'] / s['floor']:.2f}x) | {nn_cell} |")
-    head.append("")
-    tail = [attribution_line(m)] if "ioi" in cases else []
-    tail += [f"- {line}" for line in missing_peers(not args.no_peers)]
-    tail.append(f"- Regenerate: `python bench/bench_patching.py{'' if args.case == 'all' else ' --case ' + args.case}"
-                f"{' --device cuda' if gpu else ''}` (peers: `pip install -e .[bench]`).")
-    text = "\n".join(head + body + tail)
-    print(text)
-    write_section("patching" + ("-cuda" if gpu else ""), text)
+    for name in cases:
+        lines, s = run_case(m, name, args, nn)
+        text = "\n".join(section_head(m, name, s, args, gpu) + lines + section_tail(m, name, args, gpu))
+        print(text)
+        write_section(f"patching-{name}" + ("-cuda" if gpu else ""), text)
     if args.docs:
         write_docs(m, args.docs_prompts)
 
