@@ -24,8 +24,8 @@ Agreement: Spearman of the seed-mean G- and G+ of headatlas against the peer's; 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -34,18 +34,13 @@ from scipy.stats import spearmanr
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from collect import machine_line, write_section  # noqa: E402
+from collect import interleaved, machine_line, write_section  # noqa: E402
 
 import headatlas  # noqa: E402
 from headatlas.methods.gating import INIT_LOGIT, INIT_NOISE, gate  # noqa: E402
 from headatlas.tasks.repeats import repeated_tokens  # noqa: E402
 
 MODEL = "smollm2-135m"
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def starts(L: int, H: int, seed: int, n_seeds: int) -> torch.Tensor:
@@ -107,26 +102,16 @@ def main() -> None:
               lam=args.lam, lr=args.lr)
     todo = [("headatlas `gate`, seeds and G-/G+ as batch rows (float32)", lambda: gate(m, ids, batch_fits=True, **kw)),
             ("headatlas `gate`, one fit after another (float32; before)", lambda: gate(m, ids, batch_fits=False, **kw))]
-    try:
-        import causal_head_gating  # noqa: F401
+    if importlib.util.find_spec("causal_head_gating") is not None:
         peer = frozen_copy(args.device)
         pkw = dict(lam=args.lam, lr=args.lr, init_steps=args.init_steps, steps=args.steps)
         todo += [("nam-causal-head-gating 0.1.0 as shipped (autocast: bfloat16 on CPU, float16 on CUDA)",
                   lambda: peer_fit(peer.model, peer.tokenizer, ids, tmask, start, autocast=True, **pkw)),
                  ("nam-causal-head-gating 0.1.0, autocast off (float32)",
                   lambda: peer_fit(peer.model, peer.tokenizer, ids, tmask, start, autocast=False, **pkw))]
-    except ImportError:
+    else:
         print("nam-causal-head-gating is not installed (pip install -e .[bench]); timing headatlas only", flush=True)
-    secs: dict[str, list[float]] = {n: [] for n, _ in todo}
-    out: dict[str, object] = {}
-    for r in range(args.repeats):
-        for n, fn in todo:
-            sync(m.device)
-            t = time.perf_counter()
-            out[n] = fn()
-            sync(m.device)
-            secs[n].append(time.perf_counter() - t)
-            print(f"round {r}: {n}: {secs[n][-1]:.1f} s", flush=True)
+    secs, out = interleaved(todo, args.repeats, m.device)
     ours_name = todo[0][0]
     ours = out[ours_name]
     med = {n: float(np.median(v)) for n, v in secs.items()}

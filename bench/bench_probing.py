@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +32,7 @@ from scipy.stats import spearmanr
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from collect import machine_line, write_section  # noqa: E402
+from collect import interleaved, machine_line, write_section  # noqa: E402
 
 import headatlas  # noqa: E402
 from headatlas.methods.probe_capture import capture_heads, resolve_positions, token_rows  # noqa: E402
@@ -41,11 +40,6 @@ from headatlas.methods.probe_fit import grouped_folds, probe_features, ridge_ope
 from headatlas.tasks.statements import pairs_to_records, statement_pairs  # noqa: E402
 
 MODEL = "smollm2-135m"
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def statements(n_pairs: int) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -141,17 +135,8 @@ def main() -> None:
     todo = [("honest_llama's recipe (batch-1 capture, LogisticRegression per head, 80/20 split)", recipe),
             ("headatlas, same job (batched capture, ridge on the same split, one batched solve)", same),
             (f"headatlas `probe` as shipped (5-fold CV + {args.n_perm:,}-permutation null per head)", full)]
-    secs: dict[str, list[float]] = {n: [] for n, _ in todo}
-    out: dict[str, object] = {}
     capture_heads(m, rows[:8], pos[:8], batch_size=8)    # warm-up
-    for r in range(args.repeats):
-        for n, fn in todo:
-            sync(m.device)
-            t = time.perf_counter()
-            out[n] = fn()
-            sync(m.device)
-            secs[n].append(time.perf_counter() - t)
-            print(f"round {r}: {n}: {secs[n][-1]:.1f} s", flush=True)
+    secs, out = interleaved(todo, args.repeats, m.device)
     rname = todo[0][0]
     ref = out[rname]
     med = {n: float(np.median(v)) for n, v in secs.items()}
