@@ -122,11 +122,15 @@ def main() -> None:
     fold = grouped_folds(labels, groups, 5, args.seed)
     train, val = np.flatnonzero(fold != 0), np.flatnonzero(fold == 0)
 
+    feats: dict[str, np.ndarray] = {}     # the last run's features of each capture, for the agreement check
+
     def recipe():
-        return recipe_fit(recipe_capture(m, rows), labels, train, val, args.seed)
+        feats["recipe"] = recipe_capture(m, rows)
+        return recipe_fit(feats["recipe"], labels, train, val, args.seed)
 
     def same():
-        return ours_same_split(capture_heads(m, rows, pos, batch_size=args.batch).features, labels, train, val)
+        feats["ours"] = capture_heads(m, rows, pos, batch_size=args.batch).features
+        return ours_same_split(feats["ours"], labels, train, val)
 
     def full():
         cap = capture_heads(m, rows, pos, batch_size=args.batch)
@@ -162,8 +166,7 @@ def main() -> None:
         top = "-" if n == rname else f"{top_overlap(acc, ref)}/16"
         lines.append(f"| {n} | {med[n]:.1f} ({runs}) | {ratio} | {rho} | {top} |")
     pr = out[todo[2][0]]
-    feats_ours = capture_heads(m, rows, pos, batch_size=args.batch).features
-    feats_recipe = recipe_capture(m, rows)
+    feats_ours, feats_recipe = feats["ours"], feats["recipe"]
     same_clf = recipe_fit(feats_ours, labels, train, val, args.seed)
     lines += ["", f"Same features: headatlas's batched capture vs the recipe's batch-1 capture, max abs difference "
               f"{np.abs(feats_ours - feats_recipe).max():.1e}; the recipe's LogisticRegression on headatlas's features "
