@@ -111,21 +111,25 @@ def main() -> None:
                   lambda: peer_fit(peer.model, peer.tokenizer, ids, tmask, start, autocast=False, **pkw))]
     else:
         print("nam-causal-head-gating is not installed (pip install -e .[bench]); timing headatlas only", flush=True)
-    secs, out = interleaved(todo, args.repeats, m.device)
+    cpu: dict[str, list[float]] = {}
+    secs, out = interleaved(todo, args.repeats, m.device, cpu)
     ours_name = todo[0][0]
     ours = out[ours_name]
     med = {n: float(np.median(v)) for n, v in secs.items()}
+    cmed = {n: float(np.median(v)) for n, v in cpu.items()}
     lines = [
         "## gating vs nam-causal-head-gating" + (" (CUDA)" if m.device.type == "cuda" else ""),
         "",
-        f"`python bench/bench_gating_peer.py{' --device cuda' if m.device.type == 'cuda' else ''}`: {MODEL}, "
+        f"`python bench/bench_gating_peer.py --threads {args.threads} --repeats {args.repeats} --init-steps "
+        f"{args.init_steps} --steps {args.steps}{' --device cuda' if m.device.type == 'cuda' else ''}`: {MODEL}, "
         f"{args.prompts} prompts of [BOS] + {args.block} + {args.block} random tokens, {args.seeds} seeds, "
         f"{args.init_steps} + {args.steps} + {args.steps} steps, lr {args.lr}, lam {args.lam} per head; "
         f"{'CUDA ' + torch.cuda.get_device_name(m.device) if m.device.type == 'cuda' else 'CPU (' + machine_line() + ')'}; "
-        f"{args.repeats} interleaved rounds, medians of wall time (ratios only: the machine is shared).",
+        f"{args.repeats} interleaved rounds, medians of wall and CPU time (ratios only: the machine is shared).",
         "",
-        "| method | median s (runs) | x headatlas batched | Spearman G- / G+ vs headatlas batched | max abs gate diff G- / G+ |",
-        "|---|---|---:|---|---|",
+        "| method | median wall s (runs) | x headatlas batched (wall) | median CPU s | x headatlas batched (CPU) "
+        "| Spearman G- / G+ vs headatlas batched | max abs gate diff G- / G+ |",
+        "|---|---|---:|---:|---:|---|---|",
     ]
     for n, _ in todo:
         res = out[n]
@@ -136,10 +140,11 @@ def main() -> None:
         rho = (spearmanr(gm.ravel(), ours.minus.ravel())[0], spearmanr(gp.ravel(), ours.plus.ravel())[0])
         diff = (np.abs(gm - ours.minus).max(), np.abs(gp - ours.plus).max())
         ratio = "-" if n == ours_name else f"**{med[n] / med[ours_name]:.2f}x**"
+        cratio = "-" if n == ours_name else f"**{cmed[n] / cmed[ours_name]:.2f}x**"
         runs = ", ".join(f"{t:.1f}" for t in secs[n])
         agree = "-" if n == ours_name else f"{rho[0]:.4f} / {rho[1]:.4f}"
         dcell = "-" if n == ours_name else f"{diff[0]:.1e} / {diff[1]:.1e}"
-        lines.append(f"| {n} | {med[n]:.1f} ({runs}) | {ratio} | {agree} | {dcell} |")
+        lines.append(f"| {n} | {med[n]:.1f} ({runs}) | {ratio} | {cmed[n]:.1f} | {cratio} | {agree} | {dcell} |")
     fac = set(zip(*np.nonzero((ours.minus >= 0.5) & (ours.plus >= 0.5))))
     lines += ["", f"headatlas batched: {len(fac)} facilitating heads (G- and G+ >= 0.5), clean loss {ours.loss_clean:.3f}, "
               f"G- loss {ours.loss_minus.mean():.3f}, G+ loss {ours.loss_plus.mean():.3f}."]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ORDER = ["instrument", "scan", "retrieval_memory", "patching", "patching-ioi", "patching-ioi16", "patching-prefix",
-         "patching-firstwords", "gating_peer", "probing"]
+         "patching-firstwords", "patching-floors", "gating_peer", "probing"]
 
 
 def write_section(name: str, text: str) -> Path:
@@ -56,9 +56,10 @@ def sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def interleaved(todo, repeats: int, device) -> tuple[dict, dict]:
+def interleaved(todo, repeats: int, device, cpu: dict | None = None) -> tuple[dict, dict]:
     """Run ``todo`` (``[(name, fn)]``) in interleaved rounds (A B C A B C ...): ``({name: [wall seconds]},
-    {name: the last result})``; a load change on a shared machine then hits every method alike."""
+    {name: the last result})``; a load change on a shared machine then hits every method alike. ``cpu``: a
+    dict to fill with ``{name: [CPU seconds of this process]}`` (the steadier measure on a shared machine)."""
     import time
 
     secs: dict = {n: [] for n, _ in todo}
@@ -66,11 +67,13 @@ def interleaved(todo, repeats: int, device) -> tuple[dict, dict]:
     for r in range(repeats):
         for n, fn in todo:
             sync(device)
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             out[n] = fn()
             sync(device)
             secs[n].append(time.perf_counter() - t)
-            print(f"round {r}: {n}: {secs[n][-1]:.1f} s", flush=True)
+            if cpu is not None:
+                cpu.setdefault(n, []).append(time.process_time() - c)
+            print(f"round {r}: {n}: {secs[n][-1]:.1f} s wall, {time.process_time() - c:.1f} s CPU", flush=True)
     return secs, out
 
 
