@@ -1,20 +1,23 @@
-"""Per-head activation patching of all heads of smollm2-135m on an IOI batch: headatlas vs its peers.
+"""Per-head activation patching of all heads of smollm2-135m: headatlas vs its peers, and vs the recompute floor.
 
-    python bench/bench_patching.py            # writes bench/results/patching.md (+ bench/RESULTS.md)
-    python bench/bench_patching.py --profile  # also prints torch.profiler's top operators of headatlas
-    python bench/bench_patching.py --docs     # also regenerates docs/patching.md and its figure
+    python bench/bench_patching.py                  # all cases; writes bench/results/patching.md (+ bench/RESULTS.md)
+    python bench/bench_patching.py --case ioi       # one case (ioi, ioi16, prefix, firstwords; see patching_cases.py)
+    python bench/bench_patching.py --device cuda    # on a GPU (bench/gpu.sh); writes bench/results/patching-cuda.md
+    python bench/bench_patching.py --profile        # also prints torch.profiler's top operators of headatlas
+    python bench/bench_patching.py --docs           # also regenerates docs/patching.md and its figure
 
 Ways to compute the same map, each a whole map from scratch, interleaved in one process (A B C A B C ...,
 the machine is shared, so a load change hits all alike), repeated, medians reported:
 - headatlas: ``patching_map`` (stacked suffix runs from the cached residual stream, last-position logits,
   unchanged prefix positions from cached keys and values);
 - nnsight 0.8 batched: 27 heads per trace, one ``tr.invoke`` (one copy of the corrupted batch) per head;
-- plain batched hooks: the heads of one layer as batch rows of one full forward pass (RowHeadPatch);
-- slow ones (first ``--slow-repeats`` rounds): one full forward per head with a plain o_proj pre-hook,
-  TransformerLens 4.3 and nnsight 0.8 with one trace per head.
-TransformerLens and nnsight are optional (``pip install transformer-lens==4.3.0 nnsight==0.8.1``; not
-project dependencies), each on its own copy of the model; when missing they are reported as not installed.
-The maps must agree (asserted, 1e-4).
+- plain batched hooks (``ioi`` case only): the heads of one layer as batch rows of one full forward pass;
+- one plain forward of the batch (3 per round; the unit of the floor column);
+- slow ones (first ``--slow-repeats`` rounds, ``ioi`` case only): one full forward per head with a plain
+  o_proj pre-hook, TransformerLens 4.3 and nnsight 0.8 with one trace per head.
+The peers are the ``bench`` extra (``pip install -e .[bench]``); when missing they are reported as not
+installed, never faked. The maps must agree (asserted, 1e-4). Each case also states its recompute floor
+(``patching_cases.recompute_floor``) beside headatlas's cost in plain forwards.
 """
 
 from __future__ import annotations
@@ -31,15 +34,20 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from collect import machine_line, write_section  # noqa: E402
+from patching_cases import CASES, make_case, recompute_floor  # noqa: E402
 
 import headatlas  # noqa: E402
 from headatlas.instrument import RowHeadPatch, instrumented  # noqa: E402
 from headatlas.methods import logit_diff, patching_map  # noqa: E402
 from headatlas.methods.attribution import attribution_deltas  # noqa: E402
-from headatlas.methods.engine import logits_of  # noqa: E402
 from headatlas.models import BUNDLED  # noqa: E402
 from headatlas.tasks.ioi import ioi_batch  # noqa: E402
 from peers import available, nnsight_model, nnsight_patch, nnsight_patch_batched, transformer_lens_patch  # noqa: E402
+
+MODEL = "smollm2-135m"
+NNSIGHT_BATCHED = "nnsight 0.8 batched (27 heads per trace, one `tr.invoke` per patched copy)"
+OURS = "headatlas exact (`patch_heads`)"
+PLAIN = "one plain forward of the batch"
 
 
 def oproj(m, layer):
@@ -91,24 +99,42 @@ def all_naive(m, corr, z_clean, met) -> np.ndarray:
     return np.array([naive_layer(m, layer, corr, z_clean, met) for layer in range(m.info.n_layers)])
 
 
-def methods(m, clean, corr, batch, met, *, peers: bool, slow: bool) -> list[tuple[str, str, object]]:
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def plain_forwards(m, ids, n: int = 3) -> None:
+    """``n`` plain forwards of the batch (no instrumentation, every position unembedded)."""
+    with torch.no_grad():
+        for _ in range(n):
+            m.model(input_ids=ids, use_cache=False)
+    sync(m.device)
+
+
+def methods(m, case, met, *, peers: bool, slow: bool, nn=None) -> list[tuple[str, str, object]]:
     """``(name, group, fn)``: ``fn()`` computes the full ``[L, H]`` map from scratch (its clean run included).
-    group "fast" runs every round, "slow" only in the first ``--slow-repeats`` rounds. Peer libraries each
-    get their own model copy (built here, untimed); missing ones are reported, never faked."""
+    group "fast" runs every round, "slow" only in the first ``--slow-repeats`` rounds, "plain" is the unit
+    (3 plain forwards per call). Peer libraries each get their own model copy (``nn``, built by the caller,
+    untimed); missing ones are reported, never faked."""
+    clean, corr = case.clean.to(m.device), case.corrupted.to(m.device)
+    io, s = case.io_ids, case.s_ids
     out: list[tuple[str, str, object]] = [
-        ("headatlas exact (`patch_heads`)", "fast", lambda: patching_map(m, clean, corr, batch.io_ids, batch.s_ids).values),
-        ("plain batched hooks (heads of a layer as batch rows, full passes)", "fast",
-         lambda: all_batched(m, corr, clean_z(m, clean), met)),
+        (OURS, "fast", lambda: patching_map(m, clean, corr, io, s).values),
+        (PLAIN, "plain", lambda: plain_forwards(m, corr)),
     ]
-    if peers and available("nnsight"):
-        nn = nnsight_model("smollm2-135m")
-        out.insert(1, ("nnsight 0.8 batched (27 heads per trace, one `tr.invoke` per patched copy)", "fast",
-                       lambda: nnsight_patch_batched("smollm2-135m", clean, corr, met, heads_per_trace=27, model=nn)))
-        if slow:
-            out.append(("nnsight 0.8 (one trace per head)", "slow", lambda: nnsight_patch("smollm2-135m", clean, corr, met, model=nn)))
-    if peers and available("transformer_lens") and slow:
+    if nn is not None:
+        out.insert(1, (NNSIGHT_BATCHED, "fast",
+                       lambda: nnsight_patch_batched(MODEL, clean, corr, met, heads_per_trace=27, model=nn)))
+    if case.name != "ioi":
+        return out
+    out.append(("plain batched hooks (heads of a layer as batch rows, full passes)", "fast",
+                lambda: all_batched(m, corr, clean_z(m, clean), met)))
+    if nn is not None and slow:
+        out.append(("nnsight 0.8 (one trace per head)", "slow", lambda: nnsight_patch(MODEL, clean, corr, met, model=nn)))
+    if peers and available("transformer_lens") and slow and m.device.type == "cpu":
         out.append(("TransformerLens 4.3 (`get_act_patch_attn_head_out_all_pos`, bridge)", "slow",
-                    lambda: transformer_lens_patch("smollm2-135m", BUNDLED["smollm2-135m"].hf_id, clean, corr, met)))
+                    lambda: transformer_lens_patch(MODEL, BUNDLED[MODEL].hf_id, clean, corr, met)))
     if slow:
         out.append(("one pass per head (o_proj pre-hook)", "slow", lambda: all_naive(m, corr, clean_z(m, clean), met)))
     return out
@@ -128,20 +154,22 @@ def timed(fn):
     return out, time.perf_counter() - t
 
 
-def timed_both(fn):
+def timed_both(fn, device: torch.device = torch.device("cpu")):
     """``(result, wall seconds, CPU seconds of this process)``: on a machine shared with other processes
     the CPU time is the steadier measure of the work done (wall time also counts waiting for a core)."""
+    sync(device)
     c, t = time.process_time(), time.perf_counter()
     out = fn()
+    sync(device)
     return out, time.perf_counter() - t, time.process_time() - c
 
 
-def profile_headatlas(m, clean, corr, batch, rows: int = 12) -> str:
+def profile_headatlas(m, case, rows: int = 12) -> str:
     """torch.profiler's top operators (self CPU time) of one headatlas map."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        patching_map(m, clean, corr, batch.io_ids, batch.s_ids)
+        patching_map(m, case.clean, case.corrupted, case.io_ids, case.s_ids)
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
 
 
@@ -153,98 +181,142 @@ def load_line() -> str:
     return f"load average {one:.1f} / {five:.1f} / {fifteen:.1f} (1 / 5 / 15 min) on {os.cpu_count()} cores"
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--prompts", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds of the fast methods")
-    ap.add_argument("--slow-repeats", type=int, default=1,
-                    help="rounds (the first ones) that also run the slow methods: one pass per head, TransformerLens, "
-                         "nnsight one trace per head; 0 skips them")
-    ap.add_argument("--docs", action="store_true", help="also write docs/patching.md and its figure")
-    ap.add_argument("--docs-prompts", type=int, default=8)
-    ap.add_argument("--no-peers", action="store_true", help="skip TransformerLens and nnsight")
-    ap.add_argument("--profile", action="store_true", help="print torch.profiler's top operators of headatlas")
-    args = ap.parse_args()
-    torch.set_num_threads(2)
-    m = headatlas.load("smollm2-135m", device="cpu")
-    L, H = m.info.n_layers, m.info.n_heads
-    batch = ioi_batch(m.tokenizer, args.prompts, seed=0)
-    clean, corr = batch.clean_ids, batch.corrupted_ids
-    met = logit_diff(batch.io_ids, batch.s_ids)
-    B = corr.shape[0]
-    load_before = load_line()
-
-    with torch.no_grad():
-        logits_of(m, clean, False)
-        _, t_fwd = timed(lambda: m.model(clean))
-    todo = methods(m, clean, corr, batch, met, peers=not args.no_peers, slow=args.slow_repeats > 0)
-    secs: dict[str, list[float]] = {name: [] for name, _, _ in todo}
-    cpus: dict[str, list[float]] = {name: [] for name, _, _ in todo}
+def run_case(m, name: str, args, nn) -> tuple[list[str], dict]:
+    """Time every method on one case, interleaved; ``(markdown lines, summary row)``."""
+    case = make_case(m.tokenizer, name, prompts=args.prompts)
+    met = logit_diff(case.io_ids.to(m.device), case.s_ids.to(m.device))
+    floor = recompute_floor(m, case)
+    todo = methods(m, case, met, peers=not args.no_peers, slow=args.slow_repeats > 0, nn=nn)
+    secs: dict[str, list[float]] = {n: [] for n, _, _ in todo}
+    cpus: dict[str, list[float]] = {n: [] for n, _, _ in todo}
     maps: dict[str, np.ndarray] = {}
-    patching_map(m, clean, corr, batch.io_ids, batch.s_ids)   # warm-up (first-call set-up is not timed)
+    patching_map(m, case.clean.to(m.device), case.corrupted.to(m.device), case.io_ids, case.s_ids)   # warm-up
+    load_before = load_line()
     for r in range(max(args.repeats, args.slow_repeats)):
-        for name, group, fn in todo:
-            if (group == "fast" and r < args.repeats) or (group == "slow" and r < args.slow_repeats):
-                maps[name], t, c = timed_both(fn)
-                secs[name].append(t)
-                cpus[name].append(c)
-                print(f"round {r}: {name}: {t:.2f} s wall, {c:.2f} s CPU", flush=True)
-    ours_name = todo[0][0]
-    ref_name = "one pass per head (o_proj pre-hook)" if "one pass per head (o_proj pre-hook)" in maps else ours_name
+        for n, group, fn in todo:
+            if group in ("fast", "plain") and r < args.repeats or group == "slow" and r < args.slow_repeats:
+                out, t, c = timed_both(fn, m.device)
+                if group == "plain":
+                    t, c = t / 3, c / 3
+                else:
+                    maps[n] = np.asarray(out)
+                secs[n].append(t)
+                cpus[n].append(c)
+                print(f"{name} round {r}: {n}: {t:.2f} s wall, {c:.2f} s CPU", flush=True)
+    ref_name = "one pass per head (o_proj pre-hook)" if "one pass per head (o_proj pre-hook)" in maps else OURS
     ref = maps[ref_name]
-    diffs = {name: float(np.abs(v - ref).max()) for name, v in maps.items()}
+    diffs = {n: float(np.abs(v - ref).max()) for n, v in maps.items()}
     assert max(diffs.values()) <= 1e-4, diffs
-    med = {name: float(np.median(v)) for name, v in secs.items()}
-    cmed = {name: float(np.median(v)) for name, v in cpus.items()}
-    ours, cours = med[ours_name], cmed[ours_name]
-
-    # attribution patching vs one forward + backward
-    with torch.enable_grad():
-        def fwd_bwd():
-            m.model.zero_grad(set_to_none=True)
-            met(m.model(corr).logits).mean().backward()
-        fwd_bwd()
-        _, t_fb = timed(fwd_bwd)
-        m.model.zero_grad(set_to_none=True)
-    att, t_att = timed(lambda: attribution_deltas(m, corr, clean, met))
-    attr_map = float(att.base_metric.mean()) + att.delta.sum(-1).numpy()
-    r = float(np.corrcoef(attr_map.ravel(), ref.ravel())[0, 1])
-    load_after = load_line()
-
+    med = {n: float(np.median(v)) for n, v in secs.items()}
+    cmed = {n: float(np.median(v)) for n, v in cpus.items()}
+    fwd, cfwd = med[PLAIN], cmed[PLAIN]
+    cost, ccost = med[OURS] / fwd, cmed[OURS] / cfwd
     lines = [
-        "## patching",
+        f"### {name}: {case.description}",
         "",
-        f"Per-head activation patching (denoising, logit difference) of all {L * H} heads of smollm2-135m on "
-        f"{B} IOI prompts x {clean.shape[1]} tokens; float32, CPU ({machine_line()}); no GPU was available. "
-        f"All methods in one process, interleaved (A B C A B C ...): {args.repeats} rounds of the fast ones, "
-        f"the slow ones in the first {args.slow_repeats}; each time is a whole map from scratch (clean run "
-        f"included); medians. One plain forward of the batch: {t_fwd:.3f} s. Machine: {load_before} before, "
-        f"{load_after} after.",
+        f"Recompute floor **{floor['floor_forwards']:.1f}** plain forwards ({floor['layer_stacks']:.1f} layer stacks "
+        f"per prompt from the first changed position {floor['first_change']} on); headatlas took "
+        f"**{cost:.1f}** plain forwards by wall time ({ccost:.1f} by CPU time) = **{cost / floor['floor_forwards']:.2f}x** "
+        f"the floor ({ccost / floor['floor_forwards']:.2f}x by CPU). {args.repeats} rounds; {load_before} before, "
+        f"{load_line()} after.",
         "",
         f"| method | median wall s (runs) | x headatlas (wall) | median CPU s | x headatlas (CPU) "
         f"| max abs diff vs {ref_name.split(' (')[0]} |",
         "|---|---|---|---|---|---|",
     ]
-    for name, _, _ in todo:
-        runs = ", ".join(f"{t:.1f}" for t in secs[name])
-        ratio = "-" if name == ours_name else f"**{med[name] / ours:.2f}x**"
-        cratio = "-" if name == ours_name else f"**{cmed[name] / cours:.2f}x**"
-        lines.append(f"| {name} | {med[name]:.2f} ({runs}) | {ratio} | {cmed[name]:.2f} | {cratio} | {diffs[name]:.1e} |")
-    for line in missing_peers(not args.no_peers):
-        lines.append(f"| {line} | - | - | - | - | - |")
-    lines += [
-        "",
-        f"- Attribution patching (one clean forward, one corrupted forward + backward): {t_att:.3f} s = "
-        f"**{t_att / t_fb:.2f}x** one forward + backward with parameter gradients ({t_fb:.3f} s; target <= 3x). "
-        f"Pearson r with exact patching: **{r:.3f}**.",
-        "- Regenerate: `python bench/bench_patching.py` (peers: `.venv/bin/pip install nnsight==0.8.1 "
-        "transformer-lens==4.3.0`; not project dependencies).",
-    ]
-    text = "\n".join(lines)
-    print(text)
+    for n, group, _ in todo:
+        runs = ", ".join(f"{t:.2f}" for t in secs[n])
+        ratio = "-" if n == OURS else f"**{med[n] / med[OURS]:.2f}x**"
+        cratio = "-" if n == OURS else f"**{cmed[n] / cmed[OURS]:.2f}x**"
+        diff = f"{diffs[n]:.1e}" if n in diffs else "-"
+        lines.append(f"| {n} | {med[n]:.2f} ({runs}) | {ratio} | {cmed[n]:.2f} | {cratio} | {diff} |")
+    lines.append("")
+    summary = {"case": name, "description": case.description, "floor": floor["floor_forwards"], "cost": cost,
+               "ccost": ccost, "nnsight": med[NNSIGHT_BATCHED] / med[OURS] if NNSIGHT_BATCHED in med else None,
+               "cnnsight": cmed[NNSIGHT_BATCHED] / cmed[OURS] if NNSIGHT_BATCHED in cmed else None}
     if args.profile:
-        print(profile_headatlas(m, clean, corr, batch))
-    write_section("patching", text)
+        print(profile_headatlas(m, case))
+    return lines, summary
+
+
+def attribution_line(m) -> str:
+    """Attribution patching on the ioi case vs one forward + backward with parameter gradients."""
+    batch = ioi_batch(m.tokenizer, 2, seed=0)
+    clean, corr = batch.clean_ids.to(m.device), batch.corrupted_ids.to(m.device)
+    met = logit_diff(batch.io_ids.to(m.device), batch.s_ids.to(m.device))
+    with torch.enable_grad():
+        def fwd_bwd():
+            m.model.zero_grad(set_to_none=True)
+            met(m.model(corr).logits).mean().backward()
+            sync(m.device)
+        fwd_bwd()
+        _, t_fb = timed(fwd_bwd)
+        m.model.zero_grad(set_to_none=True)
+    att, t_att = timed(lambda: attribution_deltas(m, corr, clean, met))
+    exact = patching_map(m, clean, corr, batch.io_ids, batch.s_ids).values
+    attr_map = float(att.base_metric.mean()) + att.delta.sum(-1).cpu().numpy()
+    r = float(np.corrcoef(attr_map.ravel(), exact.ravel())[0, 1])
+    return (f"- Attribution patching (ioi case: one clean forward, one corrupted forward + backward): {t_att:.3f} s = "
+            f"**{t_att / t_fb:.2f}x** one forward + backward with parameter gradients ({t_fb:.3f} s; target <= 3x). "
+            f"Pearson r with exact patching: **{r:.3f}**.")
+
+
+def section_head(m, name: str, s: dict, args, gpu: bool) -> list[str]:
+    where = (f"CUDA ({torch.cuda.get_device_name(m.device)}, torch {torch.__version__})" if gpu
+             else f"CPU ({machine_line()})")
+    nn_cell = "not run" if s["nnsight"] is None else f"**{s['nnsight']:.2f}x** ({s['cnnsight']:.2f}x)"
+    return [
+        f"## patching, case {name}" + (" (CUDA)" if gpu else ""),
+        "",
+        f"Per-head activation patching (denoising, logit difference at the last position) of all "
+        f"{m.info.n_layers * m.info.n_heads} heads of {MODEL}; float32, {where}. All methods in one process, "
+        f"interleaved (A B C A B C ...), {args.repeats} round(s), medians; each time is a whole map from scratch "
+        f"(clean run included). **Floor**: the multiply-adds an exact patch cannot avoid (every layer after the "
+        f"patched one, from the first position the patch changes, plus the last position's unembedding), summed "
+        f"over heads and prompts, in plain forwards of the batch (`bench/patching_cases.py`); **cost**: headatlas's "
+        f"time / one plain forward's time, measured in the same rounds.",
+        "",
+        "| case | floor (plain forwards) | headatlas cost, wall (CPU) | cost / floor, wall (CPU) | nnsight batched / headatlas, wall (CPU) |",
+        "|---|---:|---:|---:|---:|",
+        f"| {name}: {s['description']} | {s['floor']:.1f} | {s['cost']:.1f} ({s['ccost']:.1f}) | "
+        f"**{s['cost'] / s['floor']:.2f}x** ({s['ccost'] / s['floor']:.2f}x) | {nn_cell} |",
+        "",
+    ]
+
+
+def section_tail(m, name: str, args, gpu: bool) -> list[str]:
+    tail = [attribution_line(m)] if name == "ioi" else []
+    tail += [f"- {line}" for line in missing_peers(not args.no_peers)]
+    tail.append(f"- Regenerate: `python bench/bench_patching.py --case {name} --repeats {args.repeats} --threads "
+                f"{args.threads}{' --device cuda' if gpu else ''}` (peers: `pip install -e .[bench]`).")
+    return tail
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--case", default="all", help=f"all, or comma-separated cases of {', '.join(CASES)}")
+    ap.add_argument("--prompts", type=int, default=2, help="prompts of the ioi, prefix and firstwords cases")
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds of the fast methods")
+    ap.add_argument("--slow-repeats", type=int, default=0,
+                    help="rounds (the first ones) that also run the slow methods of the ioi case: one pass per head, "
+                         "TransformerLens, nnsight one trace per head; 0 skips them")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (the section goes to patching-<device>.md on a GPU)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--docs", action="store_true", help="also write docs/patching.md and its figure")
+    ap.add_argument("--docs-prompts", type=int, default=8)
+    ap.add_argument("--no-peers", action="store_true", help="skip TransformerLens and nnsight")
+    ap.add_argument("--profile", action="store_true", help="print torch.profiler's top operators of headatlas")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    m = headatlas.load(MODEL, device=args.device)
+    nn = nnsight_model(MODEL, device=args.device) if not args.no_peers and available("nnsight") else None
+    cases = CASES if args.case == "all" else tuple(args.case.split(","))
+    gpu = m.device.type == "cuda"
+    for name in cases:
+        lines, s = run_case(m, name, args, nn)
+        text = "\n".join(section_head(m, name, s, args, gpu) + lines + section_tail(m, name, args, gpu))
+        print(text)
+        write_section(f"patching-{name}" + ("-cuda" if gpu else ""), text)
     if args.docs:
         write_docs(m, args.docs_prompts)
 

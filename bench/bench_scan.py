@@ -180,6 +180,8 @@ def replay(m: Any, calls: list[Call]) -> tuple[float, int]:
             if c.logits_to_keep is not None and not c.decoder_only:
                 kw["logits_to_keep"] = c.logits_to_keep
             (decoder if c.decoder_only else model)(**kw)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return time.perf_counter() - t0, unreplayable
 
 
@@ -191,13 +193,14 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (bench/gpu.sh)")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--section", default="scan", help="RESULTS.md section to write (e.g. 'battery' for --detectors all)")
     ap.add_argument("--title", default="the whole detector battery vs its plain forward passes")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    m = headatlas.load(args.model, device="cpu")
+    m = headatlas.load(args.model, device=args.device)
     with record_forwards(m) as rec:
         t0 = time.perf_counter()
         atlas = headatlas.scan(m, args.detectors, seed=args.seed, quick=args.quick, batch_size=args.batch_size,
@@ -222,7 +225,8 @@ def main() -> None:
     lines = [
         f"## {args.section}: {args.title}",
         "",
-        f"Model `{args.model}` ({m.info.n_layers} x {m.info.n_heads} heads), float32, CPU: {machine_line()}.",
+        f"Model `{args.model}` ({m.info.n_layers} x {m.info.n_heads} heads), float32, "
+        + (f"CUDA: {torch.cuda.get_device_name(m.device)}." if m.device.type == "cuda" else f"CPU: {machine_line()}."),
         f"`headatlas.scan(..., quick={args.quick}, seed={args.seed}, batch_size={args.batch_size})`; every forward the",
         "detectors ran was recorded (input ids, mask, KV-cache length) and replayed through the plain model",
         "(no instrumentation, no scoring, inference mode) in the same order. Ratio = scan time / replay time;",

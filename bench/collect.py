@@ -12,7 +12,8 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["instrument", "scan", "retrieval_memory", "patching"]
+ORDER = ["instrument", "scan", "retrieval_memory", "patching", "patching-ioi", "patching-ioi16", "patching-prefix",
+         "patching-firstwords", "patching-floors", "gating_peer", "probing"]
 
 
 def write_section(name: str, text: str) -> Path:
@@ -45,6 +46,35 @@ def machine_line() -> str:
 
     threads = torch.get_num_threads()
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {threads} threads"
+
+
+def sync(device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously; a CPU needs nothing)."""
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved(todo, repeats: int, device, cpu: dict | None = None) -> tuple[dict, dict]:
+    """Run ``todo`` (``[(name, fn)]``) in interleaved rounds (A B C A B C ...): ``({name: [wall seconds]},
+    {name: the last result})``; a load change on a shared machine then hits every method alike. ``cpu``: a
+    dict to fill with ``{name: [CPU seconds of this process]}`` (the steadier measure on a shared machine)."""
+    import time
+
+    secs: dict = {n: [] for n, _ in todo}
+    out: dict = {}
+    for r in range(repeats):
+        for n, fn in todo:
+            sync(device)
+            t, c = time.perf_counter(), time.process_time()
+            out[n] = fn()
+            sync(device)
+            secs[n].append(time.perf_counter() - t)
+            if cpu is not None:
+                cpu.setdefault(n, []).append(time.process_time() - c)
+            print(f"round {r}: {n}: {secs[n][-1]:.1f} s wall, {time.process_time() - c:.1f} s CPU", flush=True)
+    return secs, out
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -42,11 +42,11 @@ def _value(saved):
     return saved.value if hasattr(saved, "value") else saved
 
 
-def nnsight_model(model_name: str):
+def nnsight_model(model_name: str, device: str = "cpu"):
     """``(LanguageModel, LoadedModel, output projections per layer)`` on a fresh copy of the model."""
     from nnsight import LanguageModel
 
-    m = headatlas.load(model_name, device="cpu")
+    m = headatlas.load(model_name, device=device)
     lm = LanguageModel(m.model, tokenizer=m.tokenizer)
     projs = [getattr(lm.model.layers[layer].self_attn, m.layout.out_proj_name) for layer in range(m.info.n_layers)]
     return lm, m, projs

@@ -85,6 +85,39 @@ def test_gate_fits_are_seeded_frozen_and_shaped(tiny, rep):
     assert a.n_targets == 3 * 6 and "seeds" in a.summary()
 
 
+@pytest.mark.parametrize("kind", ["llama", "gemma3"])
+def test_batched_fits_equal_fits_one_at_a_time(kind):
+    """Seeds and the G-/G+ stages as batch rows of one forward (one gate vector per row) give the same gates,
+    losses and traces as fitting each seed and stage alone, to float tolerance."""
+    m = headatlas.load(tiny_model(kind))
+    rep = repeated_tokens(m.tokenizer, 3, 6, 2, torch.Generator().manual_seed(2))
+    kw = dict(targets=rep.repeat_positions(), n_seeds=3, steps=6, init_steps=3, lam=0.02, seed=1)
+    rows = gate(m, rep.ids, batch_fits=True, **kw)
+    alone = gate(m, rep.ids, batch_fits=False, **kw)
+    for name in ("g_minus", "g_plus", "g_zero", "loss_minus", "loss_plus", "trace_minus"):
+        np.testing.assert_allclose(getattr(rows, name), getattr(alone, name), rtol=0, atol=1e-5, err_msg=name)
+    assert rows.loss_clean == alone.loss_clean
+    assert not np.allclose(rows.g_minus[0], rows.g_minus[1])      # the seeds are different fits
+
+
+def test_fit_losses_per_row_gates_equal_single_runs(tiny, rep):
+    """One forward with F gate vectors as rows == F forwards with one gate vector each (the loss counts
+    only the scored positions, which are the only ones unembedded)."""
+    from headatlas.methods.gating import _fit_losses, _task_loss
+
+    L, H = tiny.info.n_layers, tiny.info.n_heads
+    mask = target_mask(rep.ids, rep.repeat_positions())
+    gates = torch.rand(4, L, H, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        rows = _fit_losses(tiny, rep.ids, mask, gates)
+        alone = torch.stack([_task_loss(tiny, rep.ids, mask, g) for g in gates])
+        logits = tiny.model(rep.ids).logits
+        full = per_prompt_loss(logits, rep.ids, mask, reduce=True)
+    torch.testing.assert_close(rows, alone, rtol=0, atol=1e-5)
+    ones = _task_loss(tiny, rep.ids, mask, torch.ones(L, H))
+    torch.testing.assert_close(ones, full, rtol=0, atol=1e-5)
+
+
 def test_classes_follow_the_two_fits():
     minus = np.array([[0.9, 0.1, 0.1, 0.8]])
     plus = np.array([[0.95, 0.2, 0.9, 0.3]])

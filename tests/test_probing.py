@@ -275,3 +275,51 @@ def test_balanced_accuracy_on_unbalanced_labels():
     assert abs(float(r.null_mean.mean()) - 0.5) < 0.05       # not the 0.75 of always guessing the majority
     assert r.accuracy[0, 1] > 0.85 and r.q[0, 1] <= 0.05
     assert np.allclose(r.correct.mean(1), r.accuracy)
+
+
+def test_tasks_build_probe_data_without_importing_methods():
+    """The labelled-text record lives under tasks/: the statements generator builds it without pulling in
+    methods/ (no upward import, no probing <-> statements circle)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, headatlas.tasks.statements as s; d = s.statement_probe_data(max_pairs=4); "
+            "bad = sorted(k for k in sys.modules if k.startswith(('headatlas.methods', 'headatlas.detectors'))); "
+            "assert not bad, bad; print(type(d).__module__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "headatlas.tasks.labelled"
+
+
+def test_ridge_null_equals_refitting_each_permutation():
+    """The one-product null (float32 scores, counted hits) equals refitting scikit-learn's Ridge per head,
+    fold and permuted label vector, and the default draws are 9,999."""
+    from sklearn.linear_model import Ridge
+
+    from headatlas import stats
+    from headatlas.methods.probe_fit import N_PERM, grouped_folds, permute_labels, probe_correct
+
+    assert N_PERM == stats.N_PERM == 9999
+    rng = np.random.default_rng(5)
+    N, L, H, D = 48, 1, 3, 5
+    x = rng.normal(size=(N, L, H, D)).astype(np.float32)
+    y = np.tile([1, 0], N // 2)
+    g = np.repeat(np.arange(N // 2), 2)
+    x[y == 1, 0, 1] += 0.8
+    correct, null, fold = probe_correct(x, y, g, n_folds=4, n_perm=6, seed=2)
+    perms = permute_labels(y, g, 6, stats.rng_for(2, "probe:permute"))
+    assert np.array_equal(fold, grouped_folds(y, g, 4, 2))
+    for r, lab in enumerate([y] + list(perms)):
+        acc = np.zeros(H)
+        for f in range(4):
+            tr, te = fold != f, fold == f
+            for h in range(H):
+                X = x[:, 0, h].astype(np.float64)
+                Xc = X[tr] - X[tr].mean(0)
+                lam = float(np.trace(Xc.T @ Xc) / D) + 1e-9
+                fit = Ridge(alpha=lam).fit(X[tr], lab[tr])
+                pred = fit.predict(X[te]) > lab[tr].mean()
+                right = pred == (lab[te] == 1)
+                acc[h] += (right * np.where(lab[te] == 1, 0.5 / lab.sum(), 0.5 / (N - lab.sum()))).sum()
+        got = correct.mean(1)[0] if r == 0 else null[r - 1, 0]
+        np.testing.assert_allclose(got, acc, rtol=0, atol=1e-12)

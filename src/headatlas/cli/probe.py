@@ -22,7 +22,7 @@ def probe_cmd(model: str = typer.Argument(DEFAULT_MODEL, help="bundled name, HF 
                                                              "default: the package's true/false statements"),
               position: int = typer.Option(-1, help="token probed in each text (-1: the last token)"),
               folds: int = typer.Option(5, help="grouped cross-validation folds"),
-              n_perm: Optional[int] = typer.Option(None, help="shuffled-label permutations (default 999 ridge, 100 logistic)"),
+              n_perm: Optional[int] = typer.Option(None, help="shuffled-label permutations (default 9999 ridge, 100 logistic)"),
               method: str = typer.Option("ridge", help="ridge (closed form, fast) or logistic (scikit-learn, slow)"),
               top: int = typer.Option(10, help="rows of the top-heads table"),
               seed: int = typer.Option(0),

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..checks import check_count, check_finite, check_seed
+from ..checks import check_bool, check_count, check_finite, check_seed
 from ..errors import InputError, InputTypeError
 from ..instrument import instrumented
 from ..models.loading import LoadedModel
@@ -180,12 +180,30 @@ def per_prompt_loss(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
     return (nll * m).sum(1) / m.sum(1).clamp_min(1.0)
 
 
+def scored_positions(mask: torch.Tensor) -> torch.Tensor:
+    """``[n]`` the positions whose prediction counts for some prompt (``mask [batch, seq - 1]``): the only
+    positions a gate fit unembeds."""
+    return torch.nonzero(mask.any(0))[:, 0]
+
+
+def _fit_losses(m: LoadedModel, ids: torch.Tensor, mask: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+    """``[F]`` mean task loss (nats per target token) of each of ``F`` gate vectors ``gates [F, L, H]``
+    (differentiable), all in one forward: fit ``f`` runs every prompt as batch rows ``f * B .. f * B + B - 1``
+    with its own gates (one gate vector per row), and only the scored positions are unembedded."""
+    F, B = gates.shape[0], ids.shape[0]
+    keep = scored_positions(mask).to(ids.device)
+    rows = ids[:, :int(keep[-1]) + 1].repeat(F, 1)          # [F * B, s]: no position after the last scored one
+    with instrumented(m, edits=gate_edits(gates.repeat_interleave(B, dim=0))):
+        logits = m.model(input_ids=rows, use_cache=False, logits_to_keep=keep).logits   # [F * B, n, V]
+    lp = torch.log_softmax(logits.float(), -1)
+    nll = -lp.gather(-1, ids[:, keep + 1].repeat(F, 1)[..., None])[..., 0]             # [F * B, n]
+    w = mask[:, keep].to(nll.dtype).repeat(F, 1)
+    return (nll * w).reshape(F, -1).sum(1) / w.reshape(F, -1).sum(1)
+
+
 def _task_loss(m: LoadedModel, ids: torch.Tensor, mask: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
     """Mean task loss (nats per target token) of the model with ``gates`` ``[L, H]`` (differentiable)."""
-    first = first_target(mask)
-    with instrumented(m, edits=gate_edits(gates)):
-        logits = m.model(input_ids=ids, use_cache=False, logits_to_keep=ids.shape[1] - first).logits
-    return per_prompt_loss(logits, ids[:, first:], mask[:, first:], reduce=True)
+    return _fit_losses(m, ids, mask, gates[None])[0]
 
 
 def first_target(mask: torch.Tensor) -> int:
@@ -194,22 +212,49 @@ def first_target(mask: torch.Tensor) -> int:
     return int(cols[0]) if cols.numel() else 0
 
 
-def _fit(m: LoadedModel, ids: torch.Tensor, mask: torch.Tensor, logits0: torch.Tensor, *, lam: float, sign: float,
-         steps: int, lr: float) -> tuple[torch.Tensor, float, np.ndarray]:
-    """Adam on the gate logits from ``logits0``: ``(final logits, final task loss, loss trace [steps])``."""
+def _fit_rows(m: LoadedModel, ids: torch.Tensor, mask: torch.Tensor, logits0: torch.Tensor, signs: torch.Tensor, *,
+              lam: float, steps: int, lr: float, final: bool = True) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """Adam on ``F`` independent gate fits at once, from logits ``logits0 [F, L, H]``: fit ``f`` minimises
+    its task loss ``+ signs[f] * lam * sum clip(logit)`` (sign +1: G-, -1: G+, 0: unregularised), its
+    prompts as its own batch rows of one forward (:func:`_fit_losses`). The objective is the sum over fits,
+    so each fit's gradient is its own, and Adam is elementwise: the same fits as one at a time.
+    ``(final logits [F, L, H], final task losses [F] (NaN without ``final``: no forward at the end),
+    loss traces [F, steps])``."""
     theta = logits0.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([theta], lr=lr)
-    trace = np.zeros(steps)
+    sign = signs.to(theta.device, theta.dtype)
+    trace = np.zeros((theta.shape[0], steps))
     for step in range(steps):
         opt.zero_grad(set_to_none=True)
-        nll = _task_loss(m, ids, mask, torch.sigmoid(theta))
-        reg = theta.clamp(-CLIP, CLIP).sum()
-        (nll + sign * lam * reg).backward()
+        nll = _fit_losses(m, ids, mask, torch.sigmoid(theta))                          # [F]
+        reg = theta.clamp(-CLIP, CLIP).sum((1, 2))                                     # [F]
+        (nll + sign * lam * reg).sum().backward()
         opt.step()
-        trace[step] = float(nll.detach())
+        trace[:, step] = nll.detach().cpu().double().numpy()
+    if not final:
+        return theta.detach(), np.full(theta.shape[0], np.nan), trace
     with torch.no_grad():
-        final = float(_task_loss(m, ids, mask, torch.sigmoid(theta)))
-    return theta.detach(), final, trace
+        end = _fit_losses(m, ids, mask, torch.sigmoid(theta)).cpu().double().numpy()
+    return theta.detach(), end, trace
+
+
+def _fit_all(m: LoadedModel, ids: torch.Tensor, mask: torch.Tensor, logits0: torch.Tensor, signs: torch.Tensor, *,
+             lam: float, steps: int, lr: float, fits_per_pass: int, final: bool = True
+             ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """:func:`_fit_rows` over groups of at most ``fits_per_pass`` fits (1: one fit at a time)."""
+    parts = [_fit_rows(m, ids, mask, logits0[s:s + fits_per_pass], signs[s:s + fits_per_pass], lam=lam, steps=steps,
+                       lr=lr, final=final) for s in range(0, logits0.shape[0], fits_per_pass)]
+    return (torch.cat([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+            np.concatenate([p[2] for p in parts]))
+
+
+def fits_per_pass(m: LoadedModel, ids: torch.Tensor, n_fits: int) -> int:
+    """How many gate fits share one forward: all of them while their rows (fits x prompts) stay within
+    the engine's memory estimate for a pass that keeps activations for the backward, else fewer."""
+    from .engine import max_rows
+
+    cap = max(1, max_rows(m, ids.shape[1], last_only=False) // 4)     # the backward keeps ~4x the activations
+    return max(1, min(n_fits, cap // max(1, ids.shape[0])))
 
 
 def _frozen(m: LoadedModel):
@@ -235,7 +280,7 @@ def _frozen(m: LoadedModel):
 
 
 def gate(model: Any, prompts: Prompts, *, targets: Any = None, seed: int = 0, n_seeds: int = 3, steps: int = 60,
-         lam: float = 0.01, lr: float = 0.25, init_steps: int | None = None) -> GateResult:
+         lam: float = 0.01, lr: float = 0.25, init_steps: int | None = None, batch_fits: bool = True) -> GateResult:
     """Fit causal head gates on ``prompts`` (``[batch, seq]`` token ids, or strings of one token length).
 
     - ``targets``: bool ``[seq]`` / ``[batch, seq]`` marking the tokens whose prediction is the task (default:
@@ -243,7 +288,10 @@ def gate(model: Any, prompts: Prompts, *, targets: Any = None, seed: int = 0, n_
     - ``n_seeds`` fits of each kind (seeded start noise; ``seed`` seeds them all);
     - ``steps`` Adam steps (learning rate ``lr``) per G- and G+ fit; the unregularised fit they start from
       takes ``init_steps`` (default ``steps // 2``): ``n_seeds * (init_steps + 2 * steps)`` forward+backward passes;
-    - ``lam`` >= 0: the regulariser's weight (nats per unit clipped logit per head; module docstring).
+    - ``lam`` >= 0: the regulariser's weight (nats per unit clipped logit per head; module docstring);
+    - ``batch_fits``: fit the seeds, and then every seed's G- and G+, as batch rows of one forward per step
+      (one gate vector per row; :func:`fits_per_pass` caps the rows); False fits them one after another
+      (the same gates to float tolerance, slower).
 
     Returns a :class:`GateResult` (gates ``[n_seeds, L, H]`` of both fits, classes, ``to_dataframe()``).
     """
@@ -262,26 +310,28 @@ def gate(model: Any, prompts: Prompts, *, targets: Any = None, seed: int = 0, n_
         raise InputError(f"lam must be >= 0 (its sign is set by the fit: toward 0 or toward 1), got {lam}")
     if lr <= 0:
         raise InputError(f"lr must be > 0, got {lr}")
+    batch_fits = check_bool(batch_fits, "batch_fits")
     L, H = m.info.n_layers, m.info.n_heads
-    g_minus, g_plus, g_zero = (np.zeros((n_seeds, L, H)) for _ in range(3))
-    loss_minus, loss_plus = np.zeros(n_seeds), np.zeros(n_seeds)
-    trace = np.zeros((n_seeds, steps))
     with _frozen(m):
         with torch.no_grad():
             clean = float(_task_loss(m, ids, mask, torch.ones(L, H, device=ids.device)))
         if not math.isfinite(clean):
             raise InputError(f"the model's task loss on these prompts is {clean}; cannot fit gates")
-        for s in range(n_seeds):
-            g = torch.Generator().manual_seed(seed * 1000 + s)
-            start = (INIT_LOGIT + INIT_NOISE * torch.randn(L, H, generator=g)).to(ids.device)
-            base = start
-            if init_steps:
-                base, _, _ = _fit(m, ids, mask, start, lam=0.0, sign=0.0, steps=init_steps, lr=lr)
-            th_m, loss_minus[s], trace[s] = _fit(m, ids, mask, base, lam=lam, sign=1.0, steps=steps, lr=lr)
-            th_p, loss_plus[s], _ = _fit(m, ids, mask, base, lam=lam, sign=-1.0, steps=steps, lr=lr)
-            g_zero[s] = torch.sigmoid(base).cpu().double().numpy()
-            g_minus[s] = torch.sigmoid(th_m).cpu().double().numpy()
-            g_plus[s] = torch.sigmoid(th_p).cpu().double().numpy()
+        starts = torch.stack([INIT_LOGIT + INIT_NOISE * torch.randn(L, H, generator=torch.Generator().manual_seed(
+            seed * 1000 + s)) for s in range(n_seeds)]).to(ids.device)                  # [n_seeds, L, H]
+        per = fits_per_pass(m, ids, 2 * n_seeds) if batch_fits else 1
+        base = starts
+        if init_steps:
+            base, _, _ = _fit_all(m, ids, mask, starts, torch.zeros(n_seeds), lam=0.0, steps=init_steps, lr=lr,
+                                  fits_per_pass=min(per, n_seeds), final=False)
+        # the G- fits (sign +1) and the G+ fits (sign -1) of every seed, as rows of the same passes
+        signs = torch.cat([torch.ones(n_seeds), -torch.ones(n_seeds)])
+        theta, losses, traces = _fit_all(m, ids, mask, torch.cat([base, base]), signs, lam=lam, steps=steps, lr=lr,
+                                         fits_per_pass=per)
+    g_zero = torch.sigmoid(base).cpu().double().numpy()
+    g_minus = torch.sigmoid(theta[:n_seeds]).cpu().double().numpy()
+    g_plus = torch.sigmoid(theta[n_seeds:]).cpu().double().numpy()
+    loss_minus, loss_plus, trace = losses[:n_seeds], losses[n_seeds:], traces[:n_seeds]
     return GateResult(g_minus=g_minus, g_plus=g_plus, g_zero=g_zero, loss_clean=clean, loss_minus=loss_minus,
                       loss_plus=loss_plus, lam=lam, steps=steps, lr=lr, seed=seed, n_prompts=int(ids.shape[0]),
                       n_targets=int(mask.sum()), trace_minus=trace)

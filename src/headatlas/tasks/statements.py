@@ -20,6 +20,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..errors import InputError
+from .labelled import ProbeData
 
 Split = Literal["all", "probe", "heldout"]
 
@@ -143,10 +144,8 @@ def pairs_to_records(pairs: list[StatementPair]) -> tuple[list[str], np.ndarray,
 
 
 def statement_probe_data(tokenizer: Any = None, *, seed: int = 0, n_arithmetic: int = 60, split: Split = "all",
-                         max_pairs: int | None = None) -> Any:
-    """:class:`~headatlas.methods.probing.ProbeData` of the statements (``max_pairs``: keep the first ones)."""
-    from ..methods.probing import ProbeData
-
+                         max_pairs: int | None = None) -> ProbeData:
+    """:class:`~headatlas.tasks.labelled.ProbeData` of the statements (``max_pairs``: keep the first ones)."""
     pairs = statement_pairs(seed=seed, n_arithmetic=n_arithmetic, split=split)
     if max_pairs is not None:
         pairs = pairs[:max_pairs]
