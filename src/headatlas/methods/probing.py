@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from .. import stats
-from ..checks import check_count, check_finite, check_int
+from ..checks import check_binary, check_count, check_finite, check_hashable, check_int, check_integral
 from ..errors import InputError, InputTypeError
 from ..instrument import HeadEdit, Taps, instrumented
 from ..models.loading import LoadedModel
@@ -67,8 +67,8 @@ class ProbeData:
         if labels.shape != (n,) or groups.shape != (n,):
             raise InputError(f"probe data: {n} texts but {labels.shape[0] if labels.ndim else 0} labels and "
                              f"{groups.shape[0] if groups.ndim else 0} groups; give one label and group per text")
-        object.__setattr__(self, "labels", labels.astype(int))
-        object.__setattr__(self, "groups", groups.astype(int))
+        object.__setattr__(self, "labels", check_binary(labels, f"{self.source or 'probe data'}: labels"))
+        object.__setattr__(self, "groups", check_integral(groups, f"{self.source or 'probe data'}: groups"))
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -101,7 +101,7 @@ def probe_data(records: Iterable[dict[str, Any]], *, source: str = "records") ->
             raise InputError(f"{source}: record {i + 1}: label must be 0 or 1, got {label!r:.40}")
         texts.append(text)
         labels.append(int(label))
-        groups.append(r.get("group", f"__item{i}"))
+        groups.append(check_hashable(r.get("group", f"__item{i}"), f"{source}: record {i + 1}: group"))
     data = ProbeData(tuple(texts), np.array(labels, dtype=int), _group_ids(groups), source)
     check_probe_data(data)
     return data
@@ -523,15 +523,21 @@ def probe(model: Any, dataset: Any = None, position: int = -1, *, n_folds: int =
     ``{"text", "label", "group"}`` dicts, or ``None`` for the package's true/false statements
     (:mod:`headatlas.tasks.statements`, each true/false pair one group). ``position``: the token whose
     ``z`` is probed (``-1``: each text's last token). Returns a :class:`ProbeResult`
-    (``.accuracy``, ``.null_mean``, ``.p``, ``.q``, ``.to_dataframe()``, ``.top(k)``, ``.direction``)."""
+    (``.accuracy``, ``.null_mean``, ``.p``, ``.q``, ``.to_dataframe()``, ``.top(k)``, ``.direction``).
+    The settings are checked before the model loads (:func:`headatlas.validate.check_probe_args`: ``n_perm`` at
+    most 100000 ridge / 10000 logistic, and the null's arrays under 2 GiB; ``ridge`` and ``C`` in (0, 1e6])."""
+    from ..validate import check_probe_args, check_probe_size
+
+    check_probe_args(dataset=dataset, position=position, n_folds=n_folds, n_perm=n_perm, method=method, ridge=ridge,
+                     C=C, seed=seed, batch_size=batch_size, progress=progress)
+    data = None if dataset is None else as_probe_data(dataset)   # a bad file fails before the model loads
     m = as_loaded(model)
-    if dataset is None:
+    if data is None:
         from ..tasks.statements import statement_probe_data
 
         data = statement_probe_data(m.tokenizer, seed=seed)
-    else:
-        data = as_probe_data(dataset)
-    batch_size = check_count(batch_size, "batch_size")
+    check_probe_size(n_perm if n_perm is not None else (N_PERM if method == "ridge" else N_PERM_LOGISTIC), len(data),
+                     m.info.n_layers * m.info.n_heads)
     rows = token_rows(m, data.texts)
     pos = resolve_positions(rows, position)
     cap = capture_heads(m, rows, pos, batch_size=batch_size, progress=progress)
@@ -581,9 +587,12 @@ def iti(model: Any, heads: Heads | int, directions: ProbeResult | torch.Tensor |
     ``directions``: a :class:`ProbeResult` (its mass-mean ``direction`` and ``sigma``), or a tensor/array
     ``[L, H, D]`` (normalised to unit length per head, scaled by ``sigma [L, H]`` when given, else used
     as is). ``heads``: ``[(layer, head), ...]`` or an int ``k`` = the top-``k`` heads of the ProbeResult."""
+    from ..validate import check_iti_args, check_shift
+
+    check_iti_args(heads=heads, directions=directions, alpha=alpha, sigma=sigma)
     m = as_loaded(model)
     L, H, D = m.info.n_layers, m.info.n_heads, m.info.d_head
-    alpha = check_finite(alpha, "alpha")
+    alpha = float(alpha)
     if isinstance(directions, ProbeResult):
         if isinstance(heads, int) and not isinstance(heads, bool):
             heads = directions.top(heads)
@@ -605,7 +614,8 @@ def iti(model: Any, heads: Heads | int, directions: ProbeResult | torch.Tensor |
     if isinstance(heads, int) and not isinstance(heads, bool):
         raise InputError("heads=k (top-k) needs a ProbeResult as directions; pass [(layer, head), ...] otherwise")
     hs = check_heads(m, heads)
-    return ITI(m, hs, vec, float(alpha))
+    check_shift(alpha, float(vec.abs().max()) if vec.numel() else 0.0, m.dtype)
+    return ITI(m, hs, vec, alpha)
 
 
 __all__ = ["ITI", "ProbeData", "ProbeResult", "capture_heads", "grouped_folds", "iti", "load_probe_data",
