@@ -519,6 +519,8 @@ def compare(a: Any, b: Any, *, detectors: str | Sequence[str] | None = None, see
     - ``activations``: measure :func:`activation_delta` on the package sentences (one forward per model).
     - ``out``: write the comparison there (:meth:`Comparison.save`).
     - ``progress``: passed to both scans; ``on_step(message)`` is called before each step.
+
+    Every setting is checked before a model loads (:func:`headatlas.validate.check_compare_args`).
     """
     from .scan import scan
     from .validate import check_compare_args
