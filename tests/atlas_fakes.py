@@ -23,6 +23,7 @@ import torch
 from headatlas import stats
 from headatlas.detectors import base
 from headatlas.detectors.base import Detector, DetectorResult, LabelRule, ScanConfig
+from headatlas.detectors.options import Option
 from headatlas.errors import InputError
 from headatlas.instrument import Taps, instrumented
 
@@ -97,14 +98,19 @@ def _boom(m, cfg):
     raise RuntimeError("a bug inside the detector")
 
 
+def _scores_option(name: str) -> Option:
+    return Option(name, "array", None, "the planted scores [n_layers, n_heads] (default: zeros)")
+
+
 _NO_CAUSAL = "a test detector: no behaviour to ablate against"
 FAKES = {
     "fake_prev": Detector("fake_prev", "ICI", "attention pattern", "attention to the previous token", "test", _prev_run,
                           no_causal=_NO_CAUSAL),
     "fake_planted": Detector("fake_planted", "LR", "planted", "scores passed in options", "test", _planted("fake_planted"),
-                             no_causal=_NO_CAUSAL),
+                             no_causal=_NO_CAUSAL, options=(_scores_option("fake_planted"),)),
     "fake_planted_kr": Detector("fake_planted_kr", "KR", "planted", "scores passed in options", "test",
-                                _planted("fake_planted_kr"), no_causal=_NO_CAUSAL),
+                                _planted("fake_planted_kr"), no_causal=_NO_CAUSAL,
+                                options=(_scores_option("fake_planted_kr"),)),
     "fake_skip": Detector("fake_skip", "ICI", "none", "data never fits", "test", _skip, no_causal=_NO_CAUSAL),
     "fake_boom": Detector("fake_boom", "EP", "none", "always fails", "test", _boom, no_causal=_NO_CAUSAL),
 }

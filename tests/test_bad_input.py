@@ -699,3 +699,647 @@ def test_corpus_size():
     """The issue asks for at least 150 cases."""
     total = sum(len(t) for t in (LOAD, EDITS, RECORDER, ABLATE, PATCH, PATH_PATCH, STEER, SCAN, ATLAS, CLI))
     assert total >= 150, total
+
+
+# =================================================================================================================
+# The newer APIs (issue 19): probe, iti, gate, compare / Comparison, sweep, the Atlas queries, load(device_map=...),
+# detector options= and the probe / compare / sweep / scan CLI. Each case is classified: a clear headatlas error
+# (pass), or "RAW:" (another exception escaped), "HANG:" (still running after its time limit) or "SILENT:" (no
+# error at all). While a case runs, the process may map at most 8 GiB more than it holds (RLIMIT_AS): a size that
+# would allocate without bound fails as RAW instead of taking the machine down.
+# =================================================================================================================
+
+import contextlib  # noqa: E402
+import resource  # noqa: E402
+import signal  # noqa: E402
+
+from headatlas.compare import Comparison  # noqa: E402
+from headatlas.methods.probing import ProbeData, probe_features  # noqa: E402
+
+N_ITEMS = 16
+
+
+class Hang(BaseException):
+    """Raised by the alarm inside a case that runs past its limit (a BaseException: no ``except Exception`` in the
+    library swallows it)."""
+
+
+def _vm_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+@contextlib.contextmanager
+def _bounded(seconds: float, headroom: int = 8 * 2**30):
+    """At most ``seconds`` of wall time (Hang) and ``headroom`` more bytes of address space for the block."""
+    def alarm(signum, frame):
+        raise Hang(f"still running after {seconds:g} s")
+
+    old_handler = signal.signal(signal.SIGALRM, alarm)
+    old_limit = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (_vm_bytes() + headroom, old_limit[1]))
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old_handler)
+        resource.setrlimit(resource.RLIMIT_AS, old_limit)
+
+
+def expect_clear(fn: Callable[[], Any], expect: str | None = None, seconds: float = 60) -> HeadAtlasError:
+    """``fn()`` raises a HeadAtlasError (a ValueError or TypeError) with a one-line message containing ``expect``
+    (the argument at fault: checked before any other work); else the test fails with RAW / HANG / SILENT."""
+    try:
+        with _bounded(seconds):
+            fn()
+    except HeadAtlasError as err:
+        assert isinstance(err, (ValueError, TypeError)), f"RAW: {type(err).__name__} is neither ValueError nor TypeError"
+        msg = str(err)
+        assert msg.strip() and "\n" not in msg, f"RAW: message is empty or not one line: {msg!r}"
+        if expect is not None:
+            assert expect in msg, f"ORDER: the error is not about {expect!r} (checked too late?): {msg}"
+        return err
+    except Hang as exc:
+        pytest.fail(f"HANG: {exc}")
+    except Exception as exc:  # noqa: BLE001 - the point of the corpus
+        pytest.fail(f"RAW: {type(exc).__name__}: {str(exc)[:300]}")
+    pytest.fail("SILENT: no error was raised")
+
+
+Case = Callable[[SimpleNamespace], Any]
+
+
+def _cases(table: dict[str, Any]) -> list[Any]:
+    return [pytest.param(name, id=name) for name in table]
+
+
+def _run_case(table: dict[str, Any], name: str, c: SimpleNamespace) -> None:
+    entry = table[name]
+    fn, expect = (entry, None) if callable(entry) else entry
+    expect_clear(lambda: fn(c), expect)
+
+
+# ----- fixtures -----------------------------------------------------------------------------------------------
+
+def _records(n: int = N_ITEMS, **change: Any) -> list[dict[str, Any]]:
+    """Labelled toy texts: balanced labels, pairs of items per group."""
+    recs = [{"text": f"t{3 + i} t{30 - i} t9", "label": i % 2, "group": i // 2} for i in range(n)]
+    for i, r in enumerate(recs):
+        for k, v in change.items():
+            r[k] = v(i) if callable(v) else v
+    return recs
+
+
+def _jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+@pytest.fixture(scope="module")
+def ctx2(ctx) -> SimpleNamespace:
+    """What the newer APIs' cases need on top of ``ctx``: probe data and a ProbeResult, a causal detector of the
+    shipped atlas, comparisons, an atlas of another shape, files for the CLI."""
+    root = ctx.root / "newer"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    labels = np.arange(N_ITEMS) % 2
+    groups = np.arange(N_ITEMS) // 2
+    pr = probe_features(rng.normal(size=(N_ITEMS, 3, 4, 16)), labels, groups, n_perm=19, n_folds=2)
+    causal_name = next(n for n in ctx.atlas.detectors
+                       if ctx.atlas.result(n).causal is not None and ctx.atlas.result(n).causal.ran
+                       and ctx.atlas.result(n).causal.heads)
+    comp = Comparison(ctx.atlas, ctx.atlas)
+    L, H = ctx.atlas.n_layers, ctx.atlas.n_heads
+    comp_w = Comparison(ctx.atlas, ctx.atlas, weight_delta=np.zeros((L, H)))
+    other = Atlas({"name": "other", "n_layers": 2, "n_heads": 2}, {}, {})
+    other_path = root / "other-atlas.json"
+    other.save(other_path)
+    return SimpleNamespace(
+        root=root, pr=pr, labels=labels, groups=groups, causal_name=causal_name, comp=comp, comp_w=comp_w,
+        comp_doc=comp.to_dict(), other_path=other_path, L=L, H=H,
+        good_jsonl=_jsonl(root / "good.jsonl", _records()),
+        label2_jsonl=_jsonl(root / "label2.jsonl", _records(label=lambda i: i % 3)),
+        dict_group_jsonl=_jsonl(root / "dict-group.jsonl", _records(group=lambda i: {"q": i // 2})),
+        no_label_csv=_write_text(root / "nolabel.csv", "text,group\nt3 t4,1\n"),
+    )
+
+
+def _write_text(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+# ----- probe ----------------------------------------------------------------------------------------------------
+
+def _probe(c: SimpleNamespace, dataset: Any = None, **kw: Any) -> Any:
+    kw = {"n_perm": 19, "n_folds": 2, **kw}
+    return headatlas.probe(c.m, _records() if dataset is None else dataset, **kw)
+
+
+def _probe_data(labels: Any, groups: Any = None) -> ProbeData:
+    return ProbeData(tuple(f"t{3 + i} t9" for i in range(N_ITEMS)), labels,
+                     np.arange(N_ITEMS) // 2 if groups is None else groups)
+
+
+PROBE: dict[str, Any] = {
+    "ridge 0": (lambda c: _probe(c, ridge=0), "ridge"),
+    "ridge -1": (lambda c: _probe(c, ridge=-1.0), "ridge"),
+    "ridge NaN": (lambda c: _probe(c, ridge=float("nan")), "ridge"),
+    "ridge '1'": (lambda c: _probe(c, ridge="1"), "ridge"),
+    "C 0 (logistic)": (lambda c: _probe(c, method="logistic", C=0), "C"),
+    "C -1 (logistic)": (lambda c: _probe(c, method="logistic", C=-1.0), "C"),
+    "C NaN (logistic)": (lambda c: _probe(c, method="logistic", C=float("nan")), "C"),
+    "C 'big' (logistic)": (lambda c: _probe(c, method="logistic", C="big"), "C"),
+    "seed 0.5": (lambda c: _probe(c, seed=0.5), "seed"),
+    "seed -1": (lambda c: _probe(c, seed=-1), "seed"),
+    "seed '1'": (lambda c: _probe(c, seed="1"), "seed"),
+    "seed 2**70": (lambda c: _probe(c, seed=2**70), "seed"),
+    "n_perm 10**9 (would allocate 119 GiB)": (lambda c: _probe(c, n_perm=10**9), "n_perm"),
+    "n_perm 0": (lambda c: _probe(c, n_perm=0), "n_perm"),
+    "n_perm 1.5": (lambda c: _probe(c, n_perm=1.5), "n_perm"),
+    "n_perm '99'": (lambda c: _probe(c, n_perm="99"), "n_perm"),
+    "n_folds 1": (lambda c: _probe(c, n_folds=1), "n_folds"),
+    "n_folds 2.5": (lambda c: _probe(c, n_folds=2.5), "n_folds"),
+    "n_folds 10**9": (lambda c: _probe(c, n_folds=10**9), "n_folds"),
+    "method 'lasso'": (lambda c: _probe(c, method="lasso"), "method"),
+    "method None": (lambda c: _probe(c, method=None), "method"),
+    "method ['ridge']": (lambda c: _probe(c, method=["ridge"]), "method"),
+    "position 1.5": (lambda c: _probe(c, position=1.5), "position"),
+    "position 'last'": (lambda c: _probe(c, position="last"), "position"),
+    "position 10**6": lambda c: _probe(c, position=10**6),
+    "position None": (lambda c: _probe(c, position=None), "position"),
+    "two positions for 16 texts": lambda c: _probe(c, position=[0, 1]),
+    "float positions per text": lambda c: _probe(c, position=[1.5] * N_ITEMS),
+    "batch_size 0": (lambda c: _probe(c, batch_size=0), "batch_size"),
+    "batch_size 2.5": (lambda c: _probe(c, batch_size=2.5), "batch_size"),
+    "progress not callable": (lambda c: _probe(c, progress=5), "progress"),
+    "record labels 0/1/2": lambda c: _probe(c, _records(label=lambda i: i % 3)),
+    "ProbeData with labels 0/1/2": lambda c: _probe(c, _probe_data(np.arange(N_ITEMS) % 3)),
+    "ProbeData with labels 0.5": lambda c: _probe(c, _probe_data(np.full(N_ITEMS, 0.5))),
+    "ProbeData with NaN labels": lambda c: _probe(c, _probe_data(np.where(np.arange(N_ITEMS) % 2, 1.0, np.nan))),
+    "ProbeData with string labels": lambda c: _probe(c, _probe_data(np.array(["yes", "no"] * (N_ITEMS // 2)))),
+    "ProbeData with float groups 0.5": lambda c: _probe(c, _probe_data(np.arange(N_ITEMS) % 2,
+                                                                       np.arange(N_ITEMS) / 2)),
+    "one group only": lambda c: _probe(c, _records(group=0)),
+    "a group that is a dict": lambda c: _probe(c, _records(group=lambda i: {"q": i // 2})),
+    "a group that is a list of lists": lambda c: _probe(c, _records(group=lambda i: [[i // 2]])),
+    "dataset a dict": lambda c: _probe(c, {"text": "t3", "label": 1}),
+    "dataset a generator": lambda c: _probe(c, (r for r in _records())),
+    "dataset a folder": lambda c: _probe(c, c.root),
+    "dataset a CSV without a label column": lambda c: _probe(c, c.no_label_csv),
+    "dataset an empty list": lambda c: _probe(c, []),
+    "texts that tokenize to nothing": lambda c: _probe(c, _records(text="hello world")),
+    "a single class": lambda c: _probe(c, _records(label=1)),
+    "text a number": lambda c: _probe(c, _records(text=5)),
+    "model a number": lambda c: headatlas.probe(5, _records()),
+}
+
+
+@pytest.mark.parametrize("case", _cases(PROBE))
+def test_probe(ctx, ctx2, case):
+    _run_case(PROBE, case, SimpleNamespace(**{**vars(ctx), **vars(ctx2)}))
+
+
+# ----- iti ------------------------------------------------------------------------------------------------------
+
+def _iti(c: SimpleNamespace, heads: Any = ((1, 1),), directions: Any = None, alpha: Any = 5.0, **kw: Any) -> Any:
+    return headatlas.iti(c.m, heads, c.dirs if directions is None else directions, alpha, **kw)
+
+
+def _with(t: torch.Tensor, index: tuple, value: float) -> torch.Tensor:
+    t = t.clone()
+    t[index] = value
+    return t
+
+
+ITI: dict[str, Any] = {
+    "alpha NaN": lambda c: _iti(c, alpha=float("nan")),
+    "alpha '15'": lambda c: _iti(c, alpha="15"),
+    "alpha inf": lambda c: _iti(c, alpha=float("inf")),
+    "alpha 1e300 (inf in float32)": lambda c: _iti(c, alpha=1e300),
+    "NaN in the directions": lambda c: _iti(c, directions=_with(c.dirs, (1, 1, 0), float("nan"))),
+    "inf in the directions": lambda c: _iti(c, directions=_with(c.dirs, (1, 1, 0), float("inf"))),
+    "directions of the wrong shape": lambda c: _iti(c, directions=torch.zeros(3, 4, 7)),
+    "directions a list": lambda c: _iti(c, directions=[[0.0]]),
+    "directions of strings": lambda c: _iti(c, directions=np.full((3, 4, 16), "a")),
+    "complex directions": lambda c: _iti(c, directions=c.dirs.numpy() * 1j),
+    "sigma of the wrong shape": lambda c: _iti(c, sigma=np.ones(3)),
+    "NaN sigma": lambda c: _iti(c, sigma=np.full((3, 4), np.nan)),
+    "negative sigma": lambda c: _iti(c, sigma=-np.ones((3, 4))),
+    "sigma a string": lambda c: _iti(c, sigma="wide"),
+    "sigma with a ProbeResult (ignored)": lambda c: _iti(c, 2, c.pr, sigma=np.ones((3, 4))),
+    "top-k 0": lambda c: _iti(c, 0, c.pr),
+    "top-k beyond the heads": lambda c: _iti(c, 100, c.pr),
+    "top-k -1": lambda c: _iti(c, -1, c.pr),
+    "top-k with tensor directions": lambda c: _iti(c, 2),
+    "head beyond the model": lambda c: _iti(c, [(9, 0)]),
+    "heads a string": lambda c: _iti(c, "L1H1"),
+    "float head": lambda c: _iti(c, [(0.5, 1)]),
+    "ITI.generate of 0 tokens": lambda c: _iti(c).generate(P, 0),
+    "ITI.logits of an empty prompt": lambda c: _iti(c).logits(""),
+    "model a number": lambda c: headatlas.iti(5, [(1, 1)], c.dirs),
+}
+
+
+@pytest.mark.parametrize("case", _cases(ITI))
+def test_iti(ctx, ctx2, case):
+    _run_case(ITI, case, SimpleNamespace(**{**vars(ctx), **vars(ctx2)}))
+
+
+# ----- gate -----------------------------------------------------------------------------------------------------
+
+def _gate(c: SimpleNamespace, prompts: Any = None, **kw: Any) -> Any:
+    kw = {"steps": 2, "n_seeds": 1, **kw}
+    return headatlas.gate(c.m, c.ids if prompts is None else prompts, **kw)
+
+
+GATE: dict[str, Any] = {
+    "seed 0.5": (lambda c: _gate(c, seed=0.5), "seed"),
+    "seed 2**62 (seed * 1000 overflows a generator seed)": (lambda c: _gate(c, seed=2**62), "seed"),
+    "n_seeds 10**6": (lambda c: _gate(c, n_seeds=10**6), "n_seeds"),
+    "steps 10**9": (lambda c: _gate(c, steps=10**9), "steps"),
+    "lam 1e300 (inf in float32)": (lambda c: _gate(c, lam=1e300), "lam"),
+    "lam inf": (lambda c: _gate(c, lam=float("inf")), "lam"),
+    "lam '0.01'": (lambda c: _gate(c, lam="0.01"), "lam"),
+    "lr -1": (lambda c: _gate(c, lr=-1.0), "lr"),
+    "lr NaN": (lambda c: _gate(c, lr=float("nan")), "lr"),
+    "init_steps -1": (lambda c: _gate(c, init_steps=-1), "init_steps"),
+    "init_steps 2.5": (lambda c: _gate(c, init_steps=2.5), "init_steps"),
+    "n_seeds 0": (lambda c: _gate(c, n_seeds=0), "n_seeds"),
+    "steps True": (lambda c: _gate(c, steps=True), "steps"),
+    "targets a string": lambda c: _gate(c, targets="last"),
+    "targets a float mask": lambda c: _gate(c, targets=torch.ones(7)),
+    "targets of the wrong length": lambda c: _gate(c, targets=torch.ones(3, dtype=torch.bool)),
+    "targets marking only the first token": lambda c: _gate(c, targets=torch.arange(7) == 0),
+    "targets a list of ints": lambda c: _gate(c, targets=[1, 0, 1, 0, 1, 0, 1]),
+    "targets ragged lists": lambda c: _gate(c, targets=[[True, False], [True]]),
+    "no prompts": lambda c: _gate(c, []),
+    "a one-token prompt": lambda c: _gate(c, torch.tensor([[3]])),
+    "prompts a number": lambda c: _gate(c, 5),
+    "float token ids": lambda c: _gate(c, torch.ones(1, 4)),
+    "prompts of different lengths": lambda c: _gate(c, [P, "t3 t4"]),
+    "model a number": lambda c: headatlas.gate(5, P),
+}
+
+
+@pytest.mark.parametrize("case", _cases(GATE))
+def test_gate(ctx, ctx2, case):
+    _run_case(GATE, case, SimpleNamespace(**{**vars(ctx), **vars(ctx2)}))
+
+
+# ----- compare / Comparison -------------------------------------------------------------------------------------
+
+MISSING = "/no/such/model/anywhere"
+
+
+def _compare(c: SimpleNamespace, a: Any = MISSING, b: Any = MISSING, **kw: Any) -> Any:
+    """Bad settings with a missing model: the settings must be refused first (before any model loads)."""
+    kw = {"detectors": "previous_token", "quick": True, **kw}
+    return headatlas.compare(a, b, **kw)
+
+
+def _comp_doc(c: SimpleNamespace, change: Callable[[dict], Any]) -> dict:
+    doc = copy.deepcopy(c.comp_doc)
+    change(doc)
+    return doc
+
+
+def _causal_doc(c: SimpleNamespace, **fields: Any) -> dict:
+    """The shipped atlas as a dict with fields of its first causal check changed."""
+    doc = copy.deepcopy(c.atlas_doc)
+    entry = next(e for e in doc["detectors"] if e["meta"]["name"] == c.causal_name)
+    entry["result"]["causal"].update(fields)
+    return doc
+
+
+COMPARE: dict[str, Any] = {
+    "a is a number": lambda c: headatlas.compare(5, 6),
+    "batch_size 0": (lambda c: _compare(c, batch_size=0), "batch_size"),
+    "n_prompts 0": (lambda c: _compare(c, n_prompts=0), "n_prompts"),
+    "an unknown option": (lambda c: _compare(c, options={"nope": 1}), "nope"),
+    "progress 5": (lambda c: _compare(c, progress=5), "progress"),
+    "on_step 5": (lambda c: _compare(c, on_step=5), "on_step"),
+    "detectors 5": (lambda c: _compare(c, detectors=5), "detector"),
+    "seed 0.5": (lambda c: _compare(c, seed=0.5), "seed"),
+    "quick 'yes'": (lambda c: _compare(c, quick="yes"), "quick"),
+    "activations 'no'": (lambda c: _compare(c, activations="no"), "activations"),
+    "causal 1": (lambda c: _compare(c, causal=1), "causal"),
+    "out is a file": (lambda c: _compare(c, out=c.a_file), "a-file"),
+    "device tpu": (lambda c: _compare(c, device="tpu"), "tpu"),
+    "dtype float8": (lambda c: _compare(c, dtype="float8"), "float8"),
+    "base_a for a model that is not an adapter": lambda c: headatlas.compare(c.m, c.m, base_a=c.m),
+    "an atlas and a model": lambda c: headatlas.compare(GEMMA_ATLAS, c.m),
+    "atlases of different shapes": lambda c: headatlas.compare(GEMMA_ATLAS, c.other_path),
+    "two atlases, a detector neither holds": lambda c: headatlas.compare(GEMMA_ATLAS, GEMMA_ATLAS,
+                                                                         detectors="previous_token_xyz"),
+    "two atlases, a registered detector neither holds": lambda c: headatlas.compare(c.other_path, c.other_path,
+                                                                                    detectors="induction"),
+    "a missing atlas file": lambda c: headatlas.compare(c.root / "none.json", GEMMA_ATLAS),
+    "Comparison(5, atlas)": lambda c: Comparison(5, c.atlas),
+    "Comparison with fdr 2": lambda c: Comparison(c.atlas, c.atlas, fdr=2.0),
+    "Comparison with fdr NaN": lambda c: Comparison(c.atlas, c.atlas, fdr=float("nan")),
+    "Comparison with a weight delta of the wrong shape": lambda c: Comparison(c.atlas, c.atlas,
+                                                                              weight_delta=np.zeros((2, 2))),
+    "Comparison with weight parts of an unknown projection": lambda c: Comparison(
+        c.atlas, c.atlas, weight_parts={"x": np.zeros((c.L, c.H))}),
+    "Comparison with notes a string": lambda c: Comparison(c.atlas, c.atlas, notes="a note"),
+    "Comparison.load of a missing file": lambda c: Comparison.load(c.root / "no-comparison.json"),
+    "Comparison.load of an atlas file": lambda c: Comparison.load(GEMMA_ATLAS),
+    "stored changes naming L99H0": lambda c: Comparison.from_dict(_comp_doc(
+        c, lambda d: d["changes"][next(iter(d["changes"]))]["gained"].append([99, 0]))),
+    "stored changes of a detector neither atlas holds": lambda c: Comparison.from_dict(_comp_doc(
+        c, lambda d: d["changes"].__setitem__("nope", {"gained": [], "lost": [], "kept": [], "significant": []}))),
+    "stored fdr 5": lambda c: Comparison.from_dict(_comp_doc(c, lambda d: d.__setitem__("fdr", 5.0))),
+    "stored negative weight delta": lambda c: Comparison.from_dict(_comp_doc(
+        c, lambda d: d.__setitem__("weight_delta", {"__ndarray__": {"dtype": "float64", "shape": [c.L, c.H],
+                                                                    "data": [-1.0] * (c.L * c.H)}}))),
+    "stored causal check on L99H0": lambda c: Comparison.from_dict(_comp_doc(
+        c, lambda d: d.__setitem__("a", _causal_doc(c, heads=[[99, 0]])))),
+    "Comparison.from_dict of a list": lambda c: Comparison.from_dict([1, 2]),
+    "test() of a list": lambda c: c.comp.test(["x"]),
+    "test() of an unknown detector": lambda c: c.comp.test("nope"),
+    "summary(top=-1)": lambda c: c.comp_w.summary(top=-1),
+    "summary(top='5')": lambda c: c.comp_w.summary(top="5"),
+    "top_weight_heads(1.5)": lambda c: c.comp_w.top_weight_heads(1.5),
+    "save onto a file": lambda c: c.comp.save(c.a_file),
+}
+
+
+@pytest.mark.parametrize("case", _cases(COMPARE))
+def test_compare(ctx, ctx2, case):
+    _run_case(COMPARE, case, SimpleNamespace(**{**vars(ctx), **vars(ctx2)}))
+
+
+# ----- sweep ----------------------------------------------------------------------------------------------------
+
+def _sweep(c: SimpleNamespace, specs: Any = None, **kw: Any) -> Any:
+    kw = {"detectors": "previous_token", "out": c.root / "sweep-out", "quick": True, "n_prompts": 4, **kw}
+    return headatlas.sweep([str(c.model_dir)] if specs is None else specs, **kw)
+
+
+SWEEP: dict[str, Any] = {
+    "out is a file": lambda c: _sweep(c, out=c.a_file),
+    "out under a file": lambda c: _sweep(c, out=c.a_file / "sub"),
+    "out under /proc": lambda c: _sweep(c, out="/proc/headatlas-sweep"),
+    "out a number": lambda c: _sweep(c, out=5),
+    "seeds 0.5": (lambda c: _sweep(c, seeds=0.5), "seeds"),
+    "seeds None": (lambda c: _sweep(c, seeds=None), "seeds"),
+    "seeds a billion-wide range": (lambda c: _sweep(c, seeds="0-999999999"), "seeds"),
+    "seed 2**70": (lambda c: _sweep(c, seeds=2**70), "seed"),
+    "seed 0 twice": (lambda c: _sweep(c, seeds="0,0"), "seed"),
+    "the same spec twice": lambda c: _sweep(c, [str(c.model_dir), str(c.model_dir)]),
+    "specs a number": lambda c: _sweep(c, 5),
+    "no specs": lambda c: _sweep(c, []),
+    "cpus_per_task NaN": (lambda c: _sweep(c, cpus_per_task=float("nan")), "cpus_per_task"),
+    "cpus_per_task beyond the local cluster": (lambda c: _sweep(c, cpus_per_task=1000, num_cpus=2), "cpus_per_task"),
+    "gpus_per_task NaN": (lambda c: _sweep(c, gpus_per_task=float("nan")), "gpus_per_task"),
+    "gpus_per_task -1": (lambda c: _sweep(c, gpus_per_task=-1), "gpus_per_task"),
+    "num_cpus 0": (lambda c: _sweep(c, num_cpus=0), "num_cpus"),
+    "num_cpus 1.5": (lambda c: _sweep(c, num_cpus=1.5), "num_cpus"),
+    "batch_size '8'": (lambda c: _sweep(c, batch_size="8"), "batch_size"),
+    "n_prompts 0": (lambda c: _sweep(c, n_prompts=0), "n_prompts"),
+    "quick 'yes'": (lambda c: _sweep(c, quick="yes"), "quick"),
+    "resume 'no'": (lambda c: _sweep(c, resume="no"), "resume"),
+    "progress 5": (lambda c: _sweep(c, progress=5), "progress"),
+    "device tpu": (lambda c: _sweep(c, device="tpu"), "tpu"),
+    "dtype float8": (lambda c: _sweep(c, dtype="float8"), "float8"),
+    "device_map 'everywhere'": (lambda c: _sweep(c, device_map="everywhere"), "device_map"),
+    "max_memory without device_map": (lambda c: _sweep(c, max_memory={"cpu": "1GiB"}), "max_memory"),
+    "offload_folder a file": (lambda c: _sweep(c, device_map="auto", offload_folder=c.a_file), "offload_folder"),
+    "address ''": (lambda c: _sweep(c, address=""), "address"),
+    "address 5": (lambda c: _sweep(c, address=5), "address"),
+    "an unknown detector": (lambda c: _sweep(c, detectors="nope"), "nope"),
+}
+
+
+@pytest.mark.parametrize("case", _cases(SWEEP))
+def test_sweep(ctx, ctx2, case, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)   # a relative out= lands here
+    _run_case(SWEEP, case, SimpleNamespace(**{**vars(ctx), **vars(ctx2)}))
+
+
+# ----- Atlas queries and stored causal checks ---------------------------------------------------------------------
+
+def _first(c: SimpleNamespace) -> str:
+    return c.atlas.detectors[0]
+
+
+QUERIES: dict[str, Any] = {
+    "result(['x'])": lambda c: c.atlas.result(["x"]),
+    "scores(5)": lambda c: c.atlas.scores(5),
+    "p_values({})": lambda c: c.atlas.p_values({}),
+    "q_values(None)": lambda c: c.atlas.q_values(None),
+    "causal(['x'])": lambda c: c.atlas.causal(["x"]),
+    "labelled(['x'])": lambda c: c.atlas.labelled(["x"]),
+    "labelled(status='bogus')": lambda c: c.atlas.labelled(_first(c), status="bogus"),
+    "labelled(status=5)": lambda c: c.atlas.labelled(_first(c), status=5),
+    "labelled(status=['confirmed', 5])": lambda c: c.atlas.labelled(_first(c), status=["confirmed", 5]),
+    "labelled(status=[])": lambda c: c.atlas.labelled(_first(c), status=[]),
+    "labelled(status={'confirmed': 1})": lambda c: c.atlas.labelled(_first(c), status={"confirmed": 1}),
+    "label_status(['x'], 0, 0)": lambda c: c.atlas.label_status(["x"], 0, 0),
+    "label_status of head 99": lambda c: c.atlas.label_status(_first(c), 99, 0),
+    "status_counts(['x'])": lambda c: c.atlas.status_counts(["x"]),
+    "evidence(['x'], 0, 0)": lambda c: c.atlas.evidence(["x"], 0, 0),
+    "evidence(name, 0, 'a')": lambda c: c.atlas.evidence(_first(c), 0, "a"),
+    "top_heads(['x'])": lambda c: c.atlas.top_heads(["x"]),
+    "top_heads(k=True)": lambda c: c.atlas.top_heads(_first(c), True),
+    "top_heads(labelled_only='no')": lambda c: c.atlas.top_heads(_first(c), 3, labelled_only="no"),
+    "stages(status='bogus')": lambda c: c.atlas.stages(status="bogus"),
+    "stages(status=5)": lambda c: c.atlas.stages(status=5),
+    "stage_heads(status=None)": lambda c: c.atlas.stage_heads(status=None),
+    "stage_grid(status=['x'])": lambda c: c.atlas.stage_grid(status=["x"]),
+    "summary(top=-1)": lambda c: c.atlas.summary(top=-1),
+    "summary(top='3')": lambda c: c.atlas.summary(top="3"),
+    "circuit('nope')": lambda c: c.atlas.circuit("nope"),
+    "circuit(['ioi'])": lambda c: c.atlas.circuit(["ioi"]),
+    "head(-1, 0)": lambda c: c.atlas.head(-1, 0),
+    "a stored causal check on L99H0": lambda c: Atlas.from_dict(_causal_doc(c, heads=[[99, 0]])),
+    "a stored random set outside the model": lambda c: Atlas.from_dict(_causal_doc(c, random_sets=[[[0, 99]]])),
+    "a stored causal check expecting 'sideways'": lambda c: Atlas.from_dict(_causal_doc(c, expected="sideways")),
+    "a stored causal p-value of 5": lambda c: Atlas.from_dict(_causal_doc(c, p_value=5.0)),
+    "a stored causal check of -3 prompts": lambda c: Atlas.from_dict(_causal_doc(c, n_prompts=-3)),
+    "a stored causal check with heads [[1]]": lambda c: Atlas.from_dict(_causal_doc(c, heads=[[1]])),
+}
+
+
+@pytest.mark.parametrize("case", _cases(QUERIES))
+def test_queries(ctx, ctx2, case):
+    _run_case(QUERIES, case, SimpleNamespace(**{**vars(ctx), **vars(ctx2)}))
+
+
+# ----- load(device_map=...) -------------------------------------------------------------------------------------
+
+def _placed(c: SimpleNamespace, **kw: Any) -> Any:
+    return headatlas.load(_pair(c), **kw)
+
+
+PLACEMENT: dict[str, Any] = {
+    "device_map 5": lambda c: _placed(c, device_map=5),
+    "device_map a list": lambda c: _placed(c, device_map=[("", "cpu")]),
+    "device_map {'': 'tpu'}": lambda c: _placed(c, device_map={"": "tpu"}),
+    "device_map {'': -1}": lambda c: _placed(c, device_map={"": -1}),
+    "device_map {'': 1.5}": lambda c: _placed(c, device_map={"": 1.5}),
+    "device_map {'': 'cuda:x'}": lambda c: _placed(c, device_map={"": "cuda:x"}),
+    "device_map {5: 'cpu'}": lambda c: _placed(c, device_map={5: "cpu"}),
+    "device_map {}": lambda c: _placed(c, device_map={}),
+    "device_map ''": lambda c: _placed(c, device_map=""),
+    "device_map naming a module the model lacks": lambda c: _placed(c, device_map={"nope": "cpu"}),
+    "device_map leaving parameters unplaced": lambda c: _placed(c, device_map={"model.embed_tokens": "cpu"}),
+    "device_map and device": lambda c: _placed(c, device_map="auto", device="cpu"),
+    "max_memory without device_map": lambda c: _placed(c, max_memory={"cpu": "1GiB"}),
+    "max_memory 'lots'": lambda c: _placed(c, device_map="auto", max_memory={"cpu": "lots"}),
+    "max_memory a float": lambda c: _placed(c, device_map="auto", max_memory={"cpu": 1.5}),
+    "max_memory '1e400GiB'": lambda c: _placed(c, device_map="auto", max_memory={"cpu": "1e400GiB"}),
+    "max_memory key 'gpu'": lambda c: _placed(c, device_map="auto", max_memory={"gpu": "1GiB"}),
+    "max_memory a list": lambda c: _placed(c, device_map="auto", max_memory=["1GiB"]),
+    "max_memory 0 bytes": lambda c: _placed(c, device_map="auto", max_memory={"cpu": 0}),
+    "offload_folder a file": lambda c: _placed(c, device_map={"": "disk"}, offload_folder=c.a_file),
+    "offload_folder under a file": lambda c: _placed(c, device_map={"": "disk"}, offload_folder=c.a_file / "sub"),
+    "offload_folder under /proc": lambda c: _placed(c, device_map={"": "disk"}, offload_folder="/proc/headatlas-off"),
+    "offload_folder a number": lambda c: _placed(c, device_map={"": "disk"}, offload_folder=5),
+    "'disk' without offload_folder": lambda c: _placed(c, device_map={"": "disk"}),
+    "a 1-byte budget and no offload_folder": lambda c: _placed(c, device_map="auto", max_memory={"cpu": 1}),
+}
+
+
+@pytest.mark.parametrize("case", _cases(PLACEMENT))
+def test_placement(ctx, ctx2, case):
+    _run_case(PLACEMENT, case, SimpleNamespace(**{**vars(ctx), **vars(ctx2)}))
+
+
+# ----- detector options -----------------------------------------------------------------------------------------
+
+def _opt(c: SimpleNamespace, options: Any, detectors: str = "previous_token") -> Any:
+    return headatlas.scan(c.m, detectors, quick=True, options=options, causal=False)
+
+
+OPTIONS: dict[str, Any] = {
+    "an unknown option": (lambda c: _opt(c, {"nope": 1}), "nope"),
+    "an option of a detector the scan does not run": (lambda c: _opt(c, {"mcqa_topic": "colors"}), "mcqa_topic"),
+    "window '3'": (lambda c: _opt(c, {"window": "3"}), "window"),
+    "window 3.7": (lambda c: _opt(c, {"window": 3.7}), "window"),
+    "window 0": (lambda c: _opt(c, {"window": 0}), "window"),
+    "window 10**9": (lambda c: _opt(c, {"window": 10**9}), "window"),
+    "window None": (lambda c: _opt(c, {"window": None}), "window"),
+    "block_len -5": (lambda c: _opt(c, {"block_len": -5}), "block_len"),
+    "block_len shorter than the window": (lambda c: _opt(c, {"window": 8, "block_len": 9}), "block_len"),
+    "block_len True": (lambda c: _opt(c, {"block_len": True}), "block_len"),
+    "mover_patching 'fast'": (lambda c: _opt(c, {"mover_patching": "fast"}, "name_mover"), "mover_patching"),
+    "mcqa_topic 'history'": (lambda c: _opt(c, {"mcqa_topic": "history"}, "amplification"), "mcqa_topic"),
+    "mcqa_shots 'three'": (lambda c: _opt(c, {"mcqa_shots": "three"}, "amplification"), "mcqa_shots"),
+    "mcqa_shots 20": (lambda c: _opt(c, {"mcqa_shots": 20}, "amplification"), "mcqa_shots"),
+    "mcqa_options 7": (lambda c: _opt(c, {"mcqa_options": 7}, "amplification"), "mcqa_options"),
+    "mcqa_require_skill 'no'": (lambda c: _opt(c, {"mcqa_require_skill": "no"}, "amplification"),
+                                "mcqa_require_skill"),
+    "mcqa_patching 'no'": (lambda c: _opt(c, {"mcqa_patching": "no"}, "constant"), "mcqa_patching"),
+    "retrieval_lengths 5": (lambda c: _opt(c, {"retrieval_lengths": 5}, "retrieval"), "retrieval_lengths"),
+    "retrieval_lengths []": (lambda c: _opt(c, {"retrieval_lengths": []}, "retrieval"), "retrieval_lengths"),
+    "retrieval_lengths ['a']": (lambda c: _opt(c, {"retrieval_lengths": ["a"]}, "retrieval"), "retrieval_lengths"),
+    "retrieval_lengths [10**9]": (lambda c: _opt(c, {"retrieval_lengths": [10**9]}, "retrieval"),
+                                  "retrieval_lengths"),
+    "retrieval_prompts 0": (lambda c: _opt(c, {"retrieval_prompts": 0}, "retrieval"), "retrieval_prompts"),
+    "retrieval_prompts 1.5": (lambda c: _opt(c, {"retrieval_prompts": 1.5}, "retrieval"), "retrieval_prompts"),
+    "retrieval_distractors 0": (lambda c: _opt(c, {"retrieval_distractors": 0}, "retrieval"),
+                                "retrieval_distractors"),
+    "min_recall 2": (lambda c: _opt(c, {"min_recall": 2}, "retrieval"), "min_recall"),
+    "min_recall NaN": (lambda c: _opt(c, {"min_recall": float("nan")}, "retrieval"), "min_recall"),
+    "options as pairs": (lambda c: _opt(c, [("window", 3)]), "options"),
+    "an option key that is a number": (lambda c: _opt(c, {1: 2}), "option"),
+    "a bad option fails before the model loads": (lambda c: headatlas.scan(MISSING, "previous_token",
+                                                                           options={"window": -1}), "window"),
+}
+
+
+@pytest.mark.parametrize("case", _cases(OPTIONS))
+def test_options(ctx, ctx2, case):
+    _run_case(OPTIONS, case, SimpleNamespace(**{**vars(ctx), **vars(ctx2)}))
+
+
+# ----- the CLI of the newer commands ----------------------------------------------------------------------------
+
+def _probe_cli(c: SimpleNamespace, *extra: Any) -> list[Any]:
+    return ["probe", c.model_dir, "--data", c.good_jsonl, "--out", c.root / "probe-out", *extra]
+
+
+def _compare_cli(c: SimpleNamespace, *extra: Any, a: Any = None, b: Any = None) -> list[Any]:
+    return ["compare", a or c.model_dir, b or c.model_dir, "-d", "previous_token", "--quick",
+            "--out", c.root / "compare-out", *extra]
+
+
+def _sweep_cli(c: SimpleNamespace, *extra: Any) -> list[Any]:
+    return ["sweep", c.model_dir, "-d", "previous_token", "--quick", "--n-prompts", 4,
+            "--out", c.root / "sweep-cli", *extra]
+
+
+def _scan_cli(c: SimpleNamespace, *extra: Any) -> list[Any]:
+    return ["scan", c.model_dir, "-d", "previous_token", "--quick", "--out", c.root / "scan-cli", *extra]
+
+
+CLI_NEW: dict[str, Callable[[SimpleNamespace], list[Any]]] = {
+    "probe --n-perm 10**9": lambda c: _probe_cli(c, "--n-perm", 10**9),
+    "probe --n-perm 0": lambda c: _probe_cli(c, "--n-perm", 0),
+    "probe --method lasso": lambda c: _probe_cli(c, "--method", "lasso"),
+    "probe --folds 1": lambda c: _probe_cli(c, "--folds", 1),
+    "probe --data missing": lambda c: ["probe", c.model_dir, "--data", c.root / "none.jsonl"],
+    "probe --data a folder": lambda c: ["probe", c.model_dir, "--data", c.root],
+    "probe --out a file": lambda c: ["probe", c.model_dir, "--data", c.good_jsonl, "--out", c.a_file],
+    "probe --position 1000": lambda c: _probe_cli(c, "--position", 1000),
+    "probe --data with label 2": lambda c: ["probe", c.model_dir, "--data", c.label2_jsonl],
+    "probe --data with a dict group": lambda c: ["probe", c.model_dir, "--data", c.dict_group_jsonl],
+    "probe --seed -1": lambda c: _probe_cli(c, "--seed", -1),
+    "probe --top 0": lambda c: _probe_cli(c, "--top", 0),
+    "compare --out a file": lambda c: ["compare", c.model_dir, c.model_dir, "--out", c.a_file],
+    "compare --batch-size 0": lambda c: _compare_cli(c, "--batch-size", 0),
+    "compare -d nope": lambda c: ["compare", c.model_dir, c.model_dir, "-d", "nope", "--out", c.root / "co"],
+    "compare a missing model": lambda c: _compare_cli(c, a=c.root / "absent"),
+    "compare --base-a for a model that is not an adapter": lambda c: _compare_cli(c, "--base-a", c.model_dir),
+    "compare an atlas and a model": lambda c: _compare_cli(c, a=GEMMA_ATLAS),
+    "compare atlases of different shapes": lambda c: _compare_cli(c, a=GEMMA_ATLAS, b=c.other_path),
+    "compare --seed -1": lambda c: _compare_cli(c, "--seed", -1),
+    "compare --device tpu": lambda c: _compare_cli(c, "--device", "tpu"),
+    "sweep --out a file": lambda c: ["sweep", c.model_dir, "-d", "previous_token", "--out", c.a_file],
+    "sweep --seeds x": lambda c: _sweep_cli(c, "--seeds", "x"),
+    "sweep --seeds 0-999999999": lambda c: _sweep_cli(c, "--seeds", "0-999999999"),
+    "sweep --cpus-per-task nan": lambda c: _sweep_cli(c, "--cpus-per-task", "nan"),
+    "sweep --cpus-per-task 1000": lambda c: _sweep_cli(c, "--cpus-per-task", 1000, "--num-cpus", 2),
+    "sweep --device-map '{bad'": lambda c: _sweep_cli(c, "--device-map", "{bad"),
+    "sweep --max-memory 0=": lambda c: _sweep_cli(c, "--device-map", "auto", "--max-memory", "0="),
+    "sweep --num-cpus 0": lambda c: _sweep_cli(c, "--num-cpus", 0),
+    "sweep --batch-size 0": lambda c: _sweep_cli(c, "--batch-size", 0),
+    "sweep the same model twice": lambda c: _sweep_cli(c, c.model_dir),
+    "sweep --device tpu": lambda c: _sweep_cli(c, "--device", "tpu"),
+    "sweep --gpus-per-task -1": lambda c: _sweep_cli(c, "--gpus-per-task", -1),
+    "scan --option nope=1": lambda c: _scan_cli(c, "--option", "nope=1"),
+    "scan --option window=x": lambda c: _scan_cli(c, "--option", "window=x"),
+    "scan --option window": lambda c: _scan_cli(c, "--option", "window"),
+    "scan --option window=0": lambda c: _scan_cli(c, "--option", "window=0"),
+    "scan --option mcqa_topic=colors (not run)": lambda c: _scan_cli(c, "--option", "mcqa_topic=colors"),
+}
+
+
+@pytest.mark.parametrize("case", _cases(CLI_NEW))
+def test_cli_new(ctx, ctx2, case, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = [str(a) for a in CLI_NEW[case](SimpleNamespace(**{**vars(ctx), **vars(ctx2)}))]
+    try:
+        with _bounded(60):
+            res = runner.invoke(headatlas.cli.app, args)
+    except Hang as exc:
+        pytest.fail(f"HANG: {exc}")
+    if res.exception is not None and not isinstance(res.exception, SystemExit):
+        pytest.fail(f"RAW: {type(res.exception).__name__}: {str(res.exception)[:300]}")
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
+    if res.exit_code != 2 or not errors:
+        pytest.fail(f"SILENT: exit code {res.exit_code}, no error line: {res.output[-300:]}")
+    assert len(errors) == 1 and len(errors[0]) > len("error: ") + 5, res.stderr
+    assert "Traceback" not in res.output
+
+
+def test_newer_corpus_size():
+    """Issue 19 asks for at least 120 more cases."""
+    total = sum(len(t) for t in (PROBE, ITI, GATE, COMPARE, SWEEP, QUERIES, PLACEMENT, OPTIONS, CLI_NEW))
+    assert total >= 120, total

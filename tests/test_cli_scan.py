@@ -43,8 +43,10 @@ def test_scan_writes_atlas_and_prints_summary(model_dir, tmp_path, fake_registry
     assert atlas.detectors == ["fake_prev", "fake_skip", "fake_planted"]
     assert atlas.seed == 3 and atlas.settings["quick"] is True
     assert (out / "atlas.html").is_file() and (out / "partial" / "fake_prev.json").is_file()
-    assert "fake_prev" in res.stdout and "skipped: needs 100000 positions" in res.stdout
-    assert "none found" in res.stdout          # fake_planted without planted scores
+    rows = {line.split()[0]: line for line in res.stdout.splitlines() if line.strip().startswith("fake_")}
+    assert set(rows) == {"fake_prev", "fake_skip", "fake_planted"}       # one line per detector
+    assert "skipped" in rows["fake_skip"] and "needs 100000 positions" in rows["fake_skip"]
+    assert "none found" in rows["fake_planted"]          # fake_planted without planted scores
     assert "wrote" in res.stderr and "atlas.json" in res.stderr
     # rerun: every detector resumes from out/partial
     CALLS.clear()

@@ -3,6 +3,7 @@ seeds, partial results and resume, output files."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
@@ -165,8 +166,7 @@ def test_resume_recomputes_when_the_key_changes(gpt2, fake_registry, tmp_path, c
         kw["options"] = {"fake_planted": planted(value=0.8)}
     elif change == "version":
         d = fake_registry["fake_planted"]
-        fake_registry["fake_planted"] = base.Detector(d.name, d.stage, d.method, d.summary, d.citation, d.run,
-                                                      no_causal=d.no_causal, version=d.version + 1)
+        fake_registry["fake_planted"] = dataclasses.replace(d, version=d.version + 1)
     elif change == "weights":
         hf, tok = tiny_model("gpt2")
         with torch.no_grad():

@@ -254,6 +254,9 @@ class Comparison:
     created: str = ""
 
     def __post_init__(self) -> None:
+        from .validate import check_comparison
+
+        check_comparison(self)
         check_same_shape(self.atlas_a.model, self.atlas_b.model, self.atlas_a.model_name, self.atlas_b.model_name)
         if not self.created:
             self.created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -304,6 +307,9 @@ class Comparison:
 
     def top_weight_heads(self, k: int = 10) -> list[tuple[int, int, float]]:
         """The ``k`` heads whose weights moved most: ``(layer, head, relative change)`` ([] without models)."""
+        from .checks import check_count
+
+        k = check_count(k, "k", minimum=0)
         if self.weight_delta is None:
             return []
         flat = np.nan_to_num(self.weight_delta, nan=-1.0, posinf=np.finfo(float).max).ravel()
@@ -344,6 +350,9 @@ class Comparison:
 
     def summary(self, top: int = 5) -> str:
         """Plain text: per detector the heads gained/lost and the significant changes; the top weight changes."""
+        from .checks import check_count
+
+        top = check_count(top, "top", minimum=0)
         lines = [f"headatlas comparison: a = {self.atlas_a.model_name}, b = {self.atlas_b.model_name} "
                  f"({self.n_layers} layers x {self.n_heads} heads)"]
         for d, ch in self.changes().items():
@@ -380,7 +389,10 @@ class Comparison:
 
     @classmethod
     def from_dict(cls, doc: Any, source: str = "comparison") -> "Comparison":
-        """Inverse of :meth:`to_dict`; AtlasFileError on anything malformed."""
+        """Inverse of :meth:`to_dict`; AtlasFileError on anything malformed (the stored ``changes`` are rebuilt from
+        the atlases, and must name only their detectors and heads)."""
+        from .validate import check_stored_changes
+
         if not isinstance(doc, dict) or doc.get("schema") != COMPARISON_SCHEMA:
             got = doc.get("schema") if isinstance(doc, dict) else type(doc).__name__
             raise AtlasFileError(f"{source}: not a headatlas comparison (schema {got!r:.60}, expected "
@@ -393,15 +405,17 @@ class Comparison:
             def arr(x: Any) -> np.ndarray | None:
                 return None if x is None else schema.decode_array(x, expect=grid).astype(float)
 
-            return cls(a, b, weight_delta=arr(doc["weight_delta"]),
+            comp = cls(a, b, weight_delta=arr(doc["weight_delta"]),
                        weight_parts={str(p): arr(v) for p, v in dict(doc["weight_parts"]).items()},
                        activation_delta=arr(doc["activation_delta"]),
                        activation_prompts=str(doc["activation_prompts"]),
                        timings={str(k): float(schema.decode(v)) for k, v in dict(doc["timings"]).items()},
                        notes=[str(n) for n in doc["notes"]], fdr=float(doc["fdr"]), created=str(doc["created"]))
+            check_stored_changes(doc.get("changes"), comp, source)
+            return comp
         except AtlasFileError:
             raise
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:   # InputError (a ValueError) included
             raise AtlasFileError(f"{source}: malformed comparison ({type(exc).__name__}: {exc})") from None
 
     @classmethod
@@ -505,14 +519,15 @@ def compare(a: Any, b: Any, *, detectors: str | Sequence[str] | None = None, see
     - ``activations``: measure :func:`activation_delta` on the package sentences (one forward per model).
     - ``out``: write the comparison there (:meth:`Comparison.save`).
     - ``progress``: passed to both scans; ``on_step(message)`` is called before each step.
-    """
-    from .checks import check_bool, check_seed
-    from .scan import resolve_detectors, scan
 
-    seed = check_seed(seed)
-    quick, causal, activations = (check_bool(quick, "quick"), check_bool(causal, "causal"),
-                                  check_bool(activations, "activations"))
-    names = resolve_detectors(detectors)
+    Every setting is checked before a model loads (:func:`headatlas.validate.check_compare_args`).
+    """
+    from .scan import scan
+    from .validate import check_compare_args
+
+    names = check_compare_args(detectors=detectors, seed=seed, quick=quick, causal=causal, batch_size=batch_size,
+                               n_prompts=n_prompts, options=options, activations=activations, progress=progress,
+                               on_step=on_step, device=device, dtype=dtype)
     if out is not None:
         from .outdir import prepare_out
 
@@ -534,6 +549,10 @@ def compare(a: Any, b: Any, *, detectors: str | Sequence[str] | None = None, see
     if isinstance(ra, Atlas):
         check_same_shape(ra.model, rb.model, ra.model_name, rb.model_name)
         if detectors is not None:
+            absent = [d for d in names if d not in ra.detectors and d not in rb.detectors]
+            if absent:
+                raise InputError(f"neither atlas holds {', '.join(absent)}; a holds {', '.join(ra.detectors) or 'none'}, "
+                                 f"b holds {', '.join(rb.detectors) or 'none'}")
             keep = set(names)
             ra = _subset(ra, keep)
             rb = _subset(rb, keep)

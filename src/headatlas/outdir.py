@@ -57,14 +57,12 @@ def _why(exc: OSError) -> str:
     return exc.strerror or type(exc).__name__
 
 
-def prepare_out(path: Any, *, what: str = "--out") -> Path:
-    """Check (and create) the output folder ``path`` before any work starts; returns it as a ``Path``.
-
-    :class:`OutputError` when it is a file, lies under ``/proc``, ``/sys`` or ``/dev``, has a file among its
-    parents, or cannot be created or written (a probe file is created and removed)."""
+def check_folder_path(path: Any, *, what: str = "--out") -> Path:
+    """The checks of :func:`prepare_out` that need no write: :class:`OutputError` when ``path`` is a file, lies
+    under ``/proc``, ``/sys`` or ``/dev``, or has a file among its parents. Creates nothing."""
     p = _as_path(path, what)
     if p.exists() and not p.is_dir():
-        raise OutputError(f"{what} {p} is a file; pass a folder (atlas.json and atlas.html are written inside it)")
+        raise OutputError(f"{what} {p} is a file; pass a folder")
     if _system_path(p):
         raise OutputError(f"{what} {p} is inside a system folder ({', '.join(_SYSTEM_ROOTS)}); pass a folder of your own")
     for parent in p.parents:
@@ -72,6 +70,15 @@ def prepare_out(path: Any, *, what: str = "--out") -> Path:
             if not parent.is_dir():
                 raise OutputError(f"{what} {p}: {parent} is a file, not a folder; pass another path")
             break
+    return p
+
+
+def prepare_out(path: Any, *, what: str = "--out") -> Path:
+    """Check (and create) the output folder ``path`` before any work starts; returns it as a ``Path``.
+
+    :class:`OutputError` when it is a file, lies under ``/proc``, ``/sys`` or ``/dev``, has a file among its
+    parents, or cannot be created or written (a probe file is created and removed)."""
+    p = check_folder_path(path, what=what)
     try:
         p.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

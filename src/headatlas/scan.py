@@ -59,6 +59,12 @@ class _CallableProgress(ScanProgress):
         self.fn(name, done, total)
 
 
+def check_progress(progress: Any) -> None:
+    """``progress``: None, a :class:`ScanProgress` or ``fn(name, done, total)``."""
+    if progress is not None and not isinstance(progress, ScanProgress):
+        check_callable(progress, "progress (a ScanProgress or fn(name, done, total))")
+
+
 def resolve_detectors(detectors: str | Sequence[str] | None) -> list[str]:
     """Detector names to run: ``None`` -> the default set (``Detector.default``); ``"all"`` -> every
     registered detector; a comma-separated string or a list -> those names (order kept, duplicates
@@ -217,8 +223,10 @@ def scan(model: Any, detectors: str | Sequence[str] | None = None, *, seed: int 
     - ``detectors``: names (a list or ``"a,b"``); default the default set (every detector whose data fits
       a ~10 minute scan of a 135M model on 2 CPU cores); ``"all"`` every registered one. Detectors they
       ``require`` are added and run first.
-    - ``seed``, ``quick``, ``batch_size``, ``n_prompts``, ``options``: passed to each detector in its
-      :class:`ScanConfig`.
+    - ``seed``, ``quick``, ``batch_size``, ``n_prompts``: passed to each detector in its :class:`ScanConfig`.
+    - ``options``: option name -> value, each declared by a detector the scan runs (``Detector.options``;
+      ``headatlas detectors --options`` lists them), e.g. ``{"window": 4, "mcqa_topic": "arithmetic"}``;
+      checked before the model loads.
     - ``out``: a folder; after every detector its result is written to ``out/partial/<name>.json``, at the
       end ``out/atlas.json`` and ``out/atlas.html`` (all atomically). ``resume`` reuses partial results
       computed with the same model, seed, settings and detector version.
@@ -226,17 +234,16 @@ def scan(model: Any, detectors: str | Sequence[str] | None = None, *, seed: int 
     - ``causal``: run each detector's causal check on its labelled heads (ablation against random head
       sets on the head type's behaviour); False skips them (faster; the atlas then holds none).
 
-    A detector that raises :class:`InputError` (its data does not fit this model) becomes a skipped
-    result carrying the reason; any other exception propagates.
+    Every argument is checked before the model loads (InputError / InputTypeError). A detector that raises
+    :class:`InputError` while it runs (its data does not fit this model) becomes a skipped result carrying the
+    reason; any other exception propagates.
     """
     names = scan_order(resolve_detectors(detectors))
     seed, batch_size = check_seed(seed), check_count(batch_size, "batch_size")
     n_prompts = None if n_prompts is None else check_count(n_prompts, "n_prompts")
     quick, resume, causal = check_bool(quick, "quick"), check_bool(resume, "resume"), check_bool(causal, "causal")
-    if options is not None and not (isinstance(options, dict) and all(isinstance(k, str) for k in options)):
-        raise InputTypeError(f"options must be a dict of detector name -> value, got {type(options).__name__}")
-    if progress is not None and not isinstance(progress, ScanProgress):
-        check_callable(progress, "progress (a ScanProgress or fn(name, done, total))")
+    options = registry.check_options(options, names)
+    check_progress(progress)
     out_dir = prepare_out(out) if out is not None else None   # before the model loads: a bad --out fails at once
     with scan_lock(out_dir) if out_dir is not None else contextlib.nullcontext():
         return _run_scan(model, names, seed=seed, quick=quick, out_dir=out_dir, resume=resume, progress=progress,

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .errors import HeadAtlasError, InputError
+from .errors import HeadAtlasError, InputError, InputTypeError
 
 CSV_COLUMNS = ["model", "seed", "layer", "head", "detector", "score", "p_value", "q_value", "labelled"]
 SWEEP_SCHEMA = "headatlas.sweep/1"
@@ -159,29 +159,38 @@ def _folders(models: list[SweepModel], seeds: list[int]) -> dict[tuple[str, int]
 
 
 def parse_seeds(seeds: int | str | Sequence[int]) -> list[int]:
-    """``0``, ``"0,1,2"``, ``"0-3"`` (0..3) or ``[0, 1]`` -> a list of distinct ints, in order."""
+    """``0``, ``"0,1,2"``, ``"0-3"`` (0..3) or ``[0, 1]`` -> a list of distinct ints, in order. InputError for a
+    float, a negative or too large seed, a seed listed twice, or more than :data:`~headatlas.validate.MAX_SEEDS`."""
+    from .checks import check_seed
+    from .validate import MAX_SEEDS
+
     items: list[int] = []
-    if isinstance(seeds, bool):
-        raise InputError(f"seeds must be integers such as 0,1; got {seeds!r}")
-    if isinstance(seeds, int):
-        items = [seeds]
-    elif isinstance(seeds, str):
+    if isinstance(seeds, str):
         for part in (p.strip() for p in seeds.split(",")):
             if not part:
                 continue
             m = re.fullmatch(r"(\d+)\s*-\s*(\d+)", part)
-            try:
-                items += list(range(int(m.group(1)), int(m.group(2)) + 1)) if m else [int(part)]
-            except ValueError:
-                raise InputError(f"seeds {seeds!r}: write integers such as 0,1,2 or a range such as 0-3") from None
+            if m is None and not re.fullmatch(r"\d+", part):
+                raise InputError(f"seeds {seeds!r}: write integers such as 0,1,2 or a range such as 0-3")
+            lo, hi = (int(m.group(1)), int(m.group(2))) if m else (int(part), int(part))
+            if hi - lo + 1 + len(items) > MAX_SEEDS:   # checked before the range is built
+                raise InputError(f"seeds {seeds!r}: at most {MAX_SEEDS} seeds per sweep")
+            items += range(lo, hi + 1)
+    elif isinstance(seeds, (list, tuple)):
+        items = list(seeds)
+    elif isinstance(seeds, (str, bytes, float)) or seeds is None or not hasattr(seeds, "__index__"):
+        raise InputTypeError(f"seeds must be an integer, a list of integers or a string such as '0,1' or '0-3'; got "
+                             f"{type(seeds).__name__} {seeds!r:.40}")
     else:
-        for s in seeds:
-            if isinstance(s, bool) or not isinstance(s, int):
-                raise InputError(f"seeds must be integers, got {s!r}")
-            items.append(int(s))
-    out = list(dict.fromkeys(items))
-    if not out or min(out) < 0:
+        items = [seeds]
+    out = [check_seed(s, "a seed") for s in items]
+    if not out:
         raise InputError(f"seeds {seeds!r}: give at least one non-negative integer")
+    if len(out) > MAX_SEEDS:
+        raise InputError(f"{len(out)} seeds: at most {MAX_SEEDS} per sweep")
+    twice = sorted({s for s in out if out.count(s) > 1})
+    if twice:
+        raise InputError(f"seeds {seeds!r:.60}: seed {twice[0]} is listed twice; list each seed once")
     return out
 
 
@@ -451,11 +460,6 @@ each seed). Each model's own atlas is in its folder (<code>&lt;model&gt;-s&lt;se
 
 
 # ----- the sweep ---------------------------------------------------------------------------------------
-def _check_int(value: Any, what: str, minimum: int) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
-        raise InputError(f"{what} must be an integer >= {minimum}, got {value!r}")
-
-
 def sweep(specs: str | Sequence[str], detectors: str | Sequence[str] | None = None, *, out: str | os.PathLike,
           seeds: int | str | Sequence[int] = 0, address: str | None = None, num_cpus: int | None = None,
           cpus_per_task: float = 1, gpus_per_task: float | None = None, quick: bool = False, batch_size: int = 8,
@@ -466,7 +470,7 @@ def sweep(specs: str | Sequence[str], detectors: str | Sequence[str] | None = No
     """Scan every model in ``specs`` with every seed in ``seeds``, one Ray task per (model, seed).
 
     - ``specs``: model specs (see :func:`headatlas.load`), folders of checkpoints, or ``id@revision``.
-    - ``detectors``: names (a list or ``"a,b"``); default every registered detector.
+    - ``detectors``: names (a list or ``"a,b"``); default the default set (``"all"``: every registered detector).
     - ``out``: the sweep folder (``<model>-s<seed>/`` per task, ``sweep.csv``, ``sweep.json``, ``sweep.html``).
     - ``address``: None starts a local Ray cluster with ``num_cpus`` CPUs (default all); ``"auto"`` or
       ``"ray://host:10001"`` joins one (then ``out`` must be on storage the workers share for resume).
@@ -475,7 +479,10 @@ def sweep(specs: str | Sequence[str], detectors: str | Sequence[str] | None = No
       ``offload_folder``: how each task loads its model. ``quick``, ``batch_size``, ``n_prompts``: scan settings.
     - ``progress``: called with each task's record as it finishes.
 
-    Returns a :class:`SweepResult`; a failed task is in ``result.failed`` (and in ``sweep.json``).
+    Every argument is checked before Ray starts (:mod:`headatlas.validate`): a model listed twice, a seed listed
+    twice, more than 1000 seeds, a task asking for more CPUs than the local cluster has, an unusable ``out``, an
+    unknown device or dtype are InputErrors. Returns a :class:`SweepResult`; a failed task is in
+    ``result.failed`` (and in ``sweep.json``).
 
     >>> r = sweep(["smollm2-135m", "gemma3-270m"], "induction", out="sweeps/small", seeds="0,1")  # doctest: +SKIP
     >>> r.table.groupby(["model", "detector"]).labelled.sum()                                  # doctest: +SKIP
@@ -484,21 +491,18 @@ def sweep(specs: str | Sequence[str], detectors: str | Sequence[str] | None = No
     from .atlas import Atlas
     from .atlas.schema import atomic_write_text
     from .models.placement import check_placement
+    from .outdir import prepare_out
     from .scan import resolve_detectors
+    from .validate import check_n_tasks, check_sweep_args, check_unique_specs
 
-    if out is None or not str(out).strip():
-        raise InputError("sweep needs an output folder: out=DIR (--out DIR)")
+    check_sweep_args(specs=specs, out=out, num_cpus=num_cpus, cpus_per_task=cpus_per_task, gpus_per_task=gpus_per_task,
+                     quick=quick, batch_size=batch_size, n_prompts=n_prompts, device=device, dtype=dtype, resume=resume,
+                     address=address, progress=progress)
     models = expand_specs(specs)
+    check_unique_specs(models)
     names = resolve_detectors(detectors)
     seed_list = parse_seeds(seeds)
-    _check_int(batch_size, "batch_size", 1)
-    _check_int(n_prompts, "n_prompts", 1)
-    _check_int(num_cpus, "num_cpus", 1)
-    for value, what in ((cpus_per_task, "cpus_per_task"), (gpus_per_task, "gpus_per_task")):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
-            raise InputError(f"{what} must be a number >= 0, got {value!r}")
-    if address is not None and (not isinstance(address, str) or not address.strip()):
-        raise InputError(f"address must be 'auto' or 'ray://host:port', got {address!r}")
+    check_n_tasks(len(models), len(seed_list))
     load_kw: dict[str, Any] = {"device": device, "dtype": dtype}
     if device_map is not None or max_memory is not None or offload_folder is not None:
         if address is None:  # a local cluster has this machine's devices: refuse bad values before any task
@@ -506,8 +510,7 @@ def sweep(specs: str | Sequence[str], detectors: str | Sequence[str] | None = No
         # (on a remote cluster the workers' load() checks them against their own GPUs)
         load_kw.update(device_map=device_map, max_memory=max_memory,
                        offload_folder=None if offload_folder is None else os.fspath(offload_folder))
-    out_dir = Path(out).expanduser().resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = prepare_out(out).resolve()   # a file, a system folder or an unwritable one: OutputError, before Ray
     settings = {"detectors": names, "seeds": seed_list, "quick": bool(quick), "batch_size": int(batch_size),
                 "n_prompts": n_prompts}
     folders = _folders(models, seed_list)
@@ -544,6 +547,9 @@ def sweep(specs: str | Sequence[str], detectors: str | Sequence[str] | None = No
         if gpus > cluster_gpus:
             raise InputError(f"gpus_per_task={gpus:g} but the Ray cluster has {cluster_gpus:g} GPU(s); lower it "
                              "(0 runs on CPU)")
+        cluster_cpus = float(ray.cluster_resources().get("CPU", 0))
+        if float(cpus_per_task) > cluster_cpus:   # such a task would wait forever
+            raise InputError(f"cpus_per_task={cpus_per_task:g} but the Ray cluster has {cluster_cpus:g} CPU(s); lower it")
         # GPU tasks get a fresh worker each (Ray's default max_calls=1 for GPU tasks), which frees GPU memory
         remote = ray.remote(num_cpus=cpus_per_task, num_gpus=gpus, max_retries=0)(run_task)
         pending: dict[Any, int] = {}

@@ -18,7 +18,7 @@ import numpy as np
 
 from .records import (ATTENTION_DEFINED, CONFIRMED, PER_HEAD_FIELDS, STAGED_STATUSES, STAGES, STATUSES, UNCONFIRMED,
                       DetectorResult)
-from ..errors import AtlasFileError, InputError
+from ..errors import AtlasFileError, InputError, InputTypeError
 from . import schema
 
 if TYPE_CHECKING:
@@ -179,6 +179,10 @@ class Atlas:
         return str(self.model.get("name", ""))
 
     def result(self, name: str) -> DetectorResult:
+        """The :class:`DetectorResult` of detector ``name`` (every query goes through here)."""
+        if not isinstance(name, str):
+            raise InputTypeError(f"a detector name must be a string, got {type(name).__name__} {name!r:.40}; this "
+                                 f"atlas holds: {', '.join(self.detectors) or 'none'}")
         try:
             return self._results[name]
         except KeyError:
@@ -316,9 +320,10 @@ class Atlas:
     def top_heads(self, name: str, k: int = 5, *, labelled_only: bool = True) -> list[Evidence]:
         """The ``k`` best heads of detector ``name`` by score: its labelled heads (``labelled_only``),
         or all heads with a finite score."""
-        from ..checks import check_count
+        from ..checks import check_bool, check_count
 
         k = check_count(k, "k", minimum=0)
+        labelled_only = check_bool(labelled_only, "labelled_only")
         r = self.result(name)
         if labelled_only:
             heads = [tuple(lh) for lh in r.labelled]   # most significant first
@@ -522,6 +527,8 @@ def _check_shapes(r: DetectorResult, n_layers: int, n_heads: int) -> None:
     for layer, head in r.labelled:
         if not (0 <= layer < n_layers and 0 <= head < n_heads):
             raise InputError(f"detector {r.name!r} labelled {head_name(layer, head)}, outside the model")
+    if r.causal is not None:
+        schema.check_causal(r.causal, r.name, n_layers, n_heads)
 
 
 def _scalar(x: Any) -> float | str:
@@ -541,7 +548,7 @@ def _check_statuses(status: Any) -> frozenset[str]:
     """A status name or a collection of them -> a frozenset; InputError naming the valid ones otherwise."""
     items = [status] if isinstance(status, str) else status
     if not isinstance(items, (list, tuple, set, frozenset)):
-        raise InputError(f"status must be one of {', '.join(STATUSES)} or a collection of them, got "
+        raise InputTypeError(f"status must be one of {', '.join(STATUSES)} or a collection of them, got "
                          f"{type(status).__name__}")
     bad = [s for s in items if s not in STATUSES]
     if bad or not items:

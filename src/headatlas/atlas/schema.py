@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from .records import PER_HEAD_FIELDS, CausalCheck, DetectorResult, LabelRule
-from ..errors import AtlasFileError, InputTypeError
+from ..errors import AtlasFileError, InputError, InputTypeError
 
 SCHEMA_NAME = "headatlas.atlas"
 SCHEMA_MAJOR = 2
@@ -301,6 +301,26 @@ def check_model_sizes(model: Any, source: str) -> tuple[int, int]:
         raise AtlasFileError(f"{source}: model n_layers x n_heads = {sizes[0]!r:.20} x {sizes[1]!r:.20} is not a "
                              "plausible model size (positive integers up to 65536)")
     return sizes[0], sizes[1]
+
+
+def check_causal(c: CausalCheck, name: str, n_layers: int, n_heads: int) -> None:
+    """A causal check that can be true of this model: its heads and random sets inside the model, ``expected``
+    an increase or a decrease, p and q in [0, 1] (or NaN), a count of prompts >= 0."""
+    where = f"detector {name!r}: causal check"
+    sets = [("heads", c.heads)] + [(f"random set {i}", s) for i, s in enumerate(c.random_sets)]
+    for what, heads in sets:
+        bad = [(a, b) for a, b in heads if not (0 <= a < n_layers and 0 <= b < n_heads)]
+        if bad:
+            raise InputError(f"{where}: {what} holds L{bad[0][0]}H{bad[0][1]}, outside the model ({n_layers} layers "
+                             f"x {n_heads} heads)")
+    if c.expected not in ("increase", "decrease"):
+        raise InputError(f"{where}: expected must be 'increase' or 'decrease', got {c.expected!r:.40}")
+    for what in ("p_value", "q_value"):
+        x = getattr(c, what)
+        if not (math.isnan(x) or 0.0 <= x <= 1.0):
+            raise InputError(f"{where}: {what} must be in [0, 1] (or NaN), got {x:g}")
+    if c.n_prompts < 0:
+        raise InputError(f"{where}: n_prompts must be >= 0, got {c.n_prompts}")
 
 
 def _check_keys(d: dict[str, Any], expected: tuple[str, ...], where: str) -> None:

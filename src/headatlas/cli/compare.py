@@ -4,31 +4,33 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+from typing import List
 
 import typer
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from ..scan import ScanProgress
 from . import app
-from .common import console, quiet_transformers, user_errors
-from .scan import RichScanProgress, out_console, sigterm_as_exit
+from .common import console, quiet_transformers, safe, terminal_text, user_errors
+from .scan import RichScanProgress, cli_options, out_console, sigterm_as_exit
 
 
 def changes_table(comp) -> Table:
     """Per detector: heads gained (b only), lost (a only), kept, and significant changes."""
     table = Table("detector", "gained (b only)", "lost (a only)", "kept", "significant changes",
-                  title=f"headatlas compare: {escape(comp.atlas_a.model_name)} -> {escape(comp.atlas_b.model_name)}")
+                  title=Text(terminal_text(f"headatlas compare: {comp.atlas_a.model_name} -> {comp.atlas_b.model_name}")))
 
     def names(heads):
         return ", ".join(f"L{la}H{h}" for la, h in heads[:8]) + (f" +{len(heads) - 8}" if len(heads) > 8 else "") or "-"
 
     for d, ch in comp.changes().items():
-        table.add_row(d, f"[green]{names(ch['gained'])}[/]", f"[red]{names(ch['lost'])}[/]", str(len(ch["kept"])),
-                      str(len(ch["significant"])))
+        table.add_row(Text(terminal_text(d)), Text(names(ch["gained"]), style="green"),
+                      Text(names(ch["lost"]), style="red"), str(len(ch["kept"])), str(len(ch["significant"])))
     for d, why in comp.skipped().items():
-        table.add_row(d, f"[yellow]not compared:[/] {escape(why[:80])}", "", "", "")
+        table.add_row(Text(terminal_text(d)), Text("not compared: ", style="yellow") + Text(terminal_text(why[:80])),
+                      "", "", "")
     return table
 
 
@@ -71,6 +73,9 @@ def compare_cmd(
     device: str = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda when available)"),
     dtype: str = typer.Option(None, help="float32 (default), bfloat16, float16"),
     batch_size: int = typer.Option(8, "--batch-size", help="rows per forward pass"),
+    option: List[str] = typer.Option(None, "--option", "-O", metavar="NAME=VALUE",
+                                     help="a detector option for both scans (repeatable; `headatlas detectors "
+                                          "--options` lists them)"),
 ) -> None:
     """Compare the heads of A and B: the same scan on both, per-head score changes tested against both nulls,
     roles gained and lost, and per-head weight and activation deltas. Writes OUT/comparison.json and .html."""
@@ -81,6 +86,7 @@ def compare_cmd(
 
     with user_errors(), contextlib.ExitStack() as stack:
         names = resolve_detectors(detectors)
+        options = cli_options(option, names)
         check_seed(seed, "--seed")
         check_count(batch_size, "--batch-size")
         out_dir = prepare_out(out)             # before the models load: a bad --out fails at once
@@ -93,13 +99,14 @@ def compare_cmd(
             progress = _SideProgress(bar)
 
             def on_step(msg: str) -> None:
-                bar.update(steps, description=f"[bold]compare[/]: {escape(msg)}")
+                bar.update(steps, description=f"[bold]compare[/]: {safe(msg)}")
                 if msg.startswith("scanning "):
                     progress.begin(msg.split()[-1], names)
 
             try:
                 comp = compare(a, b, detectors=detectors, seed=seed, quick=quick, causal=causal, base_a=base_a,
                                base_b=base_b, device=device, dtype=dtype, batch_size=batch_size, out=out_dir,
+                               options=options,
                                progress=progress, on_step=on_step)
             except KeyboardInterrupt:
                 console.print("[yellow]interrupted[/]: nothing written")
@@ -110,5 +117,5 @@ def compare_cmd(
         tops = ", ".join(f"L{la}H{h} {v:.3g}" for la, h, v in comp.top_weight_heads(8))
         out_console.print(f"heads whose weights moved most (relative Frobenius change): {tops}")
     for n in comp.notes:
-        out_console.print(f"[dim]note: {escape(n)}[/]")
+        out_console.print(f"[dim]note: {safe(n)}[/]")
     console.print(f"wrote {out_dir / 'comparison.json'} and {out_dir / 'comparison.html'}")

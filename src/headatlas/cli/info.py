@@ -7,7 +7,7 @@ from rich.table import Table
 
 from ..models import BUNDLED, DEFAULT_MODEL
 from . import app
-from .common import console, load_model, user_errors
+from .common import console, load_model, safe, user_errors
 
 
 @app.command("models")
@@ -28,5 +28,5 @@ def info_cmd(model: str = typer.Argument(DEFAULT_MODEL, help="bundled name, HF i
         m = load_model(model, device, dtype)
     table = Table("field", "value")
     for k, v in m.info.to_dict().items():
-        table.add_row(k, str(v))
+        table.add_row(safe(k), safe(v))   # a model's config is untrusted text
     console.print(table)

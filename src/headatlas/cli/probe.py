@@ -10,10 +10,11 @@ from typing import Optional
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from ..models import DEFAULT_MODEL
 from . import app
-from .common import console, load_model, user_errors
+from .common import console, load_model, safe, user_errors
 
 
 @app.command("probe")
@@ -32,15 +33,16 @@ def probe_cmd(model: str = typer.Argument(DEFAULT_MODEL, help="bundled name, HF 
     from ..checks import check_choice, check_count, check_seed
     from ..methods.probing import load_probe_data, probe
     from ..outdir import atomic_write_text, prepare_out
+    from ..validate import MAX_FOLDS, MAX_PERM
     from .methods import write_heatmap
 
     with user_errors():
         check_choice(method, "--method", ("ridge", "logistic"))
         check_count(top, "--top")
-        check_count(folds, "--folds", minimum=2)
+        check_count(folds, "--folds", minimum=2, maximum=MAX_FOLDS)
         check_seed(seed, "--seed")
         if n_perm is not None:
-            check_count(n_perm, "--n-perm")
+            check_count(n_perm, "--n-perm", maximum=MAX_PERM[method])
         dataset = load_probe_data(data) if data is not None else None   # bad files fail before the model loads
         out = prepare_out(out)
         m = load_model(model, device, dtype)
@@ -50,8 +52,8 @@ def probe_cmd(model: str = typer.Argument(DEFAULT_MODEL, help="bundled name, HF 
             res = probe(m, dataset, position, n_folds=folds, n_perm=n_perm, method=method, seed=seed,  # type: ignore[arg-type]
                         progress=lambda done, total: bar.update(task, completed=done, total=total))
     table = Table("head", "accuracy", "null", "p", "q",
-                  title=f"top heads ({res.n_items} items, {res.n_groups} groups, {res.n_folds}-fold grouped CV, "
-                        f"{res.n_perm} permutations)")
+                  title=Text(f"top heads ({res.n_items} items, {res.n_groups} groups, {res.n_folds}-fold grouped CV, "
+                        f"{res.n_perm} permutations)"))
     for layer, head in res.top(min(top, res.accuracy.size)):
         table.add_row(f"L{layer}H{head}", f"{res.accuracy[layer, head]:.3f}",
                       f"{res.null_mean[layer, head]:.3f}±{res.null_std[layer, head]:.3f}",
@@ -69,4 +71,4 @@ def probe_cmd(model: str = typer.Argument(DEFAULT_MODEL, help="bundled name, HF 
                     row[k] = None
         atomic_write_text(out / "probe.json", json.dumps(payload, indent=1, allow_nan=False), what="probe json")
         html = write_heatmap(res.effect, out / "probe.html", f"{model}: probe accuracy minus null", "accuracy - null")
-    console.print(f"wrote {out / 'probe.csv'}, {out / 'probe.json'} and {html}")
+    console.print(f"wrote {safe(out / 'probe.csv')}, {safe(out / 'probe.json')} and {safe(html)}")

@@ -7,19 +7,21 @@ import math
 import signal
 import threading
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, List
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.markup import escape
+from rich import box
 from rich.table import Table
+from rich.text import Text
 
 from ..checks import check_count
+from ..detectors.options import describe_default, parse_cli_options
 from ..models import DEFAULT_MODEL
 from ..scan import ScanProgress
 from . import app
-from .common import console, load_model, user_errors
+from .common import console, load_model, safe, terminal_text, user_errors
 
 out_console = Console()
 
@@ -33,7 +35,7 @@ class RichScanProgress(ScanProgress):
 
     def start(self, name: str, index: int, total: int) -> None:
         self.progress.start_task(self.tasks[name])
-        self.progress.update(self.tasks[name], description=f"[bold]{name}[/] ({index + 1}/{total})")
+        self.progress.update(self.tasks[name], description=f"[bold]{safe(name)}[/] ({index + 1}/{total})")
 
     def update(self, name: str, done: int, total: int) -> None:
         self.progress.update(self.tasks[name], completed=done, total=max(total, 1))
@@ -44,7 +46,7 @@ class RichScanProgress(ScanProgress):
         colour = "green" if status == "done" else ("cyan" if status == "resumed" else "yellow")
         short = status if len(status) < 60 else status[:57] + "..."
         self.progress.update(task, total=total, completed=total,
-                             description=f"[bold]{name}[/] [{colour}]{short}[/] ({seconds:.1f} s)")
+                             description=f"[bold]{safe(name)}[/] [{colour}]{safe(short)}[/] ({seconds:.1f} s)")
         self.progress.stop_task(task)
 
 
@@ -58,38 +60,47 @@ def default_out(model: str) -> Path:
 
 
 def summary_table(atlas, top: int) -> Table:
-    """Per detector: stage, labels, top heads (score, effect, q) and the causal check against random heads."""
-    table = Table("detector", "stage", "labelled", "top heads (score, effect, q)", "causal check (ablation)",
-                  title=f"headatlas: {atlas.model_name}")
+    """One line per detector (never wrapped: a long cell ends in "..."; the report holds the details): stage,
+    labels (how many confirmed), the top labelled heads with their scores, and the causal check. Every string from
+    the atlas is printed as written (no rich markup, no terminal control characters)."""
+    title = Text(terminal_text(f"headatlas: {atlas.model_name}"), no_wrap=True, overflow="ellipsis")
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, expand=True, pad_edge=False,
+                  caption="details per head: the HTML report", caption_justify="left")
+    width = max([len(terminal_text(n)) for n in atlas.detectors] + [8])
+    table.add_column("detector", no_wrap=True, width=min(width, 20), overflow="ellipsis")
+    table.add_column("stage", no_wrap=True, width=5)
+    table.add_column("labels", no_wrap=True, width=11, overflow="ellipsis")
+    table.add_column("top heads (score)", no_wrap=True, overflow="ellipsis", ratio=3, min_width=8)
+    table.add_column("causal check", no_wrap=True, overflow="ellipsis", ratio=2, min_width=8)
     for name in atlas.detectors:
-        r = atlas.result(name)
-        stage = atlas.meta[name].stage
-        if r.skipped:
-            table.add_row(name, stage, "-", f"[yellow]skipped:[/] {escape(r.skipped)}", "")
-            continue
-        tops = atlas.top_heads(name, top)
-        if not tops:
-            best = atlas.top_heads(name, 1, labelled_only=False)
-            hint = (f" [dim](best {best[0].name}: score {best[0].score:.3g}, effect {best[0].effect:.3g}, "
-                    f"q {_num(best[0].q_value)})[/]") if best else ""
-            table.add_row(name, stage, "0", f"[magenta]none found[/]{hint}", _causal_cell(r.causal))
-            continue
-        cells = "\n".join(f"{e.name}  {e.score:.3g}  (effect {e.effect:.3g}, q {_num(e.q_value)})" for e in tops)
-        more = len(r.labelled) - len(tops)
-        table.add_row(name, stage, str(len(r.labelled)), cells + (f"\n[dim]+{more} more[/]" if more > 0 else ""),
-                      _causal_cell(r.causal))
+        table.add_row(*_summary_row(atlas, name, top))
     return table
 
 
-def _causal_cell(c) -> str:
+def _summary_row(atlas, name: str, top: int) -> list[Text]:
+    r = atlas.result(name)
+    cells = [Text(terminal_text(name), style="bold"), Text(terminal_text(atlas.meta[name].stage))]
+    if r.skipped:
+        return cells + [Text("skipped", style="yellow"), Text(terminal_text(r.skipped), style="dim"), Text("")]
+    tops = atlas.top_heads(name, top)
+    if not tops:
+        best = atlas.top_heads(name, 1, labelled_only=False)
+        hint = f"best {best[0].name} {best[0].score:.3g} (q {_num(best[0].q_value)})" if best else ""
+        return cells + [Text("none found", style="magenta"), Text(hint, style="dim"), _causal_cell(r.causal)]
+    counts = atlas.status_counts(name)
+    labels = f"{len(r.labelled)}" + (f" ({counts['confirmed']} conf)" if counts.get("confirmed") else "")
+    heads = ", ".join(f"{e.name} {e.score:.3g}" for e in tops)
+    more = len(r.labelled) - len(tops)
+    return cells + [Text(labels), Text(heads + (f" +{more}" if more > 0 else "")), _causal_cell(r.causal)]
+
+
+def _causal_cell(c) -> Text:
     if c is None:
-        return "[dim]not run[/]"
+        return Text("not run", style="dim")
     if not c.ran:
-        return f"[dim]{escape(c.note)}[/]"
-    word = "confirmed" if c.passed else "not confirmed"
-    colour = "green" if c.passed else "yellow"
-    return (f"{escape(c.metric)} ({c.expected} expected): {c.effect:+.3g} vs random median {c.random_median:+.3g} "
-            f"({len(c.random_effects)} sets); p {_num(c.p_value)}, q {_num(c.q_value)} [{colour}]{word}[/]")
+        return Text("no metric", style="dim")
+    word, colour = ("confirmed", "green") if c.passed else ("unconfirmed", "yellow")
+    return Text(f"{word} q {_num(c.q_value)} ({c.effect:+.3g} vs {c.random_median:+.3g})", style=colour)
 
 
 def _num(x: float) -> str:
@@ -109,6 +120,9 @@ def scan_cmd(
     n_prompts: int = typer.Option(None, "--n-prompts", help="prompts per detector (default: each detector's own)"),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="reuse finished detectors from OUT/partial"),
     top: int = typer.Option(5, help="heads per type in the summary table"),
+    option: List[str] = typer.Option(None, "--option", "-O", metavar="NAME=VALUE",
+                                     help="a detector option, e.g. -O window=4 (repeatable; `headatlas detectors "
+                                          "--options` lists them)"),
 ) -> None:
     """Scan every head of MODEL with the registered detectors; write OUT/atlas.json and OUT/atlas.html."""
     from ..checks import check_count, check_seed
@@ -117,6 +131,7 @@ def scan_cmd(
 
     with user_errors(), contextlib.ExitStack() as stack:
         names = resolve_detectors(detectors)
+        options = cli_options(option, names)
         check_seed(seed, "--seed")
         check_count(batch_size, "--batch-size")
         if n_prompts is not None:
@@ -127,12 +142,12 @@ def scan_cmd(
         stack.enter_context(scan_lock(out_dir))
         stack.enter_context(sigterm_as_exit())
         m = load_model(model, device, dtype)
-        console.print(f"scanning [bold]{m.info.name}[/] ({m.info.n_layers} layers x {m.info.n_heads} heads) "
-                      f"with {len(names)} detector(s), seed {seed}{', quick' if quick else ''} -> {out_dir}")
+        console.print(f"scanning [bold]{safe(m.info.name)}[/] ({m.info.n_layers} layers x {m.info.n_heads} heads) "
+                      f"with {len(names)} detector(s), seed {seed}{', quick' if quick else ''} -> {safe(out_dir)}")
         columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         try:
             with Progress(*columns, console=console, transient=False) as bar:
-                atlas = scan(m, names, seed=seed, quick=quick, out=out_dir, resume=resume,
+                atlas = scan(m, names, seed=seed, quick=quick, out=out_dir, resume=resume, options=options,
                              progress=RichScanProgress(bar, names), batch_size=batch_size, n_prompts=n_prompts)
         except KeyboardInterrupt:
             console.print(f"[yellow]interrupted[/]: finished detectors are kept in {out_dir / 'partial'}; "
@@ -160,21 +175,49 @@ def sigterm_as_exit() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def cli_options(texts: list[str] | None, names: list[str]) -> dict[str, Any]:
+    """``--option NAME=VALUE`` items, parsed by their declared kinds and checked against the detectors that will
+    run (``names`` and what they require), before any model loads."""
+    from ..detectors import base
+
+    return base.check_options(parse_cli_options(texts, base.all_detectors()), base.scan_order(names))
+
+
 @app.command("detectors")
-def detectors_cmd() -> None:
-    """List the registered detectors: name, stage, method and what each one scores."""
+def detectors_cmd(options: bool = typer.Option(False, "--options", help="list every detector's options (name, "
+                                                                         "kind and range, default, what it sets)")) -> None:
+    """List the registered detectors: name, stage, evidence, metric family, method and what each one scores."""
     from ..detectors import STAGES, all_detectors
 
     dets = all_detectors()
     if not dets:
         out_console.print("no detectors are registered")
         return
-    table = Table("name", "stage", "default", "method", "what it scores",
+    if options:
+        out_console.print(options_table(dets))
+        return
+    table = Table("name", "stage", "default", "evidence", "metric family", "method", "what it scores",
                   caption="stages: " + ", ".join(f"{k} = {v}" for k, v in STAGES.items())
-                  + "; default: run by a plain scan (the others: --detectors all, or by name)")
+                  + "; default: run by a plain scan (the others: --detectors all, or by name); metric family: what "
+                  "the causal check measures ('-': attention-defined); --options lists the detectors' options")
     for d in dets:
-        table.add_row(d.name, d.stage, "yes" if d.default else "no", d.method, d.summary)
+        table.add_row(*(Text(terminal_text(x)) for x in (d.name, d.stage, "yes" if d.default else "no", d.evidence,
+                                                          d.metric or "-", d.method, d.summary)))
     out_console.print(table)
+
+
+def options_table(dets) -> Table:
+    """One row per (detector, option): the value ``scan(options=...)`` / ``--option NAME=VALUE`` takes."""
+    table = Table("detector", "option", "takes", "default", "what it sets",
+                  caption="scan(options={name: value}) or headatlas scan --option NAME=VALUE; an option shared by "
+                          "several detectors means the same for each")
+    for d in dets:
+        for o in d.options:
+            table.add_row(*(Text(terminal_text(x)) for x in (d.name, o.name, o.describe(), describe_default(o),
+                                                              o.help)))
+    if not table.row_count:
+        table.add_row("-", "-", "-", "-", "no registered detector declares an option")
+    return table
 
 
 @app.command("report")

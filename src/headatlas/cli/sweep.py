@@ -7,11 +7,10 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 import typer
-from rich.markup import escape
 
 from ..errors import InputError
 from . import app
-from .common import console, quiet_transformers, user_errors
+from .common import console, quiet_transformers, safe, user_errors
 
 
 def parse_max_memory(text: str | None) -> dict[int | str, str] | None:
@@ -69,30 +68,30 @@ def sweep_cmd(
     from ..sweep import expand_specs, parse_seeds, sweep
 
     def report(task: dict[str, Any]) -> None:
-        what = escape(f"{task['model']} seed {task['seed']}")
+        what = safe(f"{task['model']} seed {task['seed']}")
         if task["status"] == "failed":
-            console.print(f"[bold red]failed[/] {what}: {escape(str(task['error']))}", highlight=False)
+            console.print(f"[bold red]failed[/] {what}: {safe(task['error'])}", highlight=False)
         else:
             seconds = f" ({task['seconds']:.1f} s)" if task.get("seconds") else ""
             colour = "green" if task["status"] == "done" else "cyan"
-            console.print(f"[{colour}]{task['status']}[/] {what}{seconds}", highlight=False)
+            console.print(f"[{colour}]{safe(task['status'])}[/] {what}{seconds}", highlight=False)
 
     with user_errors():
         models = expand_specs(specs)
         n = len(models) * len(parse_seeds(seeds))
         quiet_transformers()
         where = address or "a local Ray cluster"
-        console.print(f"sweeping {len(models)} model(s) x {len(parse_seeds(seeds))} seed(s) = {n} task(s) on {where} "
-                      f"-> {out}", highlight=False)
+        console.print(f"sweeping {len(models)} model(s) x {len(parse_seeds(seeds))} seed(s) = {n} task(s) on {safe(where)} "
+                      f"-> {safe(out)}", highlight=False)
         result = sweep(specs, detectors, out=out, seeds=seeds, address=address, num_cpus=num_cpus,
                        cpus_per_task=cpus_per_task, gpus_per_task=gpus_per_task, quick=quick, batch_size=batch_size,
                        n_prompts=n_prompts, device=device, dtype=dtype, device_map=parse_device_map(device_map),
                        max_memory=parse_max_memory(max_memory), offload_folder=offload_folder, resume=resume,
                        progress=report)
     failed = result.failed
-    console.print(f"wrote {result.out / 'sweep.csv'} ({len(result.table)} rows), sweep.json and sweep.html; "
+    console.print(f"wrote {safe(result.out / 'sweep.csv')} ({len(result.table)} rows), sweep.json and sweep.html; "
                   f"{len(result.tasks) - len(failed)} of {len(result.tasks)} task(s) finished", highlight=False)
     if failed:
-        console.print(f"[bold red]{len(failed)} task(s) failed[/]; see {escape(str(result.out / 'sweep.json'))} "
+        console.print(f"[bold red]{len(failed)} task(s) failed[/]; see {safe(result.out / 'sweep.json')} "
                       "(error, traceback)", highlight=False)
         raise typer.Exit(code=1)

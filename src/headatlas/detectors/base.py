@@ -18,15 +18,17 @@ from typing import TYPE_CHECKING, Any, Callable, Generic, Hashable, Mapping, Typ
 from ..atlas.records import (STAGES, CausalCheck, DetectorResult, LabelRule, Stage, no_causal_check,
                              skipped_result)
 from ..errors import InputError, InputTypeError
+from .options import Option, check_declarations
+from .options import check_options as _check_options
 
 if TYPE_CHECKING:
     from ..models import LoadedModel
 
 T = TypeVar("T")
 
-__all__ = ["EVIDENCE", "METRIC_FAMILIES", "STAGES", "CausalCheck", "Detector", "DetectorResult", "LabelRule", "ScanCache",
-           "ScanConfig", "SharedPass", "NOT_FOUND", "Stage", "all_detectors", "by_metric", "default_names", "get", "names",
-           "no_causal_check", "register", "same_metric", "scan_order", "skipped_result"]
+__all__ = ["EVIDENCE", "METRIC_FAMILIES", "STAGES", "CausalCheck", "Detector", "DetectorResult", "LabelRule", "Option",
+           "ScanCache", "ScanConfig", "SharedPass", "NOT_FOUND", "Stage", "all_detectors", "by_metric", "check_options",
+           "default_names", "get", "names", "no_causal_check", "register", "same_metric", "scan_order", "skipped_result"]
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,10 @@ class Detector:
       (detectors of one family share random pools: a head labelled by a sibling is never "random");
       ``""`` for an attention-defined head type (no behavioural metric: the pattern is the claim, and
       ``no_causal`` says so).
+    - ``options``: every setting ``run`` (or its shared passes and causal check) reads from
+      ``ScanConfig.options``, as :class:`~headatlas.detectors.options.Option` records (name, kind, default, range);
+      a scan refuses any other key and any value out of its declaration before it starts. ``options_rule``:
+      optionally ``fn(values)`` raising InputError where two of them do not fit together.
 
     A detector whose behaviour the model does not show at all (e.g. it cannot do any of the in-context
     tasks) raises :class:`InputError` with a message starting ``"not found: "``; the scan records it as a
@@ -151,6 +157,8 @@ class Detector:
     default: bool = True
     evidence: str = ""
     metric: str = ""
+    options: tuple[Option, ...] = ()
+    options_rule: Callable[[dict[str, Any]], None] | None = None
 
 
 # The kinds of evidence a label can rest on; detectors/<kind>/ holds the detectors of each kind.
@@ -205,6 +213,7 @@ def register(detector: Detector) -> Detector:
                          f"headatlas.detectors.base.METRIC_FAMILIES (known: {', '.join(METRIC_FAMILIES)})")
     if not detector.metric and detector.causal is not None:
         raise InputError(f"detector {detector.name!r} has a causal check but no metric family: declare metric=")
+    check_declarations(detector, all_detectors())
     _REGISTRY[detector.name] = detector
     return detector
 
@@ -249,6 +258,13 @@ def default_names() -> tuple[str, ...]:
 
 def all_detectors() -> tuple[Detector, ...]:
     return tuple(_REGISTRY[n] for n in names())
+
+
+def check_options(options: Any, running: list[str]) -> dict[str, Any]:
+    """A scan's ``options`` checked against the declarations of the detectors it runs (``running``, requirements
+    included): InputError on an unknown name, an option of a detector the scan does not run, or a value of the
+    wrong kind or out of range. Returns the values in canonical form."""
+    return _check_options(options, [get(n) for n in running], all_detectors())
 
 
 def scan_order(requested: list[str]) -> list[str]:

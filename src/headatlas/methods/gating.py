@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..checks import check_bool, check_count, check_finite, check_seed
+from ..checks import check_bool, check_count
 from ..errors import InputError, InputTypeError
 from ..instrument import instrumented
 from ..models.loading import LoadedModel
@@ -295,21 +295,15 @@ def gate(model: Any, prompts: Prompts, *, targets: Any = None, seed: int = 0, n_
 
     Returns a :class:`GateResult` (gates ``[n_seeds, L, H]`` of both fits, classes, ``to_dataframe()``).
     """
+    from ..validate import check_gate_args
+
+    check_gate_args(prompts=prompts, targets=targets, seed=seed, n_seeds=n_seeds, steps=steps, lam=lam, lr=lr,
+                    init_steps=init_steps)
     m = as_loaded(model)
-    if isinstance(prompts, (list, tuple)) and not prompts:
-        raise InputError("no prompts given: gating needs at least one prompt")
     ids = encode(m, prompts, "gating prompts")
     mask = target_mask(ids, targets).to(ids.device)
-    seed = check_seed(seed)
-    n_seeds = check_count(n_seeds, "n_seeds", maximum=1000)
-    steps = check_count(steps, "steps", maximum=100_000)
-    init_steps = steps // 2 if init_steps is None else check_count(init_steps, "init_steps", minimum=0, maximum=100_000)
-    lam = check_finite(lam, "lam")
-    lr = check_finite(lr, "lr")
-    if lam < 0:
-        raise InputError(f"lam must be >= 0 (its sign is set by the fit: toward 0 or toward 1), got {lam}")
-    if lr <= 0:
-        raise InputError(f"lr must be > 0, got {lr}")
+    seed, n_seeds, steps, lam, lr = int(seed), int(n_seeds), int(steps), float(lam), float(lr)
+    init_steps = steps // 2 if init_steps is None else int(init_steps)
     batch_fits = check_bool(batch_fits, "batch_fits")
     L, H = m.info.n_layers, m.info.n_heads
     with _frozen(m):

@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..checks import check_finite
 from ..errors import InputError, InputTypeError
 from ..instrument import HeadEdit
 from ..models.loading import LoadedModel
@@ -62,9 +61,12 @@ def iti(model: Any, heads: Heads | int, directions: ProbeResult | torch.Tensor |
     ``directions``: a :class:`ProbeResult` (its mass-mean ``direction`` and ``sigma``), or a tensor/array
     ``[L, H, D]`` (normalised to unit length per head, scaled by ``sigma [L, H]`` when given, else used
     as is). ``heads``: ``[(layer, head), ...]`` or an int ``k`` = the top-``k`` heads of the ProbeResult."""
+    from ..validate import check_iti_args, check_shift
+
+    check_iti_args(heads=heads, directions=directions, alpha=alpha, sigma=sigma)
     m = as_loaded(model)
     L, H, D = m.info.n_layers, m.info.n_heads, m.info.d_head
-    alpha = check_finite(alpha, "alpha")
+    alpha = float(alpha)
     if isinstance(directions, ProbeResult):
         if isinstance(heads, int) and not isinstance(heads, bool):
             heads = directions.top(heads)
@@ -86,7 +88,8 @@ def iti(model: Any, heads: Heads | int, directions: ProbeResult | torch.Tensor |
     if isinstance(heads, int) and not isinstance(heads, bool):
         raise InputError("heads=k (top-k) needs a ProbeResult as directions; pass [(layer, head), ...] otherwise")
     hs = check_heads(m, heads)
-    return ITI(m, hs, vec, float(alpha))
+    check_shift(alpha, float(vec.abs().max()) if vec.numel() else 0.0, m.dtype)
+    return ITI(m, hs, vec, alpha)
 
 
 __all__ = ["ITI", "iti"]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from ..checks import check_count
 from ..tasks.labelled import ProbeData, as_probe_data, check_probe_data, load_probe_data, probe_data
 from ..tasks.statements import statement_probe_data
 from .inputs import as_loaded
@@ -34,13 +33,19 @@ def probe(model: Any, dataset: Any = None, position: int = -1, *, n_folds: int =
     ``{"text", "label", "group"}`` dicts, or ``None`` for the package's true/false statements
     (:mod:`headatlas.tasks.statements`, each true/false pair one group). ``position``: the token whose
     ``z`` is probed (``-1``: each text's last token). Returns a :class:`ProbeResult`
-    (``.accuracy``, ``.null_mean``, ``.p``, ``.q``, ``.to_dataframe()``, ``.top(k)``, ``.direction``)."""
+    (``.accuracy``, ``.null_mean``, ``.p``, ``.q``, ``.to_dataframe()``, ``.top(k)``, ``.direction``).
+    The settings are checked before the model loads (:func:`headatlas.validate.check_probe_args`: ``n_perm`` at
+    most 100000 ridge / 10000 logistic, and the null's arrays under 2 GiB; ``ridge`` and ``C`` in (0, 1e6])."""
+    from ..validate import check_probe_args, check_probe_size
+
+    check_probe_args(dataset=dataset, position=position, n_folds=n_folds, n_perm=n_perm, method=method, ridge=ridge,
+                     C=C, seed=seed, batch_size=batch_size, progress=progress)
+    data = None if dataset is None else as_probe_data(dataset)   # a bad file fails before the model loads
     m = as_loaded(model)
-    if dataset is None:
+    if data is None:
         data = statement_probe_data(m.tokenizer, seed=seed)
-    else:
-        data = as_probe_data(dataset)
-    batch_size = check_count(batch_size, "batch_size")
+    check_probe_size(n_perm if n_perm is not None else (N_PERM if method == "ridge" else N_PERM_LOGISTIC), len(data),
+                     m.info.n_layers * m.info.n_heads)
     rows = token_rows(m, data.texts)
     pos = resolve_positions(rows, position)
     cap = capture_heads(m, rows, pos, batch_size=batch_size, progress=progress)

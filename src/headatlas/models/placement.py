@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import torch
@@ -108,8 +107,8 @@ def _check_memory(max_memory: Any) -> dict[int | str, int | str]:
         try:
             if isinstance(size, bool) or convert_file_size_to_int(size) <= 0:
                 raise ValueError
-        except (ValueError, TypeError, AttributeError):
-            raise InputError(f"max_memory[{key!r}] = {size!r}: give bytes (an int) or a size such as '20GiB'") from None
+        except (ValueError, TypeError, AttributeError, OverflowError):
+            raise InputError(f"max_memory[{key!r}] = {size!r:.40}: give bytes (an int) or a size such as '20GiB'") from None
         out[key] = size
     return out
 
@@ -143,12 +142,11 @@ def check_placement(device_map: Any = None, max_memory: Any = None, offload_fold
     memory = _check_memory(max_memory) if max_memory is not None else None
     folder = None
     if offload_folder is not None:
+        from ..outdir import check_folder_path
+
         if not isinstance(offload_folder, (str, os.PathLike)) or not str(offload_folder).strip():
             raise InputError(f"offload_folder must be a folder path, got {offload_folder!r}")
-        path = Path(offload_folder).expanduser()
-        if path.exists() and not path.is_dir():
-            raise InputError(f"offload_folder {path} exists and is not a folder")
-        folder = str(path)
+        folder = str(check_folder_path(offload_folder, what="offload_folder"))   # a file, under a file, /proc...
     if isinstance(dm, dict) and "disk" in dm.values() and folder is None:
         raise InputError("device_map sends modules to 'disk' but no offload_folder was given; pass "
                          "offload_folder=<a folder with room for those weights>")
@@ -206,7 +204,9 @@ def dispatch(model: nn.Module, placement: Placement, dtype: torch.dtype) -> nn.M
         raise InputError("the planned device map offloads modules to 'disk' (max_memory is too small for the rest); "
                          "pass offload_folder=<a folder>, or raise max_memory")
     if placement.offload_folder is not None:
-        Path(placement.offload_folder).mkdir(parents=True, exist_ok=True)
+        from ..outdir import prepare_out
+
+        prepare_out(placement.offload_folder, what="offload_folder")   # OutputError when it cannot be written
     model = dispatch_model(model, dmap, offload_dir=placement.offload_folder)
     model.hf_device_map = dmap
     return model

@@ -17,6 +17,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from ..checks import check_binary, check_hashable, check_integral
 from ..errors import InputError, InputTypeError
 
 
@@ -37,8 +38,8 @@ class ProbeData:
         if labels.shape != (n,) or groups.shape != (n,):
             raise InputError(f"probe data: {n} texts but {labels.shape[0] if labels.ndim else 0} labels and "
                              f"{groups.shape[0] if groups.ndim else 0} groups; give one label and group per text")
-        object.__setattr__(self, "labels", labels.astype(int))
-        object.__setattr__(self, "groups", groups.astype(int))
+        object.__setattr__(self, "labels", check_binary(labels, f"{self.source or 'probe data'}: labels"))
+        object.__setattr__(self, "groups", check_integral(groups, f"{self.source or 'probe data'}: groups"))
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -71,7 +72,7 @@ def probe_data(records: Iterable[dict[str, Any]], *, source: str = "records") ->
             raise InputError(f"{source}: record {i + 1}: label must be 0 or 1, got {label!r:.40}")
         texts.append(text)
         labels.append(int(label))
-        groups.append(r.get("group", f"__item{i}"))
+        groups.append(check_hashable(r.get("group", f"__item{i}"), f"{source}: record {i + 1}: group"))
     data = ProbeData(tuple(texts), np.array(labels, dtype=int), _group_ids(groups), source)
     check_probe_data(data)
     return data

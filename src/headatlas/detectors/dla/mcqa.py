@@ -55,6 +55,7 @@ from ...tasks.mcqa import MCQABatch, mcqa_batch
 from ...tasks.text import check_english
 from ..base import Detector, DetectorResult, LabelRule, ScanConfig, SharedPass, register
 from ..causal import ablation_check
+from ..options import Option
 
 if TYPE_CHECKING:
     from ...models import LoadedModel
@@ -307,6 +308,12 @@ def _patching_agreement(m: LoadedModel, batch: MCQABatch, answers: torch.Tensor,
             "top_patching": [[a, b, float(effect[a, b])] for a, b in sorted(top(effect), key=lambda lh: -effect[lh])]}
 
 
+MCQA_OPTIONS = (
+    Option("mcqa_patching", "bool", True, "confirm the output heads by attribution patching (answer-swapped twins)"),
+    Option("mcqa_patching_always", "bool", False, "run that patching even when the DLA test finds no output head"),
+)
+
+
 MCQA_PASS: SharedPass[MCQAStats] = SharedPass(
     name="mcqa", compute=compute_mcqa,
     key=lambda m, cfg: (cfg.seed, _n_prompts(cfg), cfg.batch_size, bool(cfg.options.get("mcqa_patching", True)),
@@ -396,12 +403,12 @@ _CITE = "Lieberum et al. 2023, arXiv 2307.09458"
 CONSTANT = register(Detector(
     name="constant", evidence="dla", metric="MCQA logit difference", stage="KR", method="DLA output heads + attention pattern (MCQA)",
     summary="an MCQA output head whose final-token attention is spread evenly over the option letters",
-    citation=_CITE, run=run_constant, uses=(MCQA_PASS,), causal=mcqa_check))
+    citation=_CITE, run=run_constant, uses=(MCQA_PASS,), options=MCQA_OPTIONS, causal=mcqa_check))
 SINGLE_LETTER = register(Detector(
     name="single_letter", evidence="dla", metric="MCQA logit difference", stage="KR", method="DLA output heads + attention pattern (MCQA)",
     summary="an MCQA output head whose final-token attention sits on one fixed option letter regardless of the answer",
-    citation=_CITE, run=run_single_letter, uses=(MCQA_PASS,), causal=mcqa_check))
+    citation=_CITE, run=run_single_letter, uses=(MCQA_PASS,), options=MCQA_OPTIONS, causal=mcqa_check))
 CORRECT_LETTER = register(Detector(
     name="correct_letter", evidence="dla", metric="MCQA logit difference", stage="LR", method="DLA output heads + attention pattern (MCQA)",
     summary="an MCQA output head whose final-token attention goes to the correct option letter",
-    citation=_CITE, run=run_correct_letter, uses=(MCQA_PASS,), causal=mcqa_check, version=3))
+    citation=_CITE, run=run_correct_letter, uses=(MCQA_PASS,), options=MCQA_OPTIONS, causal=mcqa_check, version=3))

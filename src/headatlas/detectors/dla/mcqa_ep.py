@@ -51,10 +51,11 @@ from ... import stats
 from ...atlas.records import CausalCheck
 from ...errors import InputError
 from ...methods.dla import capture_final_residual, dla_by_source, readout
-from ...tasks.mcqa import MCQABatch, mcqa_batch
+from ...tasks.mcqa import LETTERS, TOPICS, MCQABatch, mcqa_batch
 from ...tasks.text import check_english
 from ..base import NOT_FOUND, Detector, DetectorResult, LabelRule, ScanConfig, SharedPass, register
 from ..causal import ablation_check
+from ..options import Option
 from .mcqa import answer_letter_ids, mcqa_logit_diff, swap_contrast
 
 if TYPE_CHECKING:
@@ -66,6 +67,12 @@ MIN_PATCH = 0.1                # logits of logit(k) - logit(k2): the smallest pa
 GATE_ALPHA = 0.05
 EVAL_SEED_OFFSET = 1000
 DEFAULT_TOPIC, DEFAULT_SHOTS, DEFAULT_OPTIONS = "colors", 3, 4
+EP_OPTIONS = (
+    Option("mcqa_topic", "choice", DEFAULT_TOPIC, "what the questions ask", choices=TOPICS),
+    Option("mcqa_shots", "int", DEFAULT_SHOTS, "solved examples before each question", low=0, high=8),
+    Option("mcqa_options", "int", DEFAULT_OPTIONS, "lettered options per question", low=2, high=len(LETTERS)),
+    Option("mcqa_require_skill", "bool", True, "report 'not found' unless the model answers above chance"),
+)
 
 AMP_RULE = LabelRule(statistic=("DLA swap contrast at the final token: the head's DLA to logit(letter) - mean "
                                 "logit(other letters) when the letter is the answer minus when the same letter "
@@ -265,4 +272,4 @@ _LIEBERUM = "Lieberum et al. 2023, arXiv 2307.09458"
 AMPLIFICATION = register(Detector(
     name="amplification", evidence="dla", metric="MCQA logit difference", stage="EP", method="DLA with answer-swapped contrast + attention pattern (MCQA)",
     summary="raises the correct option letter's logit at the final token without reading the options",
-    citation=_LIEBERUM, run=run_amplification, uses=(EP_PASS,), causal=ep_check))
+    citation=_LIEBERUM, run=run_amplification, uses=(EP_PASS,), options=EP_OPTIONS, causal=ep_check))

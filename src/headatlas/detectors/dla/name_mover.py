@@ -43,6 +43,7 @@ from ...methods.dla import dla_by_source
 from ...tasks.ioi import TEMPLATES, IOIBatch, ioi_batch
 from ..base import Detector, DetectorResult, LabelRule, ScanConfig, SharedPass, register
 from ..causal import ablation_check
+from ..options import Option
 
 if TYPE_CHECKING:
     from ...models import LoadedModel
@@ -238,4 +239,7 @@ DETECTOR = register(Detector(
     name="name_mover", evidence="dla", metric="IOI logit difference", stage="ICI", method="direct logit attribution + attention (IOI)",
     summary="END attends to the indirect object and the head's output raises logit(IO) - logit(S) directly",
     citation="Wang et al. 2022, arXiv 2211.00593", run=run, causal=ioi_check, uses=(IOI_PASS,), version=3,
+    options=(Option("mover_patching", "choice", "attribution", "patching of every head that confirms the DLA "
+                    "(attribution: first-order, one backward pass; exact: one forward per head; none: skip it)",
+                    choices=("attribution", "exact", "none")),),
 ))

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 
 from ... import stats
 from ..base import Detector, DetectorResult, LabelRule, ScanConfig, register
-from .synthetic import SYNTHETIC, example_prompt, synthetic_stats
+from .synthetic import (SYNTHETIC, SYNTHETIC_OPTIONS, check_synthetic_options,
+                         example_prompt, synthetic_stats)
 
 if TYPE_CHECKING:
     from ...models import LoadedModel
@@ -46,6 +47,7 @@ DETECTOR = register(Detector(
     name="attention_sink", evidence="pattern", metric="", stage="ICI", method="attention-pattern score",
     summary="puts most of its attention on the first token (attention sink / dormant head)",
     citation="Gu et al. 2024, arXiv 2410.10781; Xiao et al. 2023, arXiv 2309.17453", run=run, uses=(SYNTHETIC,),
+    options=SYNTHETIC_OPTIONS, options_rule=check_synthetic_options,
     example=example_prompt, version=3,
     no_causal=("attention sinks are defined by their attention pattern (a structural role, not a function): ablating "
                "them disturbs the model in ways unrelated to a head type, so no behavioural metric backs the label"),

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 from ... import stats
 from ..base import Detector, DetectorResult, LabelRule, ScanConfig, register
 from ..behaviours import repeat_loss_check
-from .synthetic import SYNTHETIC, example_prompt, mean_std, synthetic_stats
+from .synthetic import (SYNTHETIC, SYNTHETIC_OPTIONS, check_synthetic_options,
+                         example_prompt, mean_std, synthetic_stats)
 
 if TYPE_CHECKING:
     from ...models import LoadedModel
@@ -48,5 +49,6 @@ DETECTOR = register(Detector(
     name="duplicate_token", evidence="pattern", metric="repeat loss", stage="ICI", method="attention-pattern score",
     summary="attends from a token to earlier copies of the same token",
     citation="Wang et al. 2022, arXiv 2211.00593", run=run, uses=(SYNTHETIC,),
+    options=SYNTHETIC_OPTIONS, options_rule=check_synthetic_options,
     example=example_prompt, causal=repeat_loss_check,
 ))

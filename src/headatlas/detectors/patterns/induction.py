@@ -27,7 +27,8 @@ import numpy as np
 from ... import stats
 from ..base import Detector, DetectorResult, LabelRule, ScanConfig, register
 from ..behaviours import repeat_loss_check
-from .synthetic import SYNTHETIC, example_prompt, mean_std, synthetic_stats
+from .synthetic import (SYNTHETIC, SYNTHETIC_OPTIONS, check_synthetic_options,
+                         example_prompt, mean_std, synthetic_stats)
 
 if TYPE_CHECKING:
     from ...models import LoadedModel
@@ -64,5 +65,6 @@ DETECTOR = register(Detector(
     name="induction", evidence="pattern", metric="repeat loss", stage="LR", method="scoring (prefix matching + OV copying)",
     summary="on a repeat, attends to the token after the earlier copy and copies it to the output",
     citation="Olsson et al. 2022, arXiv 2209.11895; Crosbie & Shutova 2024, arXiv 2407.07011", run=run,
-    uses=(SYNTHETIC,), example=example_prompt, causal=repeat_loss_check,
+    uses=(SYNTHETIC,),
+    options=SYNTHETIC_OPTIONS, options_rule=check_synthetic_options, example=example_prompt, causal=repeat_loss_check,
 ))

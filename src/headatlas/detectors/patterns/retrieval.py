@@ -50,6 +50,7 @@ from ...methods.ablation import ablation_edits
 from ...tasks.needle import N_DISTRACTORS, NeedleCase, needle_cases
 from ...tasks.text import check_english, pad_id
 from ..base import Detector, ScanConfig, register
+from ..options import Option
 from ..causal import ablation_check
 
 if TYPE_CHECKING:
@@ -57,6 +58,16 @@ if TYPE_CHECKING:
 
 MIN_EFFECT = 0.1          # the paper's retrieval-score threshold, here on score minus control
 MIN_RECALL = 0.5
+OPTIONS = (
+    Option("retrieval_prompts", "int", None, "needle prompts (default: the scan's n_prompts, else 16; 8 quick)",
+           low=2, high=10_000),
+    Option("retrieval_lengths", "ints", None, "prompt lengths in tokens, cycled over the prompts (default 300; 200 "
+           "quick; each capped at the model's context - 8)", low=32, high=1_000_000),
+    Option("retrieval_distractors", "int", N_DISTRACTORS, "distractor facts per prompt besides the needle (the null)",
+           low=1, high=64),
+    Option("min_recall", "float", MIN_RECALL, "answer recall a prompt needs to count (greedy answer vs the needle's "
+           "code)", low=0.0, high=1.0),
+)
 EVAL_SEED_OFFSET = 1000   # causal-check prompts never reuse the detection seed
 EVAL_LENGTH = 240         # causal-check prompts (22 ablated passes over them: kept short)
 PREFILL_CHUNK = 2048      # longer prompts are prefilled in blocks (never one [S, S] attention)
@@ -357,4 +368,5 @@ DETECTOR = register(Detector(
     name="retrieval", evidence="pattern", metric="needle log-prob", stage="ICI", method="retrieval score (needle in a haystack with distractor facts)",
     summary="during greedy answering, top-1 attention lands on the needle token being copied, more than on distractor facts",
     citation="Wu et al. 2024, arXiv 2404.15574", run=run, requires=("induction",), causal=needle_logprob_check,
+    options=OPTIONS,
 ))

@@ -24,17 +24,19 @@ Statistics (``W`` = ``window``, offsets counted backwards from the query):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from ...errors import InputError
 from ...instrument import Taps, instrumented
 from ...tasks.repeats import RepeatBatch, fit_block_len, repeated_tokens, token_pool
 from ...tasks.vocab import bos_id
 from ...methods import dla as ov
 from . import scoring as patterns
 from ..base import ScanConfig, SharedPass
+from ..options import Option
 
 if TYPE_CHECKING:
     from ...models import LoadedModel
@@ -45,6 +47,23 @@ BLOCK_LEN = 40
 N_REPEATS = 3
 WINDOW = 8
 COPY_QUERIES = 16   # queries per prompt for the OV copying score (a mean; 16 x prompts samples)
+
+# the options of the detectors that share these passes (previous_token, duplicate_token, induction, positional,
+# attention_sink): one name, one meaning for all five
+SYNTHETIC_OPTIONS = (
+    Option("window", "int", WINDOW, "relative offsets 0..window scored by the positional and previous-token "
+           "statistics", low=1, high=64),
+    Option("block_len", "int", BLOCK_LEN, "length of the random block repeated 3 times (the longest that fits the "
+           "model's context and vocabulary, up to this)", low=4, high=4096),
+)
+
+
+def check_synthetic_options(values: dict[str, Any]) -> None:
+    """The repeated block must be longer than the scored window (``block_len >= window + 2``)."""
+    window, block = values.get("window", WINDOW), values.get("block_len", BLOCK_LEN)
+    if block < window + 2:
+        raise InputError(f"option 'block_len' ({block}) must be at least window + 2 = {window + 2}: the scored offsets "
+                         "must fit inside one block")
 
 
 @dataclass(frozen=True)
