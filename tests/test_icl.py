@@ -230,6 +230,22 @@ def test_in_context_dla_sums_to_logit_diff_direct_part(m, monkeypatch):
     assert np.allclose(r.scores, -r2.scores, atol=1e-6)
 
 
+def test_in_context_selects_pairs_on_separate_prompts():
+    """A model at chance on every class pair: keeping the pairs that look good on the prompts the binomial test
+    then uses (version 2) passes the behaviour gate far more often than 5%; selecting on separate prompts does
+    not (the test's prompts are fresh draws of the kept pairs)."""
+    gen = torch.Generator().manual_seed(0)
+    pair = torch.arange(48) % 3
+    old = new = 0
+    trials = 2000
+    for _ in range(trials):
+        ld_sel, ld_det = torch.randn(48, generator=gen), torch.randn(48, generator=gen)
+        kept, _ = icmod.select_pairs(ld_sel, pair)
+        old += bool(kept) and icmod.above_chance(ld_sel[torch.isin(pair, torch.tensor(kept))])[2] <= icmod.CHANCE_ALPHA
+        new += bool(kept) and icmod.above_chance(ld_det[:16 * len(kept)])[2] <= icmod.CHANCE_ALPHA
+    assert old / trials > 0.09 and new / trials <= 0.05
+
+
 @pytest.mark.slow
 def test_smollm2_country_capital_is_learned_in_context():
     m = headatlas.load("smollm2-135m")
