@@ -69,10 +69,8 @@ def summary_table(atlas, top: int) -> Table:
             continue
         tops = atlas.top_heads(name, top)
         if not tops:
-            best = atlas.top_heads(name, 1, labelled_only=False)
-            hint = (f" [dim](best {best[0].name}: score {best[0].score:.3g}, effect {best[0].effect:.3g}, "
-                    f"q {_num(best[0].q_value)})[/]") if best else ""
-            table.add_row(name, stage, "0", f"[magenta]none found[/]{hint}", _causal_cell(r.causal))
+            hint = escape(atlas.best_head_hint(name))
+            table.add_row(name, stage, "0", f"[magenta]none found[/][dim]{hint}[/]", _causal_cell(r.causal))
             continue
         cells = "\n".join(f"{e.name}  {e.score:.3g}  (effect {e.effect:.3g}, q {_num(e.q_value)})" for e in tops)
         more = len(r.labelled) - len(tops)
