@@ -25,13 +25,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ...atlas.records import CausalCheck
 from ...errors import InputError
 from ...methods.probing import ProbeResult, capture_heads, completion_logodds, resolve_positions, token_rows
 from ...tasks.text import check_english
-from ..base import NOT_FOUND, Detector, DetectorResult, LabelRule, ScanConfig, SharedPass, register
+from ..base import NOT_FOUND, Detector, LabelRule, ScanConfig, SharedPass, register
 from .common import fit_probes, probe_run
-from .truthfulness import ALPHA, K_ITI, iti_check
+from .truthfulness import iti_causal
 
 if TYPE_CHECKING:
     from ...models import LoadedModel
@@ -145,13 +144,8 @@ def _describe(cp: CoherencePass, cfg: ScanConfig) -> tuple[str, dict]:
 run = probe_run("coherence", COH_PASS, RULE, _describe)
 
 
-def causal(m: "LoadedModel", cfg: ScanConfig, result: DetectorResult) -> CausalCheck:
-    cp = cfg.shared(COH_PASS, m)
-    top = sorted(result.labelled, key=lambda lh: -float(result.scores[lh]))[:K_ITI]
-    return iti_check(m, top, cp.features, cp.labels, cp.heldout, alpha=ALPHA, seed=cfg.seed + 1000,
-                     metric="log P(answer in the question's language) - log P(English answer)",
-                     description=(f"ITI: top-{len(top)} coherence heads shifted {ALPHA:g} sigma along their mass-mean "
-                                  f"direction, on {len(cp.heldout)} held-out questions, vs 20 layer-matched random sets"))
+causal = iti_causal("coherence", COH_PASS, metric="log P(answer in the question's language) - log P(English answer)",
+                    direction="coherence", items="questions")
 
 
 DETECTOR = register(Detector(

@@ -20,7 +20,7 @@ random head sets, each shifted along its own mass-mean direction with the same a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -30,7 +30,7 @@ from ...methods.probing import (ProbeResult, capture_heads, completion_logodds, 
                                resolve_positions, token_rows)
 from ...tasks.statements import pairs_to_records, statement_pairs
 from ...tasks.text import check_english
-from ..base import Detector, DetectorResult, LabelRule, ScanConfig, SharedPass, register
+from ..base import CausalFn, Detector, DetectorResult, LabelRule, ScanConfig, SharedPass, register
 from ..causal import N_RANDOM, matched_random_sets
 from .common import fit_probes, probe_run
 
@@ -115,14 +115,21 @@ def iti_check(m: "LoadedModel", heads: Sequence[tuple[int, int]], features: np.n
                        baseline=float(np.mean(clean)), expected="increase", description=description)
 
 
-def causal(m: "LoadedModel", cfg: ScanConfig, result: DetectorResult) -> CausalCheck:
-    tp = cfg.shared(TRUTH_PASS, m)
-    top = sorted(result.labelled, key=lambda lh: -float(result.scores[lh]))[:K_ITI]
-    return iti_check(m, top, tp.features, tp.labels, tp.heldout, alpha=ALPHA, seed=cfg.seed + 1000,
-                     metric="log P(true completion) - log P(false completion)",
-                     description=(f"ITI: top-{len(top)} truthfulness heads shifted {ALPHA:g} sigma along their "
-                                  f"mass-mean truth direction, on {len(tp.heldout)} held-out facts, vs "
-                                  f"{N_RANDOM} layer-matched random head sets with their own directions"))
+def iti_causal(name: str, shared: SharedPass[Any], *, metric: str, direction: str, items: str) -> CausalFn:
+    """The causal check of probing detector ``name``: :func:`iti_check` on its top-:data:`K_ITI` labelled heads
+    with the shared pass's ``features``, ``labels`` and held-out ``(prefix, good, bad)`` triples ``heldout``."""
+    def causal(m: "LoadedModel", cfg: ScanConfig, result: DetectorResult) -> CausalCheck:
+        p = cfg.shared(shared, m)
+        top = sorted(result.labelled, key=lambda lh: -float(result.scores[lh]))[:K_ITI]
+        return iti_check(m, top, p.features, p.labels, p.heldout, alpha=ALPHA, seed=cfg.seed + 1000, metric=metric,
+                         description=(f"ITI: top-{len(top)} {name} heads shifted {ALPHA:g} sigma along their mass-mean "
+                                      f"{direction} direction, on {len(p.heldout)} held-out {items}, vs {N_RANDOM} "
+                                      "layer-matched random head sets with their own directions"))
+    return causal
+
+
+causal = iti_causal("truthfulness", TRUTH_PASS, metric="log P(true completion) - log P(false completion)",
+                    direction="truth", items="facts")
 
 
 def example(m: "LoadedModel", cfg: ScanConfig):
