@@ -30,8 +30,8 @@ candidate* named in the instruction; across word pairs an accidental token prefe
 Null (exact matched control): swapping which instruction word is called negative and which positive in
 every prompt of a word pair negates that pair's order-averaged NAS exactly (``(a + b) log(b / a)`` is
 antisymmetric). Under the null that the head does not prefer the negative option, the per-pair scores are
-symmetric about 0; p is the add-one sign-flip permutation p over word pairs (``stats.N_PERM`` draws; 16
-pairs give a smallest exact p of 2^-15), BH q over all heads. The Yes/No pair's own NAS is reported in
+symmetric about 0; p is the add-one sign-flip permutation p over word pairs (``stats.N_PERM`` draws; 14
+pairs give a smallest exact p of 2^-14), BH q over all heads. The Yes/No pair's own NAS is reported in
 ``extras["nas_yes_no"]``.
 Label: q <= 0.05 and effect >= ``MIN_EFFECT`` (0.1: e.g. 10% of the attention of the question positions
 on the two words in total, split 2.7:1 in favour of the negative word).
