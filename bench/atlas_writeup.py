@@ -67,11 +67,7 @@ def detector_rows(a: Atlas, top: int = 5) -> list[str]:
             continue
         tops = a.top_heads(name, top)
         if not tops:
-            best = a.top_heads(name, 1, labelled_only=False)
-            b = best[0] if best else None
-            hint = (f"none found (best {b.name}: score {_f(b.score)}, effect {_f(b.effect)}, p {_f(b.p_value, 2)}, "
-                    f"q {_f(b.q_value, 2)})") if b else "none found"
-            lines.append(f"| {name} | {st} | 0 | {hint} |")
+            lines.append(f"| {name} | {st} | 0 | none found{a.best_head_hint(name)} |")
             continue
         cells = "; ".join(f"{e.name} {_f(e.score)}, {_f(e.effect)} [{_f(e.ci_low)}, {_f(e.ci_high)}], p {_f(e.p_value, 2)},"
                           f" q {_f(e.q_value, 2)}, stab {_f(e.stability, 2)}" for e in tops)

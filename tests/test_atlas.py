@@ -68,6 +68,27 @@ def make_atlas() -> Atlas:
                  timings={n: 1.5 for n in stages})
 
 
+def test_top_heads_follow_the_rules_direction():
+    """A 'less' rule (negative name movers): with nothing labelled, the best head is the most negative one, never
+    the largest positive score ("negative_name_mover: none found (best L23H3: 1.94, p 1)"); the summary, the CLI
+    and the write-ups all take it from Atlas.top_heads."""
+    from dataclasses import replace
+
+    scores = np.zeros((L, H))
+    scores[2, 0], scores[3, 1], scores[1, 2] = 1.94, -0.51, -0.2
+    rule = LabelRule(statistic="DLA (negative)", direction="less", min_effect=0.1)
+    r = replace(_result("neg", {}), scores=scores, effect=scores.copy(), rule=rule)
+    two = replace(_result("both", {}), scores=scores, effect=-scores, rule=replace(rule, direction="two-sided"))
+    meta = {n: DetectorMeta(n, "ICI", method="dla", summary=n, citation="c", metric="IOI logit difference")
+            for n in ("neg", "both")}
+    a = Atlas(MODEL, [r, two], meta, seed=0, settings={})
+    assert [e.name for e in a.top_heads("neg", 3, labelled_only=False)] == ["L3H1", "L1H2", "L0H0"]
+    assert a.top_heads("both", 1, labelled_only=False)[0].name == "L2H0"          # largest |effect|
+    assert a.best_head_hint("neg").startswith(" (best L3H1: score -0.51, effect -0.51, p ")
+    assert "neg [ICI]: none found (best L3H1: score -0.51" in a.summary()
+    assert "L2H0" not in a.summary().split("neg [ICI]")[1].split("\n")[0]
+
+
 def test_accessors_and_labels():
     a = make_atlas()
     assert a.detectors == ["prev", "ind", "letters", "nothing", "long"]

@@ -63,7 +63,7 @@ def test_yesno_split_answers_read_by_first_token_or_dropped():
             return [self.vocab.setdefault(ch, len(self.vocab)) for ch in text]
     tok = Chars()
     assert answer_ids(tok) == (tok.encode("Y")[0], tok.encode("N")[0])
-    b = yesno_batch(tok, 1, seed=0)
+    b = yesno_batch(tok, 1, seed=0, pairs=(("Yes", "No"), ("Right", "Wrong"), ("positive", "negative")))
     assert ("Yes", "No") in b.dropped                  # 4 vs 3 tokens: not token-count matched
     assert ("Right", "Wrong") in b.pairs and ("positive", "negative") in b.pairs
     k = b.pairs.index(("Right", "Wrong"))
@@ -132,13 +132,61 @@ def _planted_yesno(seed: int = 0) -> N.YesNoStats:
 
 
 def test_planted_negative_head_labelled_positional_and_token_preference_heads_not():
-    st = _planted_yesno()
+    for seed in range(5):      # the planted head always, the positional and token-preference heads never
+        lab = N.negative_result(_planted_yesno(seed), ScanConfig(seed=0)).labelled
+        assert (1, 0) in lab and (0, 1) not in lab and (0, 2) not in lab
+    st = _planted_yesno(1)     # (seed 0 happens to give a random-mass head p 0.005 among these 6 heads)
     r = N.negative_result(st, ScanConfig(seed=0))
     assert r.labelled == [(1, 0)]
     assert r.extras["nas_second_minus_first"][0, 1] < -1.0        # the positional head prefers the first option
     assert abs(r.effect[0, 1]) < 0.3 * r.effect[1, 0]
     assert abs(r.extras["nas_yes_no"][0, 2]) > r.effect[1, 0] / 2  # strong on Yes/No alone, but not across pairs
     assert r.p_value[0, 2] > 0.01 and r.p_value[1, 0] < 1e-3 and np.isfinite(r.p_value).all()
+
+
+# the version-2 answer words: the negative word is the rarer one in 14 of these 16 pairs
+OLD_PAIRS = (("Yes", "No"), ("True", "False"), ("Right", "Wrong"), ("Correct", "Incorrect"), ("Valid", "Invalid"),
+             ("Agree", "Disagree"), ("Accept", "Reject"), ("Positive", "Negative"))
+OLD_PAIRS = OLD_PAIRS + tuple((a.lower(), b.lower()) for a, b in OLD_PAIRS)
+
+
+def _rare_word_heads(pairs, n_heads: int = 400, seed: int = 0) -> N.YesNoStats:
+    """Fake NAS of heads that attend to the *rarer* answer word (a rare-words head, not a negative head): per
+    prompt, NAS = -b * (Zipf(negative) - Zipf(positive)) + noise, b > 0 differing by head."""
+    from headatlas.tasks.yesno import frequency_gaps
+
+    b = yesno_batch(WordTokenizer(), 1, seed=seed, pairs=pairs)
+    gap = np.array(frequency_gaps(b.pairs))[b.pair.numpy()]                            # [B]
+    rng = np.random.default_rng(seed)
+    slope = rng.uniform(0.1, 0.5, n_heads)
+    nas = (-gap[:, None] * slope[None] + rng.normal(0, 0.3, (len(b), n_heads)))[None]   # [1, B, H]
+    beh = {"no_rate": 0.5, "accuracy": 0.5, "p_no_minus_p_yes": 0.0}
+    return N.YesNoStats(batch=b, nas=nas, mass_no=np.zeros_like(nas), mass_yes=np.zeros_like(nas), behaviour=beh,
+                        seed=seed)
+
+
+def test_rare_word_heads_pass_with_old_answer_words_not_with_frequency_balanced_ones():
+    """The unit of the null is the answer-word pair; when the negative word is the rarer one in most pairs
+    (version 2), a head that attends to rare words passes as a negative head. With the frequency-balanced
+    pairs (negative more frequent in 3 of 7) such heads stay at or below the nominal 5%."""
+    cfg = ScanConfig(seed=0)
+    old = N.negative_result(_rare_word_heads(OLD_PAIRS), cfg)
+    new = N.negative_result(_rare_word_heads(OPTION_PAIRS), cfg)
+    assert float(np.mean(old.p_value < 0.05)) > 0.5 and len(old.labelled) > 100
+    assert float(np.mean(new.p_value < 0.05)) <= 0.05 and new.labelled == []
+    wf = new.details["word_frequency"]
+    assert wf["negative_rarer_in"] == "8 of 14 pairs" and wf["mean_gap"] > 0
+    assert old.details["word_frequency"]["negative_rarer_in"] == "14 of 16 pairs"
+
+
+def test_negative_reports_rare_words_overlap():
+    from types import SimpleNamespace
+
+    labels = [(1, 0), (0, 2)]
+    rw = SimpleNamespace(skipped="", labelled=[(0, 2)], effect=np.array([[0.0, 0.1, 0.6], [0.05, 0.0, 0.0]]))
+    out = N.rare_words_overlap(ScanConfig(seed=0, results={"rare_words": rw}), labels)
+    assert out["overlap"] == ["L0H2"] and out["rare_words_effect"] == {"L1H0": 0.05, "L0H2": 0.6}
+    assert "did not run" in N.rare_words_overlap(ScanConfig(seed=0), labels)["note"]
 
 
 # ------------------------------------------------------------------------------------------ conflict DLA

@@ -118,13 +118,16 @@ def test_s_inhibition_runs_with_forced_receivers_and_causal_directions(english):
 
 @pytest.mark.slow
 def test_smollm2_ioi_roles():
-    """64 prompts (32 leave L24H4 at q 0.12): L24H4 attends to IO and writes against it (docs/ioi_circuit.md)."""
+    """The default settings (64 prompts; 32 left L24H4 at q 0.12): L24H4 attends to IO and writes against it, L23H0
+    is a name mover, L23H3 (direct effect +1.94 without attending to IO) neither (docs/ioi_circuit.md)."""
     torch.set_num_threads(1)
     m = headatlas.load("smollm2-135m")
     cache = ScanCache()
-    cfg = ScanConfig(seed=0, n_prompts=64, cache=cache, options={"mover_patching": "none"})
+    cfg = ScanConfig(seed=0, cache=cache, options={"mover_patching": "none"})
     pos = get("name_mover").run(m, cfg)
     neg = get("negative_name_mover").run(m, cfg)
     assert len(cache.values) == 1                               # one IOI pass for both
     assert neg.labelled == [(24, 4)] and neg.effect[24, 4] < -0.3 and neg.extras["dla_from_io"][24, 4] < -0.5
     assert pos.labelled and (23, 0) in pos.labelled and not set(pos.labelled) & set(neg.labelled)
+    assert pos.n_prompts == neg.n_prompts == 64
+    assert (23, 3) not in pos.labelled and (23, 3) not in neg.labelled

@@ -320,6 +320,27 @@ def test_semantic_result_labels_a_planted_head_only():
     assert np.array_equal(r.p_value, r2.p_value)
 
 
+def test_semantic_result_flips_by_relation_pair_not_by_prompt():
+    """Pseudo-replication: each (head, tail) pair appears in two carriers whose contrasts correlate (r = 0.6).
+    No head has an effect. Flipping signs per prompt (version 2) treats the carriers as independent and gives
+    far more than 5% of heads p < 0.05; flipping by pair (the unit of replication) gives about 5%."""
+    from headatlas.detectors.dla.semantic_induction import semantic_result
+
+    rng = np.random.default_rng(1)
+    L, G, H = 1, 56, 2000
+    shared = rng.normal(0, np.sqrt(0.6), (L, G, H))
+    x = np.repeat(shared, 2, axis=1) + rng.normal(0, np.sqrt(0.4), (L, 2 * G, H))     # [L, 2G, H]
+    per = {"index": x, "total": x, "attention": np.zeros_like(x), "model": np.ones(2 * G)}
+    rel = ["r"] * (2 * G)
+    pairs = [f"r:{g}" for g in range(G) for _ in range(2)]
+    old = semantic_result(per, rel, seed=0, data="pseudo-replicated", n_perm=999)
+    new = semantic_result(per, rel, seed=0, data="pseudo-replicated", n_perm=999, pairs=pairs)
+    fp_old, fp_new = float(np.mean(old.p_value < 0.05)), float(np.mean(new.p_value < 0.05))
+    assert fp_old > 0.07, fp_old
+    assert 0.03 <= fp_new <= 0.07, fp_new
+    assert "relation pair" in new.null_description and new.labelled == []
+
+
 def test_semantic_induction_skips_or_labels_nothing_on_random_weights():
     from english_tiny import english_tiny_model
 

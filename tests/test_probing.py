@@ -191,6 +191,26 @@ def tiny_d_head():
     return 8
 
 
+def test_probing_detectors_draw_the_contracts_permutations(monkeypatch):
+    """A full scan's probing detectors draw stats.N_PERM = 9,999 shuffled-label permutations (p floor 1e-4;
+    version 2 drew 999), a quick one 199; all five go through detectors/probing/common.fit_probes."""
+    from headatlas import stats
+    from headatlas.detectors import ScanConfig
+    from headatlas.detectors.probing import common
+
+    seen = []
+    monkeypatch.setattr(common, "probe_features", lambda *a, **k: seen.append((k["n_perm"], k["n_folds"])))
+    x, y, g = np.zeros((8, 1, 1, 2)), np.array([0, 1] * 4), np.arange(8)
+    common.fit_probes(x, y, g, ScanConfig(seed=0), position=-1, source="t")
+    common.fit_probes(x, y, g, ScanConfig(seed=0, quick=True), position=-1, source="t")
+    assert seen == [(stats.N_PERM, 5), (common.QUICK_PERM, 4)] and stats.N_PERM == 9999
+    import inspect
+    from headatlas.detectors.probing import accuracy, coherence, consistency, faithfulness, truthfulness
+    for mod in (accuracy, coherence, consistency, faithfulness, truthfulness):
+        src = inspect.getsource(mod)
+        assert "fit_probes(" in src and "probe_features(" not in src and "n_perm=" not in src, mod.__name__
+
+
 def test_detectors_label_nothing_on_random_models_quickly(tiny):
     import time
 

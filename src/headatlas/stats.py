@@ -63,8 +63,20 @@ def items_per_prompt(values: np.ndarray, rows: np.ndarray, n_rows: int) -> np.nd
     return out[:, count > 0]
 
 
+def cluster_index(groups: np.ndarray | None, B: int) -> tuple[np.ndarray, int] | None:
+    """``groups [B]`` (any hashable labels: a relation pair, a task, ...) -> ``(index [B] in 0..G-1, G)``;
+    ``None`` stays ``None`` (every prompt is its own unit)."""
+    if groups is None:
+        return None
+    g = np.asarray(groups)
+    if g.shape != (B,):
+        raise ValueError(f"groups must have one label per prompt ({B}), got shape {g.shape}")
+    _, idx = np.unique(g, return_inverse=True)
+    return idx.reshape(B), int(idx.max()) + 1 if B else 0
+
+
 def signflip_null(d: np.ndarray, n: int = N_PERM, *, rng: np.random.Generator,
-                  statistic: str = "mean") -> np.ndarray:
+                  statistic: str = "mean", groups: np.ndarray | None = None) -> np.ndarray:
     """Null draws ``[R, L, H]`` of the mean (or best-of-``K`` mean) of paired differences ``d``.
 
     ``d [L, B, H]`` or ``[L, B, H, K]``: per prompt, score minus its matched control. Under the null
@@ -72,14 +84,24 @@ def signflip_null(d: np.ndarray, n: int = N_PERM, *, rng: np.random.Generator,
     sign per prompt, shared by every head and candidate: the heads' draws stay jointly consistent).
     A best-of statistic (``K`` axis) takes the max over ``K`` in every draw, as the observed one does.
     NaN entries (a prompt with nothing to score) count as 0 and are left out of the mean's count.
+
+    ``groups [B]``: the unit of replication when it is not the prompt (cluster sign flips): prompts that
+    share a label (the two carriers of one relation pair, the prompts of one answer-word pair) are not
+    independent, so they flip together, one sign per group. ``None``: one sign per prompt.
     """
     if statistic != "mean":
         raise ValueError(f"unknown statistic {statistic!r}")
     L, B = d.shape[0], d.shape[1]
+    clusters = cluster_index(groups, B)
     finite = np.isfinite(d)
     x = np.where(finite, d, 0.0)
     count = finite.sum(axis=1)                                          # [L, H(, K)]
     flat = np.moveaxis(x, 1, 0).reshape(B, -1)                           # [B, L*H*K]
+    if clusters is not None:                                             # sum each group's prompts: [G, L*H*K]
+        idx, G = clusters
+        summed = np.zeros((G, flat.shape[1]))
+        np.add.at(summed, idx, flat)
+        flat, B = summed, G
     out = []
     for start in range(0, n, _CHUNK):
         r = min(_CHUNK, n - start)
@@ -205,21 +227,32 @@ def bh_q(p: np.ndarray) -> np.ndarray:
 
 
 def bootstrap(values: np.ndarray, statistic: Statistic | None = None, n: int = N_BOOT, *,
-              rng: np.random.Generator) -> np.ndarray:
+              rng: np.random.Generator, groups: np.ndarray | None = None) -> np.ndarray:
     """``[n, L, H]``: the statistic recomputed on prompts resampled with replacement (axis 1). The default
     statistic (:func:`mean_over_prompts`, best-of-``K`` for 4-d values) is computed for all resamples at
-    once from multinomial prompt counts; a custom one is recomputed resample by resample."""
+    once from multinomial prompt counts; a custom one is recomputed resample by resample.
+    ``groups [B]``: resample whole groups (cluster bootstrap; see :func:`signflip_null`)."""
     B = values.shape[1]
     L, H = values.shape[0], values.shape[2]
+    clusters = cluster_index(groups, B)
     if statistic is not None:
         out = np.empty((n, L, H))
+        members = None if clusters is None else [np.flatnonzero(clusters[0] == g) for g in range(clusters[1])]
         for i in range(n):
-            out[i] = statistic(values[:, rng.integers(0, B, size=B)])
+            if members is None:
+                take = rng.integers(0, B, size=B)
+            else:
+                take = np.concatenate([members[g] for g in rng.integers(0, len(members), size=len(members))])
+            out[i] = statistic(values[:, take])
         return out
     finite = np.isfinite(values)
     flat = np.moveaxis(np.where(finite, values, 0.0), 1, 0).reshape(B, -1)
     fin = np.moveaxis(finite.astype(float), 1, 0).reshape(B, -1)
-    counts = rng.multinomial(B, np.full(B, 1.0 / B), size=n).astype(float)     # [n, B]
+    if clusters is None:
+        counts = rng.multinomial(B, np.full(B, 1.0 / B), size=n).astype(float)     # [n, B]
+    else:
+        idx, G = clusters
+        counts = rng.multinomial(G, np.full(G, 1.0 / G), size=n).astype(float)[:, idx]
     with np.errstate(invalid="ignore", divide="ignore"):
         total, count = counts @ flat, counts @ fin
         mean = np.where(count > 0, total / np.maximum(count, 1e-300), np.nan).reshape((n, L) + values.shape[2:])
@@ -227,6 +260,20 @@ def bootstrap(values: np.ndarray, statistic: Statistic | None = None, n: int = N
         mean = np.where(np.isnan(mean), -np.inf, mean).max(axis=-1)
         mean = np.where(np.isfinite(mean), mean, np.nan)
     return mean
+
+
+def partial_conjunction_p(p: np.ndarray, u: int) -> np.ndarray:
+    """Simes partial-conjunction p-values (Benjamini & Heller 2008, Biometrics 64:1215) of "at least ``u``
+    of the ``T`` units have an effect", from per-unit p-values ``p [T, ...]`` -> ``[...]``:
+    ``min over i = u..T of (T - u + 1) / (i - u + 1) * p_(i)`` (``p_(i)`` the i-th smallest). Valid when
+    the units' p-values are independent under the null (separate prompts, separate permutations).
+    ``u = T``: the intersection-union test (the largest p); ``u = 1``: Simes' global test. NaN counts as 1."""
+    T = p.shape[0]
+    if not 1 <= u <= T:
+        raise ValueError(f"u must be in 1..{T}, got {u}")
+    s = np.sort(np.where(np.isfinite(p), p, 1.0), axis=0)[u - 1:]                # p_(u) .. p_(T)
+    w = (T - u + 1) / np.arange(1, T - u + 2, dtype=float)
+    return np.minimum(1.0, (w.reshape((-1,) + (1,) * (p.ndim - 1)) * s).min(axis=0))
 
 
 def _quantile(a: np.ndarray, q: float) -> np.ndarray:
@@ -255,7 +302,7 @@ class Tested:
     degenerate: list[tuple[int, int]]
 
 
-def _side_conditions(rule: LabelRule, scores: np.ndarray, extras: dict[str, np.ndarray] | None) -> np.ndarray:
+def side_conditions(rule: LabelRule, scores: np.ndarray, extras: dict[str, np.ndarray] | None) -> np.ndarray:
     """``[L, H]`` bool: the rule's conditions other than q and effect (score floor, extras)."""
     ok = np.isfinite(scores)
     with np.errstate(invalid="ignore"):
@@ -283,7 +330,7 @@ def apply_rule(rule: LabelRule, *, effect: np.ndarray, q: np.ndarray, scores: np
     """``[L, H]`` bool: heads that pass ``rule`` (q, effect in the rule's direction, score floor, extras)."""
     with np.errstate(invalid="ignore"):
         ok = np.isfinite(q) & (q <= rule.fdr) & np.isfinite(effect) & _effect_passes(rule, effect)
-    ok &= _side_conditions(rule, scores, extras)
+    ok &= side_conditions(rule, scores, extras)
     if usable is not None:
         ok &= usable
     return ok
@@ -296,7 +343,8 @@ def _ranked(mask: np.ndarray, q: np.ndarray, effect: np.ndarray) -> list[tuple[i
 
 def evaluate(per_prompt: np.ndarray, draws: np.ndarray, rule: LabelRule, *, seed: int, salt: str,
              scores: np.ndarray, statistic: Statistic | None = None,
-             extras: dict[str, np.ndarray] | None = None, n_boot: int = N_BOOT) -> Tested:
+             extras: dict[str, np.ndarray] | None = None, n_boot: int = N_BOOT,
+             groups: np.ndarray | None = None) -> Tested:
     """p, q, CI, stability and labels for observed per-prompt effects and null draws of the statistic.
 
     - ``per_prompt``: ``[L, B, H]`` (or ``[L, B, H, K]``) values whose ``statistic`` is the effect;
@@ -307,7 +355,8 @@ def evaluate(per_prompt: np.ndarray, draws: np.ndarray, rule: LabelRule, *, seed
     and is listed in ``degenerate`` (the detector reports it) instead of being hidden behind a floor.
     Stability: the fraction of bootstrap resamples of the prompts in which the head still clears the
     critical value of its own null at the detector's BH cut-off, and the rule's effect and score
-    conditions.
+    conditions. ``groups [B]``: the unit of replication when it is not the prompt; the bootstrap then
+    resamples whole groups (draw the null with the same ``groups``, :func:`signflip_null`).
     """
     effect = (statistic or mean_over_prompts)(per_prompt)
     p = permutation_p(effect, draws, rule.direction)
@@ -317,7 +366,7 @@ def evaluate(per_prompt: np.ndarray, draws: np.ndarray, rule: LabelRule, *, seed
         centre = np.nanmean(draws, axis=0)
     degenerate_mask = np.isfinite(effect) & ~(spread > 0)
     ok = apply_rule(rule, effect=effect, q=q, scores=scores, extras=extras, usable=~degenerate_mask)
-    boot = bootstrap(per_prompt, statistic, n_boot, rng=rng_for(seed, salt + ":bootstrap"))
+    boot = bootstrap(per_prompt, statistic, n_boot, rng=rng_for(seed, salt + ":bootstrap"), groups=groups)
     with np.errstate(invalid="ignore"):
         ci_low, ci_high = _quantile(boot, 0.025), _quantile(boot, 0.975)
     # critical value at the BH cut-off: the largest p that passes (or the per-head Bonferroni level)
@@ -340,7 +389,7 @@ def _stability(boot: np.ndarray, draws: np.ndarray, rule: LabelRule, p_cut: floa
         else:
             c = _quantile(draws, 0.5)
             passes = np.abs(boot - c[None]) >= _quantile(np.abs(draws - c[None]), level)[None]
-    fixed = _side_conditions(rule, scores, extras) & usable
+    fixed = side_conditions(rule, scores, extras) & usable
     frac = (passes & _effect_passes(rule, boot) & fixed[None]).mean(axis=0)
     return np.where(np.isfinite(scores), frac, np.nan)
 

@@ -318,8 +318,10 @@ class Atlas:
         return grid
 
     def top_heads(self, name: str, k: int = 5, *, labelled_only: bool = True) -> list[Evidence]:
-        """The ``k`` best heads of detector ``name`` by score: its labelled heads (``labelled_only``),
-        or all heads with a finite score."""
+        """The ``k`` best heads of detector ``name``: its labelled heads, most significant first
+        (``labelled_only``), or every head with a finite score ranked in the direction of the detector's rule
+        (``greater``: highest score first; ``less``: lowest score first, e.g. negative name movers;
+        ``two-sided``: largest ``|effect|`` first). The one place the atlas, the CLI and the write-ups rank heads."""
         from ..checks import check_bool, check_count
 
         k = check_count(k, "k", minimum=0)
@@ -328,10 +330,22 @@ class Atlas:
         if labelled_only:
             heads = [tuple(lh) for lh in r.labelled]   # most significant first
         else:
-            flat = np.where(np.isfinite(r.scores), r.scores, -np.inf).ravel()
+            key = {"less": -r.scores, "two-sided": np.abs(r.effect)}.get(r.rule.direction, r.scores)
+            flat = np.where(np.isfinite(r.scores) & np.isfinite(key), key, -np.inf).ravel()
             order = [int(i) for i in np.argsort(-flat, kind="stable") if np.isfinite(flat[i])]
             heads = [divmod(i, self.n_heads) for i in order]
         return [self.evidence(name, layer, h) for layer, h in heads[:k]]
+
+    def best_head_hint(self, name: str) -> str:
+        """``" (best L24H4: score -0.511, effect -0.511, p 0.003, q 0.12)"``: the head closest to a label of
+        detector ``name`` in its rule's direction (:meth:`top_heads` with ``labelled_only=False``), for a "none
+        found"; ``""`` when no head has a score."""
+        best = self.top_heads(name, 1, labelled_only=False)
+        if not best:
+            return ""
+        b = best[0]
+        return (f" (best {b.name}: score {b.score:.3g}, effect {b.effect:.3g}, p {b.p_value:.2g}, "
+                f"q {b.q_value:.2g})")
 
     # ----- tables -------------------------------------------------------------------------------
     def to_dataframe(self) -> "pd.DataFrame":
@@ -391,10 +405,7 @@ class Atlas:
                 continue
             tops = self.top_heads(name, top)
             if not tops:
-                best = self.top_heads(name, 1, labelled_only=False)
-                hint = (f" (best {best[0].name}: score {best[0].score:.3g}, effect {best[0].effect:.3g}, "
-                        f"p {best[0].p_value:.2g}, q {best[0].q_value:.2g})") if best else ""
-                lines.append(f"  {name} [{m.stage}]: none found{hint}")
+                lines.append(f"  {name} [{m.stage}]: none found{self.best_head_hint(name)}")
                 continue
             heads = ", ".join(f"{e.name} {e.score:.3g} (null {e.null_mean:.3g}, effect {e.effect:.3g}, q {e.q_value:.2g}, "
                               f"{e.status})" for e in tops)

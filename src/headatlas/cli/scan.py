@@ -84,8 +84,7 @@ def _summary_row(atlas, name: str, top: int) -> list[Text]:
         return cells + [Text("skipped", style="yellow"), Text(terminal_text(r.skipped), style="dim"), Text("")]
     tops = atlas.top_heads(name, top)
     if not tops:
-        best = atlas.top_heads(name, 1, labelled_only=False)
-        hint = f"best {best[0].name} {best[0].score:.3g} (q {_num(best[0].q_value)})" if best else ""
+        hint = terminal_text(atlas.best_head_hint(name).strip().removeprefix("(").removesuffix(")"))
         return cells + [Text("none found", style="magenta"), Text(hint, style="dim"), _causal_cell(r.causal)]
     counts = atlas.status_counts(name)
     labels = f"{len(r.labelled)}" + (f" ({counts['confirmed']} conf)" if counts.get("confirmed") else "")

@@ -29,38 +29,13 @@ from typing import Any
 import torch
 
 from ..errors import InputError
+from .tables import data_tables, rows
 from .text import pad_id
-from .vocab import bos_id
+from .vocab import bos_id, encode
 
-# relation -> (statement "... {s} is", question "... {s}?", ((subject, attribute), ...))
+# relation -> (statement "... {s} is", question "... {s}?", ((subject, attribute), ...)); data/conflict.json
 RELATIONS: dict[str, tuple[str, str, tuple[tuple[str, str], ...]]] = {
-    "capital": ("The capital city of {s} is", "What is the capital city of {s}?", (
-        ("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Germany", "Berlin"), ("Spain", "Madrid"),
-        ("Russia", "Moscow"), ("China", "Beijing"), ("Egypt", "Cairo"), ("England", "London"), ("Greece", "Athens"),
-        ("Canada", "Ottawa"), ("Austria", "Vienna"), ("Portugal", "Lisbon"), ("Poland", "Warsaw"),
-        ("Ireland", "Dublin"), ("Kenya", "Nairobi"), ("Thailand", "Bangkok"), ("Norway", "Oslo"),
-        ("Sweden", "Stockholm"), ("Turkey", "Ankara"), ("Peru", "Lima"), ("Cuba", "Havana"),
-        ("Hungary", "Budapest"), ("Denmark", "Copenhagen"), ("Australia", "Canberra"), ("Finland", "Helsinki"),
-        ("Belgium", "Brussels"), ("Argentina", "Buenos Aires"), ("India", "New Delhi"), ("Iran", "Tehran"),
-        ("Chile", "Santiago"), ("Colombia", "Bogota"), ("Vietnam", "Hanoi"), ("Scotland", "Edinburgh"))),
-    "language": ("The official language of {s} is", "What is the official language of {s}?", (
-        ("France", "French"), ("Germany", "German"), ("Italy", "Italian"), ("Spain", "Spanish"),
-        ("Japan", "Japanese"), ("China", "Chinese"), ("Russia", "Russian"), ("Portugal", "Portuguese"),
-        ("Greece", "Greek"), ("Poland", "Polish"), ("Sweden", "Swedish"), ("the Netherlands", "Dutch"),
-        ("Egypt", "Arabic"), ("Turkey", "Turkish"), ("Norway", "Norwegian"), ("Finland", "Finnish"),
-        ("Korea", "Korean"), ("Israel", "Hebrew"), ("Denmark", "Danish"), ("Hungary", "Hungarian"),
-        ("Thailand", "Thai"), ("Vietnam", "Vietnamese"))),
-    "currency": ("The currency of {s} is the", "What is the currency of {s}?", (
-        ("Japan", "yen"), ("India", "rupee"), ("Russia", "ruble"), ("Mexico", "peso"), ("China", "yuan"),
-        ("the United States", "dollar"), ("the United Kingdom", "pound"), ("Germany", "euro"),
-        ("Switzerland", "franc"), ("South Korea", "won"), ("Thailand", "baht"), ("Poland", "zloty"),
-        ("Sweden", "krona"), ("Turkey", "lira"))),
-    "continent": ("{s} is a country in the continent of", "On which continent is {s}?", (
-        ("France", "Europe"), ("Japan", "Asia"), ("Kenya", "Africa"), ("Brazil", "South America"),
-        ("Canada", "North America"), ("Australia", "Oceania"), ("Germany", "Europe"), ("China", "Asia"),
-        ("Nigeria", "Africa"), ("Argentina", "South America"), ("Mexico", "North America"), ("India", "Asia"),
-        ("Egypt", "Africa"), ("Italy", "Europe"), ("Peru", "South America"), ("Vietnam", "Asia"))),
-}
+    r: (t["statement"], t["question"], rows(t["pairs"])) for r, t in data_tables("conflict.json").items()}
 
 
 @dataclass(frozen=True)
@@ -95,10 +70,6 @@ class ConflictBatch:
         return int(self.ids.shape[0])
 
 
-def _enc(tokenizer: Any, text: str) -> list[int]:
-    return list(tokenizer.encode(text, add_special_tokens=False))
-
-
 def _with_bos(tokenizer: Any, ids: list[int]) -> list[int]:
     bos = bos_id(tokenizer)
     return ([bos] if bos is not None else []) + ids
@@ -120,7 +91,7 @@ def all_facts(tokenizer: Any, relations: dict | None = None) -> list[Fact]:
     out = []
     for rel, (_st, _q, pairs) in (RELATIONS if relations is None else relations).items():
         for s, a in pairs:
-            t = _enc(tokenizer, " " + a)
+            t = encode(tokenizer, " " + a)
             if not t:
                 raise InputError(f"the tokenizer cannot encode the attribute {a!r}")
             out.append(Fact(rel, s, a, int(t[0])))
@@ -137,7 +108,7 @@ def pad_rows(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tenso
 
 
 def closed_book_ids(tokenizer: Any, facts: list[Fact]) -> tuple[torch.Tensor, torch.Tensor]:
-    rows = [_with_bos(tokenizer, _enc(tokenizer, closed_book_text(f.relation, f.subject))) for f in facts]
+    rows = [_with_bos(tokenizer, encode(tokenizer, closed_book_text(f.relation, f.subject))) for f in facts]
     return pad_rows(rows, pad_id(tokenizer))
 
 
@@ -170,7 +141,7 @@ def conflict_batch(tokenizer: Any, facts: list[Fact], *, seed: int, closed_book:
     rows, mem, ctx, pid, fs, ctext = [], [], [], [], [], []
     for k, (a, b) in enumerate(pairs):
         for f, other in ((a, b), (b, a)):
-            rows.append(_with_bos(tokenizer, _enc(tokenizer, conflict_text(f.relation, f.subject, other.attribute))))
+            rows.append(_with_bos(tokenizer, encode(tokenizer, conflict_text(f.relation, f.subject, other.attribute))))
             mem.append(f.token)
             ctx.append(other.token)
             pid.append(k)

@@ -20,52 +20,13 @@ from typing import Any
 import torch
 
 from ..errors import InputError
+from .tables import data_tables, rows
 from .text import pad_id
-from .vocab import bos_id
+from .vocab import bos_id, encode
 
-# relation -> (prefix, suffix, ((subject, attribute), ...)); a prefix of "" puts the subject first
+# relation -> (prefix, suffix, ((subject, attribute), ...)); a prefix of "" puts the subject first; data/facts.json
 RELATIONS: dict[str, tuple[str, str, tuple[tuple[str, str], ...]]] = {
-    "capital": ("The capital city of", " is", (
-        ("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Germany", "Berlin"), ("Spain", "Madrid"),
-        ("Russia", "Moscow"), ("China", "Beijing"), ("Egypt", "Cairo"), ("England", "London"), ("Greece", "Athens"),
-        ("Canada", "Ottawa"), ("Austria", "Vienna"), ("Portugal", "Lisbon"), ("Poland", "Warsaw"),
-        ("Ireland", "Dublin"), ("Kenya", "Nairobi"), ("Thailand", "Bangkok"), ("Norway", "Oslo"),
-        ("Sweden", "Stockholm"), ("Turkey", "Ankara"), ("Peru", "Lima"), ("Cuba", "Havana"),
-        ("Hungary", "Budapest"), ("Denmark", "Copenhagen"))),
-    "language": ("The official language of", " is", (
-        ("France", "French"), ("Germany", "German"), ("Italy", "Italian"), ("Spain", "Spanish"),
-        ("Japan", "Japanese"), ("China", "Chinese"), ("Russia", "Russian"), ("Portugal", "Portuguese"),
-        ("Brazil", "Portuguese"), ("Mexico", "Spanish"), ("Greece", "Greek"), ("Poland", "Polish"),
-        ("Sweden", "Swedish"), ("the Netherlands", "Dutch"), ("Egypt", "Arabic"), ("Turkey", "Turkish"),
-        ("Norway", "Norwegian"), ("Finland", "Finnish"), ("Korea", "Korean"), ("Israel", "Hebrew"),
-        ("Denmark", "Danish"), ("Hungary", "Hungarian"))),
-    "landmark_city": ("", " is located in the city of", (
-        ("The Eiffel Tower", "Paris"), ("The Colosseum", "Rome"), ("Big Ben", "London"),
-        ("The Statue of Liberty", "New York"), ("The Golden Gate Bridge", "San Francisco"),
-        ("The Brandenburg Gate", "Berlin"), ("The Kremlin", "Moscow"), ("The Acropolis", "Athens"),
-        ("The Louvre", "Paris"), ("The Space Needle", "Seattle"), ("The Forbidden City", "Beijing"),
-        ("The Taj Mahal", "Agra"), ("The Sagrada Familia", "Barcelona"), ("The Burj Khalifa", "Dubai"),
-        ("The Hagia Sophia", "Istanbul"), ("The Leaning Tower of Pisa", "Pisa"), ("Times Square", "New York"),
-        ("The Hollywood sign", "Los Angeles"), ("The Little Mermaid statue", "Copenhagen"),
-        ("The Willis Tower", "Chicago"))),
-    "sport": ("", " is a famous player of the sport of", (
-        ("Michael Jordan", "basketball"), ("Lionel Messi", "soccer"), ("Tiger Woods", "golf"),
-        ("Roger Federer", "tennis"), ("Serena Williams", "tennis"), ("Tom Brady", "football"),
-        ("Babe Ruth", "baseball"), ("Wayne Gretzky", "hockey"), ("LeBron James", "basketball"),
-        ("Cristiano Ronaldo", "soccer"), ("Rafael Nadal", "tennis"), ("Kobe Bryant", "basketball"),
-        ("Derek Jeter", "baseball"), ("Jack Nicklaus", "golf"), ("Pele", "soccer"), ("Peyton Manning", "football"),
-        ("Shaquille O'Neal", "basketball"), ("Sidney Crosby", "hockey"))),
-    "currency": ("The currency of", " is the", (
-        ("Japan", "yen"), ("India", "rupee"), ("Russia", "ruble"), ("Mexico", "peso"), ("China", "yuan"),
-        ("the United States", "dollar"), ("the United Kingdom", "pound"), ("Germany", "euro"), ("France", "euro"),
-        ("Switzerland", "franc"), ("South Korea", "won"), ("Brazil", "real"), ("Thailand", "baht"),
-        ("Poland", "zloty"), ("Sweden", "krona"), ("Turkey", "lira"), ("Canada", "dollar"), ("Italy", "euro"))),
-    "continent": ("", " is a country on the continent of", (
-        ("France", "Europe"), ("Japan", "Asia"), ("Kenya", "Africa"), ("Egypt", "Africa"), ("China", "Asia"),
-        ("Germany", "Europe"), ("Brazil", "South"), ("Canada", "North"), ("Nigeria", "Africa"), ("India", "Asia"),
-        ("Argentina", "South"), ("Mexico", "North"), ("Italy", "Europe"), ("Thailand", "Asia"), ("Peru", "South"),
-        ("Ghana", "Africa"), ("Spain", "Europe"), ("Vietnam", "Asia"))),
-}
+    r: (t["prefix"], t["suffix"], rows(t["pairs"])) for r, t in data_tables("facts.json").items()}
 
 
 @dataclass
@@ -99,10 +60,6 @@ class FactBatch:
                          [self.facts[i] for i in rows], self.multi_token, self.candidates)
 
 
-def _enc(tokenizer: Any, text: str) -> list[int]:
-    return list(tokenizer.encode(text, add_special_tokens=False)) if text else []
-
-
 def fact_batch(tokenizer: Any, relations: dict[str, tuple[str, str, tuple[tuple[str, str], ...]]] | None = None
                ) -> FactBatch:
     """Every authored fact as a prompt (see the module docstring). InputError when the tokenizer cannot
@@ -114,10 +71,10 @@ def fact_batch(tokenizer: Any, relations: dict[str, tuple[str, str, tuple[tuple[
     for name, (prefix, suffix, pairs) in rel.items():
         pool: list[int] = []
         for s, a in pairs:
-            p = _enc(tokenizer, prefix)
-            sub = _enc(tokenizer, (" " if prefix else "") + s)
-            suf = _enc(tokenizer, suffix)
-            a_ids = _enc(tokenizer, " " + a)
+            p = encode(tokenizer, prefix)
+            sub = encode(tokenizer, (" " if prefix else "") + s)
+            suf = encode(tokenizer, suffix)
+            a_ids = encode(tokenizer, " " + a)
             if not sub or not suf or not a_ids:
                 raise InputError(f"the tokenizer cannot encode the fact {s!r} -> {a!r}")
             multi += len(a_ids) > 1

@@ -26,56 +26,14 @@ from typing import Any, Sequence
 import torch
 
 from ..errors import InputError
-from .vocab import bos_id
+from .tables import data_tables, rows
+from .vocab import bos_id, one_token
 
-# task -> ((x, y), ...); answers are single words, scored by their (single) token " y"
-_ANTONYM = (
-    ("hot", "cold"), ("big", "small"), ("up", "down"), ("good", "bad"), ("fast", "slow"), ("high", "low"),
-    ("old", "new"), ("rich", "poor"), ("open", "closed"), ("happy", "sad"), ("early", "late"),
-    ("light", "dark"), ("hard", "soft"), ("long", "short"), ("strong", "weak"), ("full", "empty"),
-    ("left", "right"), ("true", "false"), ("wet", "dry"), ("thick", "thin"), ("loud", "quiet"),
-    ("clean", "dirty"), ("heavy", "light"), ("inside", "outside"), ("before", "after"), ("yes", "no"),
-    ("win", "lose"), ("black", "white"), ("day", "night"), ("first", "last"), ("love", "hate"),
-    ("buy", "sell"), ("push", "pull"), ("start", "end"), ("alive", "dead"), ("safe", "dangerous"),
-    ("cheap", "expensive"), ("wide", "narrow"), ("near", "far"), ("above", "below"),
-)
-_COUNTRY_CAPITAL = (
-    ("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Germany", "Berlin"), ("Spain", "Madrid"),
-    ("Russia", "Moscow"), ("China", "Beijing"), ("Egypt", "Cairo"), ("England", "London"), ("Greece", "Athens"),
-    ("Canada", "Ottawa"), ("Austria", "Vienna"), ("Portugal", "Lisbon"), ("Poland", "Warsaw"),
-    ("Ireland", "Dublin"), ("Kenya", "Nairobi"), ("Thailand", "Bangkok"), ("Norway", "Oslo"),
-    ("Sweden", "Stockholm"), ("Turkey", "Ankara"), ("Peru", "Lima"), ("Cuba", "Havana"),
-    ("Hungary", "Budapest"), ("Denmark", "Copenhagen"), ("Finland", "Helsinki"), ("Belgium", "Brussels"),
-    ("Iran", "Tehran"), ("Iraq", "Baghdad"), ("Syria", "Damascus"), ("Chile", "Santiago"),
-    ("India", "Delhi"), ("Korea", "Seoul"),
-    ("Vietnam", "Hanoi"), ("Israel", "Jerusalem"), ("Scotland", "Edinburgh"), ("Wales", "Cardiff"),
-)
-_PRESENT_PAST = (
-    ("walk", "walked"), ("go", "went"), ("eat", "ate"), ("see", "saw"), ("run", "ran"), ("take", "took"),
-    ("give", "gave"), ("make", "made"), ("come", "came"), ("know", "knew"), ("write", "wrote"),
-    ("speak", "spoke"), ("buy", "bought"), ("think", "thought"), ("sit", "sat"), ("play", "played"),
-    ("jump", "jumped"), ("help", "helped"), ("talk", "talked"), ("open", "opened"), ("call", "called"),
-    ("ask", "asked"), ("find", "found"), ("tell", "told"), ("sing", "sang"), ("drink", "drank"),
-    ("fly", "flew"), ("grow", "grew"), ("begin", "began"), ("choose", "chose"), ("drive", "drove"),
-    ("teach", "taught"), ("bring", "brought"), ("feel", "felt"), ("keep", "kept"), ("leave", "left"),
-    ("meet", "met"), ("pay", "paid"), ("send", "sent"), ("stand", "stood"), ("win", "won"), ("lose", "lost"),
-)
-_SINGULAR_PLURAL = (
-    ("dog", "dogs"), ("cat", "cats"), ("car", "cars"), ("book", "books"), ("house", "houses"),
-    ("tree", "trees"), ("bird", "birds"), ("apple", "apples"), ("chair", "chairs"), ("table", "tables"),
-    ("door", "doors"), ("friend", "friends"), ("student", "students"), ("river", "rivers"),
-    ("flower", "flowers"), ("city", "cities"), ("child", "children"), ("man", "men"), ("woman", "women"),
-    ("mouse", "mice"), ("foot", "feet"), ("tooth", "teeth"), ("box", "boxes"), ("baby", "babies"),
-    ("story", "stories"), ("horse", "horses"), ("girl", "girls"), ("boy", "boys"), ("hand", "hands"),
-    ("road", "roads"), ("ship", "ships"), ("star", "stars"), ("game", "games"), ("song", "songs"),
-    ("egg", "eggs"), ("king", "kings"), ("window", "windows"), ("island", "islands"), ("church", "churches"),
-)
-_WORDS = (
-    "dog", "cat", "house", "tree", "water", "book", "music", "river", "city", "garden", "money", "paper",
-    "school", "window", "table", "friend", "family", "world", "light", "night", "summer", "winter", "horse",
-    "apple", "bread", "chair", "door", "street", "market", "king", "queen", "ocean", "mountain", "forest",
-    "island", "computer", "letter", "picture", "story", "teacher", "doctor", "river", "flower", "bird",
-)
+# task -> ((x, y), ...); answers are single words, scored by their (single) token " y"; data/icl.json
+_TABLES = data_tables("icl.json")
+_ANTONYM, _COUNTRY_CAPITAL, _PRESENT_PAST, _SINGULAR_PLURAL = (
+    rows(_TABLES[k]) for k in ("antonym", "country_capital", "present_past", "singular_plural"))
+_WORDS: tuple[str, ...] = tuple(_TABLES["words"])
 
 
 def _capitalize() -> tuple[tuple[str, str], ...]:
@@ -95,11 +53,6 @@ TASKS: dict[str, tuple[tuple[str, str], ...]] = {
     "first_letter": _first_letter(),
 }
 MIN_ITEMS = 12
-
-
-def _one(tokenizer: Any, text: str) -> int | None:
-    ids = tokenizer.encode(text, add_special_tokens=False)
-    return int(ids[0]) if len(ids) == 1 else None
 
 
 @dataclass
@@ -152,7 +105,7 @@ def icl_tasks(tokenizer: Any, *, seed: int, names: Sequence[str] | None = None,
             raise InputError(f"unknown ICL task {name!r}; tasks: {', '.join(TASKS)}")
         kept = []
         for x, y in TASKS[name]:
-            a, b = _one(tokenizer, " " + x), _one(tokenizer, " " + y)
+            a, b = one_token(tokenizer, " " + x), one_token(tokenizer, " " + y)
             if a is not None and b is not None:
                 kept.append((x, y, a, b))
         dropped = len(TASKS[name]) - len(kept)
@@ -234,22 +187,7 @@ def icl_batch(tokenizer: Any, task: ICLTask, n: int, k: int, *, seed: int, split
 
 # ---- foo/bar classification (in-context heads) ----
 
-CLASSES: dict[str, tuple[str, ...]] = {
-    "animal": ("dog", "cat", "horse", "cow", "lion", "tiger", "bear", "wolf", "rabbit", "mouse", "sheep", "goat",
-               "monkey", "fox", "deer", "pig", "duck", "snake", "frog", "bird"),
-    "vehicle": ("car", "bus", "truck", "train", "bike", "plane", "boat", "ship", "taxi", "tractor", "van",
-                "scooter", "jeep", "tram", "yacht", "helicopter", "motorcycle", "canoe", "wagon", "rocket"),
-    "positive": ("good", "happy", "great", "nice", "wonderful", "beautiful", "excellent", "pleasant", "kind",
-                 "lovely", "perfect", "amazing", "brilliant", "cheerful", "friendly", "gentle", "glad", "joyful",
-                 "fantastic", "delightful"),
-    "negative": ("bad", "sad", "terrible", "awful", "ugly", "horrible", "nasty", "poor", "cruel", "angry",
-                 "evil", "rude", "miserable", "painful", "dreadful", "gloomy", "bitter", "hostile", "wicked",
-                 "boring"),
-    "fruit": ("apple", "banana", "orange", "grape", "lemon", "cherry", "peach", "pear", "mango", "melon",
-              "plum", "strawberry", "pineapple", "coconut", "lime", "kiwi", "apricot", "berry", "fig", "papaya"),
-    "color": ("red", "blue", "green", "yellow", "black", "white", "purple", "pink", "brown", "gray", "orange",
-              "violet", "silver", "gold", "crimson", "navy", "beige", "maroon", "turquoise", "scarlet"),
-}
+CLASSES: dict[str, tuple[str, ...]] = {c: tuple(ws) for c, ws in _TABLES["classes"].items()}
 PAIRS: tuple[tuple[str, str], ...] = (("animal", "vehicle"), ("positive", "negative"), ("fruit", "color"))
 LABELS = ("foo", "bar")
 
@@ -278,7 +216,7 @@ def class_words(tokenizer: Any) -> tuple[dict[str, list[int]], dict[str, int]]:
             count[w] = count.get(w, 0) + 1
     out, dropped = {}, {}
     for c, ws in CLASSES.items():
-        ids = [_one(tokenizer, " " + w) if count[w] == 1 else None for w in ws]
+        ids = [one_token(tokenizer, " " + w) if count[w] == 1 else None for w in ws]
         out[c] = [i for i in ids if i is not None]
         dropped[c] = len(ws) - len(out[c])
     return out, dropped
@@ -290,7 +228,7 @@ def class_batch(tokenizer: Any, n: int, k: int, *, seed: int, pairs: Sequence[in
     if k < 2 or k % 2:
         raise InputError(f"classification prompts need an even number of demonstrations >= 2, got {k}")
     t = template(tokenizer)
-    labels = [_one(tokenizer, " " + w) for w in LABELS]
+    labels = [one_token(tokenizer, " " + w) for w in LABELS]
     if None in labels or labels[0] == labels[1]:
         raise InputError(f"the label words {LABELS} are not distinct single tokens for this tokenizer")
     words, dropped = class_words(tokenizer)

@@ -28,7 +28,7 @@ import torch
 
 from ..errors import InputError
 from .text import pad_id
-from .vocab import bos_id
+from .vocab import bos_id, encode
 
 LETTERS = ("A", "B", "C", "D")
 TOPICS = ("arithmetic", "colors")
@@ -74,10 +74,6 @@ class MCQABatch:
         return self.letter_ids[which]
 
 
-def _enc(tokenizer: Any, text: str) -> list[int]:
-    return [int(x) for x in tokenizer.encode(text, add_special_tokens=False)]
-
-
 def _question(topic: str, item: Any) -> str:
     return f"Question: What is {item[0]} + {item[1]}?" if topic == "arithmetic" else f"Question: What color is {item}?"
 
@@ -86,15 +82,15 @@ def _row(tokenizer: Any, a: int, b: int, values: list[int], letter_ids: list[int
          *, question: str | None = None, prefix: str = "") -> tuple[list[int], list[int], tuple[int, int], str]:
     bos = bos_id(tokenizer)
     question = question if question is not None else f"Question: What is {a} + {b}?"
-    ids = ([] if bos is None else [bos]) + (_enc(tokenizer, prefix) if prefix else []) + _enc(tokenizer, question)
+    ids = ([] if bos is None else [bos]) + (encode(tokenizer, prefix) if prefix else []) + encode(tokenizer, question)
     start = len(ids)
     pos = []
     for tid, v in zip(letter_ids, values):
-        ids += _enc(tokenizer, "\n")
+        ids += encode(tokenizer, "\n")
         pos.append(len(ids))
-        ids += [tid] + _enc(tokenizer, f". {v}")
+        ids += [tid] + encode(tokenizer, f". {v}")
     end = len(ids)
-    ids += _enc(tokenizer, "\n") + _enc(tokenizer, "Answer:")
+    ids += encode(tokenizer, "\n") + encode(tokenizer, "Answer:")
     text = prefix + question + "".join(f"\n{c}. {v}" for c, v in zip(letters, values)) + "\nAnswer:"
     return ids, pos, (start, end), text
 
@@ -143,7 +139,7 @@ def mcqa_batch(tokenizer: Any, n: int, *, seed: int, n_options: int = 4, topic: 
     letters = LETTERS[:n_options]
     letter_ids = []
     for c in letters:
-        t = _enc(tokenizer, c)
+        t = encode(tokenizer, c)
         if len(t) != 1:
             raise InputError(f"the option letter {c!r} is not one token for this tokenizer")
         letter_ids.append(t[0])

@@ -21,29 +21,10 @@ from typing import Any
 import torch
 
 from ..errors import InputError
-from .vocab import bos_id
+from .tables import data_tables, rows
+from .vocab import bos_id, encode
 
-PAIRS: dict[str, tuple[tuple[str, str], ...]] = {
-    "part_of": (("wheel", "car"), ("petal", "flower"), ("leaf", "tree"), ("finger", "hand"), ("page", "book"),
-                ("roof", "house"), ("wing", "bird"), ("toe", "foot"), ("blade", "knife"), ("screen", "phone")),
-    "capital_of": (("Paris", "France"), ("Tokyo", "Japan"), ("Rome", "Italy"), ("Berlin", "Germany"),
-                   ("Madrid", "Spain"), ("Moscow", "Russia"), ("Cairo", "Egypt"), ("London", "England"),
-                   ("Athens", "Greece"), ("Beijing", "China")),
-    "hypernym": (("apple", "fruit"), ("dog", "animal"), ("rose", "flower"), ("oak", "tree"), ("carrot", "vegetable"),
-                 ("hammer", "tool"), ("piano", "instrument"), ("shirt", "clothing"), ("salmon", "fish"),
-                 ("eagle", "bird")),
-    "made_of": (("table", "wood"), ("window", "glass"), ("coin", "metal"), ("sweater", "wool"), ("bottle", "plastic"),
-                ("bread", "flour"), ("cheese", "milk"), ("paper", "wood"), ("brick", "clay"), ("ice", "water")),
-    "antonym": (("hot", "cold"), ("up", "down"), ("big", "small"), ("day", "night"), ("black", "white"),
-                ("fast", "slow"), ("old", "young"), ("rich", "poor"), ("left", "right"), ("open", "closed")),
-    "used_for": (("pen", "writing"), ("knife", "cutting"), ("oven", "baking"), ("broom", "sweeping"),
-                 ("spoon", "eating"), ("bed", "sleeping"), ("car", "driving"), ("camera", "photography"),
-                 ("soap", "washing"), ("ladder", "climbing")),
-    "lives_in": (("fish", "water"), ("bird", "nest"), ("bee", "hive"), ("cow", "farm"), ("lion", "jungle"),
-                 ("camel", "desert"), ("penguin", "ice"), ("monkey", "tree"), ("spider", "web"), ("rabbit", "hole")),
-    "colour_of": (("grass", "green"), ("sky", "blue"), ("snow", "white"), ("blood", "red"), ("coal", "black"),
-                  ("banana", "yellow"), ("orange", "orange"), ("sun", "yellow"), ("cloud", "white"), ("tomato", "red")),
-}
+PAIRS: dict[str, tuple[tuple[str, str], ...]] = {r: rows(t) for r, t in data_tables("relations.json").items()}
 TEMPLATES = ("We talked about the {h}, and then about the",
              "She wrote the word {h} on the board, and next to it the word")
 
@@ -65,17 +46,13 @@ class RelationBatch:
     multi_token: int
 
 
-def _enc(tokenizer: Any, text: str) -> list[int]:
-    return list(tokenizer.encode(text, add_special_tokens=False))
-
-
 def usable_pairs(tokenizer: Any) -> dict[str, list[tuple[str, str, tuple[int, ...], int]]]:
     """relation -> ``(head, tail, head token ids, tail first token)`` for relations with >= 3 distinct tail tokens."""
     out = {}
     for rel, pairs in PAIRS.items():
         keep = []
         for h, t in pairs:
-            hi, ti = _enc(tokenizer, " " + h), _enc(tokenizer, " " + t)
+            hi, ti = encode(tokenizer, " " + h), encode(tokenizer, " " + t)
             if hi and ti:
                 keep.append((h, t, tuple(int(x) for x in hi), int(ti[0])))
         if len({k[3] for k in keep}) >= 3:
@@ -94,15 +71,15 @@ def relation_batch(tokenizer: Any, *, template: int, k: int, seed: int,
         raise InputError(f"only {len(usable)} relations have >= 3 distinct tail tokens for this tokenizer")
     rows = rows if rows is not None else [(r, i) for r, ps in usable.items() for i in range(len(ps))]
     prefix, suffix = TEMPLATES[template].split("{h}")
-    pre = _enc(tokenizer, prefix.rstrip(" "))
-    suf = _enc(tokenizer, suffix)
+    pre = encode(tokenizer, prefix.rstrip(" "))
+    suf = encode(tokenizer, suffix)
     bos = bos_id(tokenizer)
     head = [bos] if bos is not None else []
     rng = random.Random(seed)
     seqs, hp, tails, ctrls, rels, prs, multi = [], [], [], [], [], [], 0
     for rel, i in rows:
         h, t, hi, ti = usable[rel][i]
-        multi += len(hi) > 1 or len(_enc(tokenizer, " " + t)) > 1
+        multi += len(hi) > 1 or len(encode(tokenizer, " " + t)) > 1
         seqs.append(head + pre + list(hi) + suf)
         hp.append(len(head) + len(pre) + len(hi) - 1)
         pool = sorted({x[3] for x in usable[rel]} - {ti})

@@ -21,51 +21,16 @@ import numpy as np
 
 from ..errors import InputError
 from .labelled import ProbeData
+from .tables import data_tables, rows
 
 Split = Literal["all", "probe", "heldout"]
 
-CAPITALS = (
-    ("France", "Paris"), ("Germany", "Berlin"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Japan", "Tokyo"),
-    ("Russia", "Moscow"), ("Egypt", "Cairo"), ("England", "London"), ("Greece", "Athens"), ("Portugal", "Lisbon"),
-    ("Austria", "Vienna"), ("Ireland", "Dublin"), ("Norway", "Oslo"), ("Sweden", "Stockholm"), ("Poland", "Warsaw"),
-    ("China", "Beijing"), ("Canada", "Ottawa"), ("Kenya", "Nairobi"), ("Peru", "Lima"), ("Cuba", "Havana"),
-    ("Hungary", "Budapest"), ("Finland", "Helsinki"), ("Denmark", "Copenhagen"), ("Belgium", "Brussels"),
-    ("Thailand", "Bangkok"), ("Argentina", "Buenos Aires"), ("Turkey", "Ankara"), ("Iran", "Tehran"),
-    ("Iraq", "Baghdad"), ("Chile", "Santiago"), ("Colombia", "Bogota"), ("Venezuela", "Caracas"),
-    ("South Korea", "Seoul"), ("Indonesia", "Jakarta"), ("the Philippines", "Manila"), ("Ukraine", "Kyiv"),
-    ("Scotland", "Edinburgh"), ("Wales", "Cardiff"), ("Australia", "Canberra"), ("India", "New Delhi"),
-)
-
-# (prefix, true completion, kind): false completions are true ones of other items of the same kind.
-UNITS = (
-    ("The number of minutes in an hour is", "sixty", "n"), ("The number of hours in a day is", "twenty-four", "n"),
-    ("The number of days in a week is", "seven", "n"), ("The number of months in a year is", "twelve", "n"),
-    ("The number of years in a century is", "one hundred", "n"), ("The number of years in a decade is", "ten", "n"),
-    ("The number of sides of a triangle is", "three", "n"), ("The number of sides of a square is", "four", "n"),
-    ("The number of legs of a spider is", "eight", "n"), ("The number of weeks in a year is", "fifty-two", "n"),
-    ("The number of centimetres in a metre is", "one hundred", "n"), ("The number of grams in a kilogram is", "one thousand", "n"),
-    ("The number of players in a football team is", "eleven", "n"), ("The number of wheels on a bicycle is", "two", "n"),
-    ("The number of legs of an insect is", "six", "n"), ("The number of sides of a hexagon is", "six", "n"),
-    ("Water freezes at zero degrees", "Celsius", "u"), ("Distance on a road sign in America is measured in", "miles", "u"),
-    ("The weight of an apple is measured in", "grams", "u"), ("The length of a river is measured in", "kilometres", "u"),
-    ("The volume of milk is measured in", "litres", "u"), ("Time on a stopwatch is measured in", "seconds", "u"),
-)
-
-FACTS = (
-    ("Snow is", "cold", "temp"), ("Fire is", "hot", "temp"), ("Ice feels", "cold", "temp"), ("The sun is", "hot", "temp"),
-    ("The clear sky is", "blue", "colour"), ("Grass is", "green", "colour"), ("Ripe bananas are", "yellow", "colour"),
-    ("Blood is", "red", "colour"), ("Coal is", "black", "colour"), ("Fresh milk is", "white", "colour"),
-    ("Sugar tastes", "sweet", "taste"), ("Lemons taste", "sour", "taste"), ("Sea water tastes", "salty", "taste"),
-    ("Coffee without sugar tastes", "bitter", "taste"),
-    ("The sun rises in the", "east", "dir"), ("The sun sets in the", "west", "dir"),
-    ("Birds can", "fly", "verb"), ("Fish can", "swim", "verb"), ("Dogs can", "bark", "verb"), ("Snakes can", "slither", "verb"),
-    ("Cows eat", "grass", "food"), ("Cats like to eat", "fish", "food"), ("Bees make", "honey", "food"),
-    ("Elephants are very", "large", "size"), ("Mice are very", "small", "size"),
-    ("The opposite of up is", "down", "opp"), ("The opposite of left is", "right", "opp"),
-    ("The opposite of day is", "night", "opp"), ("The opposite of open is", "closed", "opp"),
-    ("Cars drive on", "roads", "place"), ("Ships sail on the", "sea", "place"), ("Planes fly in the", "sky", "place"),
-    ("Trains run on", "rails", "place"),
-)
+# (country, capital); (prefix, true completion, kind) of units and everyday facts: false completions are true ones
+# of other items of the same kind. data/statements.json
+_TABLES = data_tables("statements.json")
+CAPITALS: tuple[tuple[str, ...], ...] = rows(_TABLES["capitals"])
+UNITS: tuple[tuple[str, ...], ...] = rows(_TABLES["units"])
+FACTS: tuple[tuple[str, ...], ...] = rows(_TABLES["facts"])
 
 
 @dataclass(frozen=True)

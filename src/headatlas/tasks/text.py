@@ -16,13 +16,14 @@ import functools
 import re
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 import torch
 
 from ..errors import InputError
 from .vocab import bos_id
 
+T = TypeVar("T")
 _PUNCT = re.compile(r"^[.,;:!?]+$")
 _PROBE = "The old fisherman mended his nets on the quiet harbour wall."
 
@@ -115,6 +116,17 @@ def pad_id(tokenizer: Any) -> int:
         if v is not None:
             return int(v)
     return 0
+
+
+def rows_that_fit(make: Callable[[int], T], per_row: int, n_ctx: int,
+                  seqs: Callable[[T], Sequence[WordSeq]] = lambda x: x) -> tuple[T, int]:
+    """``make(k)`` builds rows of ``k`` texts each; ``k`` starts at ``per_row`` and is lowered until the longest
+    row plus BOS fits ``n_ctx`` (or ``k`` is 1). Returns ``(make(k), k)``; ``seqs`` gets the rows from the value."""
+    value = make(per_row)
+    while max(len(s) for s in seqs(value)) + 1 > n_ctx and per_row > 1:
+        per_row -= 1
+        value = make(per_row)
+    return value, per_row
 
 
 def pack(tokenizer: Any, seqs: Sequence[WordSeq], *, n_ctx: int) -> tuple[torch.Tensor, int]:

@@ -70,6 +70,18 @@ def with_bos(tokenizer: Any, ids: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.full((ids.shape[0], 1), bos, dtype=ids.dtype), ids], dim=1)
 
 
+def encode(tokenizer: Any, text: str) -> list[int]:
+    """The token ids of ``text`` (no special tokens)."""
+    return list(tokenizer.encode(text, add_special_tokens=False))
+
+
+def one_token(tokenizer: Any, text: str) -> int | None:
+    """The id of ``text`` when it is exactly one token, else None: the task generators' single-token filter
+    (an answer scored by its one token needs one)."""
+    ids = encode(tokenizer, text)
+    return int(ids[0]) if len(ids) == 1 else None
+
+
 def single_token_id(tokenizer: Any, text: str) -> int:
     """The id of ``text`` when it is exactly one token (without special tokens), else InputError."""
     ids = tokenizer.encode(text, add_special_tokens=False)

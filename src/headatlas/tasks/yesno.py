@@ -7,9 +7,16 @@ Each prompt names both answers in its instruction, then asks an easy verifiable 
     Question: Is 3 + 4 = 7?
     Answer:
 
-The answer words vary over :data:`OPTION_PAIRS` (Yes/No first, then True/False, Right/Wrong, ...): the
+The answer words vary over :data:`OPTION_PAIRS` (Yes/No first, then True/False, Correct/Wrong, ...): the
 detector asks whether a head attends to the *negative option* of the instruction, which a random-weight
 head with an accidental preference for one token cannot do consistently across word pairs.
+
+The pairs are chosen so that word frequency cannot pass for negativity: negative words are usually the rarer
+of the two (Incorrect, Invalid, Disagree), so a head that attends to rare words would "prefer the negative
+option" on such pairs. In :data:`OPTION_PAIRS` the negative word is the more frequent one in 3 of 7 pairs
+(Yes/No, Correct/Wrong, Sure/Never), the mean Zipf difference negative - positive is +0.08 (wordfreq; a
+rare-word head gains nothing on average), no word is used twice, and both words of a pair must have the same
+number of tokens (checked per tokenizer). :func:`frequency_gaps` gives the numbers.
 
 Items come in *groups* of two with the same form, one true and one false (``"Is 3 + 4 = 7?"`` /
 ``"Is 3 + 4 = 8?"``; ``"Is 9 greater than 4?"`` / ``"Is 4 greater than 9?"``; ``"Is a dog an animal?"`` /
@@ -28,13 +35,13 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
 from ..errors import InputError
 from .text import pad_id
-from .vocab import bos_id
+from .vocab import bos_id, encode
 
 ANIMALS = ("dog", "cat", "horse", "cow", "bird", "fish", "lion", "tiger", "mouse", "rabbit", "sheep", "bear")
 THINGS = ("chair", "table", "spoon", "book", "car", "cup", "door", "shoe", "clock", "pencil", "window", "bottle")
@@ -42,12 +49,11 @@ FRUITS = ("apple", "banana", "orange", "grape", "pear", "lemon", "cherry", "peac
 COLOURS = ("red", "blue", "green", "yellow", "black", "white", "brown", "purple")
 
 
-# (positive, negative) answer words; the first pair is the paper's Yes/No
-OPTION_PAIRS: tuple[tuple[str, str], ...] = (
-    ("Yes", "No"), ("True", "False"), ("Right", "Wrong"), ("Correct", "Incorrect"), ("Valid", "Invalid"),
-    ("Agree", "Disagree"), ("Accept", "Reject"), ("Positive", "Negative"),
-    ("yes", "no"), ("true", "false"), ("right", "wrong"), ("correct", "incorrect"), ("valid", "invalid"),
-    ("agree", "disagree"), ("accept", "reject"), ("positive", "negative"))
+# (positive, negative) answer words; the first pair is the paper's Yes/No. Frequency-balanced (module docstring):
+# Zipf(negative) - Zipf(positive) = +0.85, -0.77, +0.60, +0.24, -0.13, -0.05, -0.20.
+_PAIRS = (("Yes", "No"), ("True", "False"), ("Correct", "Wrong"), ("Sure", "Never"), ("Yep", "Nope"),
+          ("Approve", "Reject"), ("Positive", "Negative"))
+OPTION_PAIRS: tuple[tuple[str, str], ...] = _PAIRS + tuple((a.lower(), b.lower()) for a, b in _PAIRS)
 
 
 @dataclass
@@ -111,6 +117,14 @@ def question_groups(n_groups: int, *, seed: int) -> list[tuple[tuple[str, bool],
     return out
 
 
+def frequency_gaps(pairs: Sequence[tuple[str, str]]) -> list[float]:
+    """Per (positive, negative) pair: Zipf(negative) - Zipf(positive) (wordfreq, lower case; > 0: the negative
+    word is the more frequent one)."""
+    from .words import zipf
+
+    return [zipf(neg) - zipf(pos) for pos, neg in pairs]
+
+
 def answer_ids(tokenizer: Any, pos: str = "Yes", neg: str = "No") -> tuple[int, int]:
     """The tokens an answer is read from: the first tokens of ``" pos"`` and ``" neg"`` (one token each
     for Yes/No in every real tokenizer here), or of ``"pos"``/``"neg"`` when the spaced forms share their
@@ -129,7 +143,10 @@ def yesno_batch(tokenizer: Any, n_groups: int, *, seed: int,
     pair. Pairs whose words share their first token are dropped (``dropped``); InputError when none is left."""
     if n_groups < 1:
         raise InputError("yesno_batch needs at least one group")
-    enc = lambda s: list(tokenizer.encode(s, add_special_tokens=False))  # noqa: E731
+
+    def enc(text: str) -> list[int]:
+        return encode(tokenizer, text)
+
     bos = bos_id(tokenizer)
     head = [bos] if bos is not None else []
     usable, dropped, ans = [], [], []

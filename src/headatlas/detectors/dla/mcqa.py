@@ -64,6 +64,7 @@ N_DRAWS = 8
 MIN_OUTPUT = 0.05       # logits: the smallest output-head effect worth a label
 MIN_MASS = 0.3          # constant heads: mass on the letters
 EVAL_SEED_OFFSET = 1000
+CHECK_FORMAT = ("arithmetic", 0, 4)     # (topic, shots, n_options) of mcqa_batch's defaults: the letter heads' prompts
 TOP = 10                # top heads compared between DLA and patching
 
 OUTPUT_RULE = LabelRule(statistic=("direct logit attribution at the final token to logit(correct letter) - mean "
@@ -385,18 +386,22 @@ def run_correct_letter(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
                    null="sign flips of the per-prompt swap contrasts")
 
 
-def mcqa_check(m: LoadedModel, cfg: ScanConfig, result: DetectorResult, *, kind: str = "mean") -> CausalCheck:
-    """Ablate the labelled heads: does the MCQA logit difference fall more than for random heads?"""
+def mcqa_check(m: LoadedModel, cfg: ScanConfig, result: DetectorResult, *, kind: str = "mean",
+               fmt: tuple[str, int, int] | None = None) -> CausalCheck:
+    """Ablate the labelled heads on held-out prompts of format ``fmt`` = ``(topic, shots, n_options)`` (default
+    :data:`CHECK_FORMAT`, the letter heads' prompts; the EP heads pass their scan's format): does the MCQA logit
+    difference fall more than for random heads?"""
     n = 8 if cfg.quick else 16
     seed = cfg.seed + EVAL_SEED_OFFSET
-    batch = mcqa_batch(m.tokenizer, n, seed=seed)
+    topic, shots, n_options = fmt or CHECK_FORMAT
+    batch = mcqa_batch(m.tokenizer, n, seed=seed, topic=topic, shots=shots, n_options=n_options)
     answers = answer_letter_ids(m.tokenizer, batch)
     return ablation_check(m, result.labelled, batch.ids, mcqa_logit_diff(batch, answers),
                           metric="MCQA logit difference (correct letter - mean other letters)", expected="decrease",
                           seed=cfg.seed, kind=kind, batch_size=cfg.batch_size,
                           description=(f"logit(correct letter) - mean logit(other letters) at the final token of {n} "
-                                       f"held-out MCQA prompts (seed {seed}), {kind} ablation over those prompts per "
-                                       "position"))
+                                       f"held-out {topic} MCQA prompts ({shots}-shot, {n_options} options, seed "
+                                       f"{seed}), {kind} ablation over those prompts per position"))
 
 
 _CITE = "Lieberum et al. 2023, arXiv 2307.09458"

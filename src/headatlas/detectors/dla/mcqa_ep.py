@@ -54,9 +54,8 @@ from ...methods.dla import capture_final_residual, dla_by_source, readout
 from ...tasks.mcqa import LETTERS, TOPICS, MCQABatch, mcqa_batch
 from ...tasks.text import check_english
 from ..base import NOT_FOUND, Detector, DetectorResult, LabelRule, ScanConfig, SharedPass, register
-from ..causal import ablation_check
 from ..options import Option
-from .mcqa import answer_letter_ids, mcqa_logit_diff, swap_contrast
+from .mcqa import answer_letter_ids, mcqa_check, swap_contrast
 
 if TYPE_CHECKING:
     from ...models import LoadedModel
@@ -65,7 +64,6 @@ MIN_DLA = 0.05                 # logits: the smallest swap contrast worth an amp
 MAX_OPTION_ATTENTION = 0.1     # an amplifier reads (almost) nothing from the options block
 MIN_PATCH = 0.1                # logits of logit(k) - logit(k2): the smallest patching effect worth a label
 GATE_ALPHA = 0.05
-EVAL_SEED_OFFSET = 1000
 DEFAULT_TOPIC, DEFAULT_SHOTS, DEFAULT_OPTIONS = "colors", 3, 4
 EP_OPTIONS = (
     Option("mcqa_topic", "choice", DEFAULT_TOPIC, "what the questions ask", choices=TOPICS),
@@ -253,19 +251,9 @@ def run_amplification(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
 
 
 def ep_check(m: LoadedModel, cfg: ScanConfig, result: DetectorResult, *, kind: str = "mean") -> CausalCheck:
-    """Ablate the labelled heads on held-out prompts of the same format: does the MCQA logit difference
-    fall more than for layer-matched random heads?"""
-    n = 8 if cfg.quick else 16
-    seed = cfg.seed + EVAL_SEED_OFFSET
-    topic, shots, n_options = mcqa_format(cfg)
-    batch = mcqa_batch(m.tokenizer, n, seed=seed, topic=topic, shots=shots, n_options=n_options)
-    answers = answer_letter_ids(m.tokenizer, batch)
-    return ablation_check(m, result.labelled, batch.ids, mcqa_logit_diff(batch, answers),
-                          metric="MCQA logit difference (correct letter - mean other letters)", expected="decrease",
-                          seed=cfg.seed, kind=kind, batch_size=cfg.batch_size,
-                          description=(f"logit(correct letter) - mean logit(other letters) at the final token of {n} "
-                                       f"held-out {topic} MCQA prompts ({shots}-shot, seed {seed}), {kind} ablation "
-                                       "over those prompts per position"))
+    """:func:`~headatlas.detectors.dla.mcqa.mcqa_check` on held-out prompts of the scan's format
+    (:func:`mcqa_format`)."""
+    return mcqa_check(m, cfg, result, kind=kind, fmt=mcqa_format(cfg))
 
 
 _LIEBERUM = "Lieberum et al. 2023, arXiv 2307.09458"

@@ -26,7 +26,9 @@ and each label's patching effect and rank. Causal check: mean-ablating the label
 IOI logit difference on held-out prompts (seed + 1000) more than layer-matched random head sets.
 
 The IOI forward passes (:data:`IOI_PASS`, shared pass ``ioi_dla``) are shared with ``negative_name_mover``.
-Version 3: renamed from ``mover`` (same rule and numbers).
+Prompts: :data:`N_PROMPTS` by default (16 with ``quick``). Version 3: renamed from ``mover`` (same rule and
+numbers). Version 4: 64 prompts by default (was 32: the sign-flip null's power was too low for smollm2's
+negative name mover L24H4, p 0.003 / q 0.12 at 32 prompts).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ if TYPE_CHECKING:
     from ...models import LoadedModel
 
 MIN_DLA = 0.1      # logits of logit(IO) - logit(S)
+N_PROMPTS = 64     # IOI prompts of the shared pass (two templates, 32 each)
 MIN_ATTN = 0.05    # attention END -> IO above END -> S1
 N_TEMPLATES = 2
 EVAL_SEED_OFFSET = 1000
@@ -58,7 +61,7 @@ RULE = LabelRule(statistic="direct logit attribution at END to logit(IO) - logit
 
 
 def _n_prompts(cfg: ScanConfig) -> int:
-    n = cfg.n_prompts or (16 if cfg.quick else 32)
+    n = cfg.n_prompts or (16 if cfg.quick else N_PROMPTS)
     if n < 12:
         raise InputError("the IOI detectors (name_mover, negative_name_mover) need at least 12 prompts (the resampling unit of its sign-flip null)")
     return n
@@ -238,7 +241,7 @@ def ioi_check(m: LoadedModel, cfg: ScanConfig, result: DetectorResult, *, kind: 
 DETECTOR = register(Detector(
     name="name_mover", evidence="dla", metric="IOI logit difference", stage="ICI", method="direct logit attribution + attention (IOI)",
     summary="END attends to the indirect object and the head's output raises logit(IO) - logit(S) directly",
-    citation="Wang et al. 2022, arXiv 2211.00593", run=run, causal=ioi_check, uses=(IOI_PASS,), version=3,
+    citation="Wang et al. 2022, arXiv 2211.00593", run=run, causal=ioi_check, uses=(IOI_PASS,), version=4,
     options=(Option("mover_patching", "choice", "attribution", "patching of every head that confirms the DLA "
                     "(attribution: first-order, one backward pass; exact: one forward per head; none: skip it)",
                     choices=("attribution", "exact", "none")),),

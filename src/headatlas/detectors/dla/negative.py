@@ -4,8 +4,9 @@ of a yes/no decision, regardless of the question.
 
 Data (``tasks/yesno.py``): easy verifiable yes/no questions (arithmetic, comparison, category), balanced
 true/false in groups, each written with both answer orders in the instruction ("Answer Yes or No." /
-"Answer No or Yes."), over 16 (positive, negative) answer-word pairs: Yes/No, yes/no, True/False,
-Right/Wrong, Correct/Incorrect, ... (one true/false group per pair by default).
+"Answer No or Yes."), over 14 (positive, negative) answer-word pairs: Yes/No, True/False, Correct/Wrong,
+Sure/Never, Yep/Nope, Approve/Reject, Positive/Negative and their lower-case forms (one true/false group per
+pair by default).
 
 Score: the paper's negative attention score (survey Eq. NAS), per head and prompt,
 
@@ -29,11 +30,19 @@ candidate* named in the instruction; across word pairs an accidental token prefe
 Null (exact matched control): swapping which instruction word is called negative and which positive in
 every prompt of a word pair negates that pair's order-averaged NAS exactly (``(a + b) log(b / a)`` is
 antisymmetric). Under the null that the head does not prefer the negative option, the per-pair scores are
-symmetric about 0; p is the add-one sign-flip permutation p over word pairs (``stats.N_PERM`` draws; 16
-pairs give a smallest exact p of 2^-15), BH q over all heads. The Yes/No pair's own NAS is reported in
+symmetric about 0; p is the add-one sign-flip permutation p over word pairs (``stats.N_PERM`` draws; 14
+pairs give a smallest exact p of 2^-14), BH q over all heads. The Yes/No pair's own NAS is reported in
 ``extras["nas_yes_no"]``.
 Label: q <= 0.05 and effect >= ``MIN_EFFECT`` (0.1: e.g. 10% of the attention of the question positions
 on the two words in total, split 2.7:1 in favour of the negative word).
+
+Word frequency (version 3): the negative word of a natural answer pair is usually the rarer one (Incorrect,
+Invalid, Disagree: 10 of the 12 pairs version 2 used on smollm2), so a head that attends to rare words passed
+as a negative head. The answer words are now frequency-balanced (``tasks.yesno``: the negative word is the more
+frequent one in 3 of 7 pairs, mean Zipf difference negative - positive +0.08) and token-count matched;
+``details["word_frequency"]`` gives each usable pair's Zipf gap, and ``details["rare_words"]`` the overlap of
+the labels with the ``rare_words`` detector's (required, so it runs first in a scan) and each label's
+rare_words effect.
 
 The paper's Yes/No-only ranking is kept as a report, not a label: ``details["top_yes_no"]`` lists the
 heads with the largest order-averaged NAS on the Yes/No items (4 groups, 16 prompts) and their sign-flip p
@@ -62,7 +71,7 @@ from ...atlas.records import CausalCheck
 from ...errors import InputError
 from ...instrument import HeadEdit, Taps, instrumented
 from ...tasks.text import check_english
-from ...tasks.yesno import OPTION_PAIRS, YesNoBatch, yesno_batch
+from ...tasks.yesno import OPTION_PAIRS, YesNoBatch, frequency_gaps, yesno_batch
 from ..base import Detector, DetectorResult, LabelRule, ScanConfig, register
 from .conflict import edited_set_runs, keep_last, set_runs_check
 
@@ -176,7 +185,28 @@ def compute_yesno(m: LoadedModel, cfg: ScanConfig) -> YesNoStats:
 
 
 def run_negative(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
-    return negative_result(compute_yesno(m, cfg), cfg)
+    r = negative_result(compute_yesno(m, cfg), cfg)
+    r.details["rare_words"] = rare_words_overlap(cfg, r.labelled)
+    return r
+
+
+def word_frequency(pairs: list[tuple[str, str]]) -> dict[str, Any]:
+    """Zipf(negative) - Zipf(positive) of each pair, and how often the negative word is the rarer one."""
+    gaps = frequency_gaps(pairs)
+    return {"zipf_negative_minus_positive": {f"{a}/{b}": round(g, 2) for (a, b), g in zip(pairs, gaps)},
+            "negative_rarer_in": f"{sum(g < 0 for g in gaps)} of {len(gaps)} pairs",
+            "mean_gap": round(float(np.mean(gaps)), 3) if gaps else None}
+
+
+def rare_words_overlap(cfg: ScanConfig, labelled: list[tuple[int, int]]) -> dict[str, Any]:
+    """The labels that ``rare_words`` also labels, and the rare_words effect of every label (a negative head
+    that is a rare-word head may be reading frequency, not negativity)."""
+    rw = cfg.results.get("rare_words")
+    if rw is None or rw.skipped:
+        return {"note": "rare_words did not run in this scan" if rw is None else f"rare_words skipped: {rw.skipped}"}
+    theirs = {(int(a), int(b)) for a, b in rw.labelled}
+    return {"rare_words_labelled": len(theirs), "overlap": [f"L{a}H{b}" for a, b in labelled if (a, b) in theirs],
+            "rare_words_effect": {f"L{a}H{b}": round(float(rw.effect[a, b]), 4) for a, b in labelled}}
 
 
 def negative_result(st: YesNoStats, cfg: ScanConfig) -> DetectorResult:
@@ -207,7 +237,7 @@ def negative_result(st: YesNoStats, cfg: ScanConfig) -> DetectorResult:
                                           f"order-averaged NAS exactly): sign flips over pairs ({tested.n_null} draws)"),
                         n_prompts=len(b), seed=cfg.seed, extras=extras,
                         details={"behaviour": beh, "n_pairs": int(per_pair.shape[1]), "pairs": [list(p) for p in b.pairs],
-                                 "pairs_dropped": [list(p) for p in b.dropped],
+                                 "pairs_dropped": [list(p) for p in b.dropped], "word_frequency": word_frequency(b.pairs),
                                  "query_positions": "after the instruction up to the answer position",
                                  "top_yes_no": top_yes_no})
 
@@ -279,4 +309,4 @@ NEGATIVE = register(Detector(
     name="negative", evidence="dla", metric="yes/no bias", stage="KR", method="scoring (negative attention score)",
     summary="attends from the question to the word 'No' named in a yes/no instruction, whatever the question",
     citation="Yu et al. 2024, arXiv 2408.00137", run=run_negative, causal=negative_check, example=_example,
-    default=False))
+    requires=("rare_words",), default=False, version=3))

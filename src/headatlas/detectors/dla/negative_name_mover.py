@@ -11,6 +11,9 @@ exceeds its attention to S1 by >= 0.05 with BH q <= 0.05, the name mover's own a
 Wang et al. (and McDougall et al. for GPT-2's L10H7) find that knocking negative name movers out *raises*
 the IOI logit difference, so the check expects an increase under mean ablation, against layer-matched
 random head sets, on held-out prompts.
+
+Version 2: 64 IOI prompts by default (the shared pass's :data:`~headatlas.detectors.dla.name_mover.N_PROMPTS`;
+version 1 used 32, too few to label smollm2's L24H4).
 """
 
 from __future__ import annotations
@@ -67,5 +70,5 @@ NEGATIVE = register(Detector(
     name="negative_name_mover", evidence="dla", metric="IOI logit difference", stage="ICI", method="direct logit attribution + attention (IOI)",
     summary="END attends to the indirect object and the head's output lowers logit(IO) - logit(S) (copy suppression)",
     citation="Wang et al. 2022, arXiv 2211.00593; McDougall et al. 2023, arXiv 2310.04625", run=run_negative,
-    uses=(IOI_PASS,), causal=negative_check, version=1,
+    uses=(IOI_PASS,), causal=negative_check, version=2,
 ))

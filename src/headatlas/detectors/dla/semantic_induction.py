@@ -11,9 +11,15 @@ Score (the relation index, per prompt; :func:`headatlas.methods.dla.dla_by_sourc
 head's direct logit attribution at the last position that it moves **from the head word's position**,
 on ``logit(tail)`` minus its mean on ``K`` control tails (tails of other pairs of the same relation).
 Mean over prompts, in logits; per-relation means of the top five heads and of every labelled head
-are in ``details["top_heads"]``. Null: sign flips per prompt (tail and controls come from one pool: every tail
-is some prompt's control), ``stats.N_PERM`` draws, add-one p, BH q. Label: q <= 0.05 and effect >=
+are in ``details["top_heads"]``. Null: sign flips by relation pair (tail and controls come from one pool: every
+tail is some prompt's control). The unit of replication is the (head, tail) pair, not the prompt: each pair
+appears in both carriers and its two contrasts are strongly correlated, so the two prompts of a pair flip
+together (cluster sign flips, :func:`headatlas.stats.signflip_null` with ``groups``; the bootstrap CI and
+stability resample pairs likewise). ``stats.N_PERM`` draws, add-one p, BH q. Label: q <= 0.05 and effect >=
 ``MIN_DLA`` (0.1 logits, as for the mover and fact detectors).
+
+Version 3: sign flips and bootstrap by relation pair (version 2 flipped each prompt, which treats the two
+carriers of a pair as independent and shrinks the null).
 
 Behaviour check before detection: if the model itself does not prefer the tail over the controls
 (mean logit(tail) - logit(controls) at the query <= 0 over the detection prompts) the head type is
@@ -76,13 +82,19 @@ def measure(m: LoadedModel, b: RelationBatch, batch_size: int) -> dict[str, np.n
 
 
 def semantic_result(per: dict[str, np.ndarray], relations: list[str], *, seed: int, data: str,
-                    details: dict | None = None, n_perm: int = stats.N_PERM) -> DetectorResult:
+                    details: dict | None = None, n_perm: int = stats.N_PERM,
+                    pairs: list[str] | None = None) -> DetectorResult:
+    """The result from per-prompt arrays ``[L, B, H]``; ``pairs [B]`` names each prompt's (relation, head,
+    tail) pair, the unit of the sign flips and the bootstrap (``None``: every prompt its own unit)."""
     x = per["index"]
-    draws = stats.signflip_null(x, n_perm, rng=stats.rng_for(seed, "semantic_induction:signflip"))
+    groups = None if pairs is None else np.asarray(pairs)
+    draws = stats.signflip_null(x, n_perm, rng=stats.rng_for(seed, "semantic_induction:signflip"), groups=groups)
     scores = stats.mean_over_prompts(x)
     extras = {"head_word_attention": stats.mean_over_prompts(per["attention"]),
               "total_contrast": stats.mean_over_prompts(per["total"])}
-    tested = stats.evaluate(x, draws, RULE, seed=seed, salt="semantic_induction", scores=scores, extras=extras)
+    tested = stats.evaluate(x, draws, RULE, seed=seed, salt="semantic_induction", scores=scores, extras=extras,
+                            groups=groups)
+    n_units = x.shape[1] if pairs is None else len(set(pairs))
     rel = np.array(relations)
     H = scores.shape[1]
     top = list(dict.fromkeys([int(i) for i in np.argsort(-scores, axis=None)[:5]]
@@ -93,8 +105,9 @@ def semantic_result(per: dict[str, np.ndarray], relations: list[str], *, seed: i
                         for i in top]
     det["model_tail_minus_controls"] = float(per["model"].mean())
     return stats.result("semantic_induction", tested, scores=scores, rule=RULE, data_description=data,
-                        null_description=(f"sign flips of the per-prompt contrasts (tail vs same-relation control "
-                                          f"tails; {tested.n_null} draws)"),
+                        null_description=(f"sign flips of the contrasts (tail vs same-relation control tails) by "
+                                          f"{'relation pair' if pairs is not None else 'prompt'}: {n_units} units, "
+                                          f"the carriers of one pair flip together; {tested.n_null} draws"),
                         n_prompts=x.shape[1], seed=seed, extras=extras, details=det)
 
 
@@ -105,12 +118,13 @@ def run(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
     cfg.tick(1, 1)
     per = {k: np.concatenate([p[k] for p in parts], axis=1 if k != "model" else 0) for k in parts[0]}
     relations = [r for b in bs for r in b.relation]
+    pairs = [f"{r}:{h}:{t}" for b in bs for r, (h, t) in zip(b.relation, b.pairs)]
     model = float(per["model"].mean())
     if model <= 0:
         raise InputError(f"{NOT_FOUND}the model does not prefer the tail over same-relation control tails after the "
                          f"head word (mean logit difference {model:.3f} over {per['model'].size} prompts)")
     n = per["index"].shape[1]
-    return semantic_result(per, relations, seed=cfg.seed,
+    return semantic_result(per, relations, seed=cfg.seed, pairs=pairs,
                            data=(f"{n} prompts: {len(det_rows)} (head, tail) pairs in {len(set(relations))} "
                                  f"relations x {len(bs)} carriers (seed {cfg.seed}); {bs[0].multi_token} pairs have a "
                                  "multi-token head (read at its last token) or tail (scored by its first token)"),
@@ -146,4 +160,5 @@ DETECTOR = register(Detector(
     name="semantic_induction", evidence="dla", metric="relation tail log-prob", stage="ICI", method="direct logit attribution from the head word (relation index)",
     summary="attending back to a relation's head word (wheel, Paris, hot), the head raises its tail (car, France, cold)",
     citation="Ren et al. 2024, arXiv 2402.13055", run=run, causal=semantic_check, example=_example, default=False,
+    version=3,
 ))

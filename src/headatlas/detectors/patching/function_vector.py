@@ -14,9 +14,25 @@ single token):
    - Exact patching confirms the top :data:`N_EXACT` heads by attribution AIE (one batched pass with one
      patched head per row, run from the patched layer on, only the last position recomputed).
    The per-prompt effect map ``[L, B, H]`` takes the EXACT effects for those candidates and the attribution
-   estimate elsewhere; p-values come from sign flips of that map, and a label also needs ``exact == 1``
-   (only exactly patched heads can be labelled). ``details["agreement"]``: Spearman between attribution and
-   exact AIE over the candidates and overlap of their top 20.
+   estimate elsewhere; a label also needs ``exact == 1`` (only exactly patched heads can be labelled).
+   ``details["agreement"]``: Spearman between attribution and exact AIE over the candidates and overlap of
+   their top 20.
+   **The unit of replication is the task**, not the prompt: every prompt of a task is patched with the same
+   source (the task's mean head output), so its prompts are replicates of "the head helps *this* task", not
+   of "the head helps in-context tasks" (version 2 flipped signs per prompt over all tasks pooled, and a head
+   that helps one task only, e.g. smollm2's L29H0 on country_capital, passed as a general FV head with p 1e-4).
+   Flipping whole tasks is honest but powerless (6 tasks: p >= 1/64). So (:mod:`headatlas.stats_tasks`):
+   - per task: prompt-level sign flips *inside* the task (:data:`N_PER_TASK` prompts, ``stats.N_PERM`` draws),
+     a p per head and task, BH q over heads within the task; ``extras["aie_<task>"]`` holds each task's AIE;
+   - **general FV head** (the label): at least a majority ``u`` of the ``T`` kept tasks (4 of 6) have an
+     effect: the Simes partial-conjunction p of the per-task p-values (Benjamini & Heller 2008; the tasks'
+     prompts and permutations are independent), BH q over heads; effect = the ``u``-th largest task AIE (``u``
+     tasks reach at least this much), CI from resampling prompts within each task; label: q <= 0.05, effect
+     >= :data:`MIN_AIE`, ``exact == 1``;
+   - **task-specific heads** (not labels): heads with task q <= 0.05 and task AIE >= :data:`MIN_AIE` in a task
+     that are not general, in ``details["task_specific"][task]``; ``extras["n_tasks"]`` counts each head's
+     tasks.
+   The score (``scores``) stays the AIE pooled over all prompts.
 4. Causal check (:func:`fv_check`): the function vector = sum over the top-:data:`FV_HEADS` labelled heads
    of their mean output through ``W_O`` (per task), added to the residual stream at the last position
    entering layer ``n_layers // 3`` (scale 1, Todd's choice; fixed, not tuned) of ZERO-SHOT prompts of
@@ -38,6 +54,7 @@ from scipy import stats as sps
 
 from ... import stats
 from ...atlas.records import CausalCheck
+from ...stats_tasks import evaluate_across_tasks, task_specific
 from ...errors import InputError
 from ...instrument import RowHeadPatch, Taps, instrumented
 from ...methods import engine
@@ -45,12 +62,13 @@ from ...methods.metrics import prob
 from ...models.suffix import decoder_layers
 from ...tasks.icl import ICLBatch, icl_batch, icl_tasks
 from ..base import NOT_FOUND, Detector, DetectorResult, LabelRule, ScanConfig, SharedPass, register
-from ..causal import effect_map_result, matched_random_sets
+from ..causal import matched_random_sets
 
 if TYPE_CHECKING:
     from ...models import LoadedModel
 
 K_SHOT = 8
+N_PER_TASK = 16             # shuffled-label prompts per task (sign flips inside a task: p floor 2^-16 before R draws)
 MIN_ACCURACY = 0.5          # a task the model does in context (8-shot)
 N_EXACT = 40                # heads confirmed by exact patching
 FV_HEADS = 10               # heads summed into the function vector
@@ -58,8 +76,10 @@ MIN_AIE = 0.01              # probability units: one percentage point of p(answe
 EVAL_SEED_OFFSET = 1000
 TOP_AGREE = 20
 
-FV_RULE = LabelRule(statistic=("average indirect effect at the last token: p(answer) after patching the head's mean "
-                               "clean output into shuffled-label prompts, minus p(answer) (exactly patched heads)"),
+FV_RULE = LabelRule(statistic=("average indirect effect at the last token (p(answer) after patching the head's mean "
+                               "clean task output into shuffled-label prompts, minus p(answer)) reached in at least a "
+                               "majority of the tasks: the u-th largest task AIE, partial-conjunction p over the tasks' "
+                               "own tests (exactly patched heads)"),
                     direction="greater", min_effect=MIN_AIE, extra_min=(("exact", 1.0),))
 
 
@@ -171,7 +191,7 @@ def _accuracy(logits: torch.Tensor, answer: torch.Tensor) -> float:
 class FVStats:
     """The function-vector pass: kept tasks, per-task mean outputs ``[L, H, d_head]``, accuracies, effects."""
 
-    kept: list[str]
+    kept: list[str]                             # tasks in the order of the prompts: n_per_task prompts each
     means: dict[str, torch.Tensor]
     accuracy: dict[str, dict[str, float]]
     dropped: dict[str, str]
@@ -182,10 +202,14 @@ class FVStats:
     seconds: dict[str, float] = field(default_factory=dict)
     tasks: dict[str, Any] = field(default_factory=dict)
 
+    def task_of(self) -> np.ndarray:
+        """``[B]`` the task of each prompt of the effect maps."""
+        return np.repeat(np.array(self.kept), self.n_per_task)
+
 
 def compute_fv(m: LoadedModel, cfg: ScanConfig) -> FVStats:
     tok = m.tokenizer
-    n = _n(cfg, 4, 12)
+    n = _n(cfg, 4, N_PER_TASK)
     k = 4 if cfg.quick else K_SHOT
     tasks = icl_tasks(tok, seed=cfg.seed)
     t0 = time.perf_counter()
@@ -246,22 +270,54 @@ def _agreement(st: FVStats) -> dict[str, Any]:
             "exact_aie": {f"L{l}H{h}": float(v) for (l, h), v in zip(st.candidates, ce)}}
 
 
+def fv_result(per_prompt: np.ndarray, task_of: np.ndarray, exact: np.ndarray, *, seed: int, data_description: str,
+              details: dict[str, Any] | None = None, extras: dict[str, np.ndarray] | None = None,
+              n_perm: int = stats.N_PERM) -> DetectorResult:
+    """The function-vector result from per-prompt effects ``[L, B, H]``, each prompt's task ``task_of [B]`` and
+    ``exact [L, H]`` (1.0 where the effects are exact): general FV heads by the across-task test, task-specific
+    heads in ``details["task_specific"]`` (module docstring)."""
+    ex = {"exact": np.asarray(exact, dtype=float), **(extras or {})}
+    scores = np.nanmean(per_prompt, axis=1)
+    across = evaluate_across_tasks(per_prompt, task_of, FV_RULE, seed=seed, salt="function_vector", scores=scores,
+                                   extras=ex, n_perm=n_perm)
+    tested = across.tested
+    for i, t in enumerate(across.tasks):
+        ex[f"aie_{t}"] = across.task_effect[i]
+    with np.errstate(invalid="ignore"):
+        ex["n_tasks"] = ((across.task_q <= FV_RULE.fdr) & (across.task_effect >= MIN_AIE)).sum(0).astype(float)
+    det = dict(details or {})
+    det.update({"min_tasks": across.min_tasks, "n_tasks": len(across.tasks),
+                "general_rule": (f"a general FV head helps at least {across.min_tasks} of the {len(across.tasks)} "
+                                 f"tasks: Simes partial-conjunction p of the per-task sign-flip p-values, BH q <= "
+                                 f"{FV_RULE.fdr}, the {across.min_tasks}-th largest task AIE >= {MIN_AIE}, exact"),
+                "task_specific": task_specific(across, FV_RULE, usable=ex["exact"] > 0),
+                "labelled_by_task": {f"L{a}H{b}": {t: float(across.task_effect[i, a, b])
+                                                   for i, t in enumerate(across.tasks)} for a, b in tested.labelled}})
+    n_per = int(per_prompt.shape[1] // max(1, len(across.tasks)))
+    return stats.result(
+        "function_vector", tested, scores=scores, rule=FV_RULE, data_description=data_description,
+        null_description=(f"per task: sign flips of that task's per-prompt effects ({n_per} prompts, {tested.n_null} "
+                          f"draws); across tasks: Simes partial conjunction of the {len(across.tasks)} task p-values "
+                          f"(at least {across.min_tasks} tasks); null mean/std: the {across.min_tasks}-th largest "
+                          "task mean under the tasks' flips"),
+        n_prompts=per_prompt.shape[1], seed=seed, extras=ex, details=det)
+
+
 def run_function_vector(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
     st = cfg.shared(FV_PASS, m)
     per_prompt = np.where(np.isnan(st.exact), st.attribution, st.exact)
     exact_flag = (~np.isnan(st.exact[:, 0, :])).astype(float)
-    res = effect_map_result(
-        "function_vector", per_prompt, FV_RULE, seed=cfg.seed,
+    return fv_result(
+        per_prompt, st.task_of(), exact_flag, seed=cfg.seed,
         data_description=(f"{len(st.kept)} ICL tasks ({', '.join(st.kept)}), {st.n_per_task} shuffled-label prompts "
                           f"each ({K_SHOT if not cfg.quick else 4}-shot, Q:/A: template); effect = p(answer) with the "
                           "head's mean clean last-token output patched in minus p(answer); exact patching for the "
                           f"top {len(st.candidates)} heads by attribution patching, attribution estimate elsewhere "
                           "(only exactly patched heads can be labelled)"),
-        extras={"exact": exact_flag, "attribution_aie": st.attribution.mean(1)},
+        extras={"attribution_aie": st.attribution.mean(1)},
         details={"accuracy": st.accuracy, "dropped_tasks": st.dropped, "kept_tasks": st.kept,
                  "agreement": _agreement(st), "seconds": st.seconds,
                  "p_values_from": "exact patching for the candidates; attribution patching for the other heads"})
-    return res
 
 
 def _add_at_layer(m: LoadedModel, layer: int, vec: torch.Tensor):
@@ -341,4 +397,4 @@ FUNCTION_VECTOR = register(Detector(
     summary=("a head whose mean task output, patched into shuffled-label ICL prompts, restores the answer; the sum "
              "of the top heads' outputs is a function vector"),
     citation="Todd et al. 2024, arXiv 2310.15213", run=run_function_vector, uses=(FV_PASS,), causal=fv_check,
-    default=False))
+    default=False, version=3))

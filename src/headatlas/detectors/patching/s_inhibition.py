@@ -11,6 +11,8 @@ by ``extras["sender"] == 0``). ``details["edges"]``: every labelled S-inhibition
 mover alone (the sender -> receiver effects :meth:`headatlas.Atlas.circuit` draws). Requires ``name_mover``;
 when it labels nothing the detector skips ("not found: ..."). Causal check: mean-ablating the S-inhibition
 heads lowers the IOI logit difference on held-out prompts more than layer-matched random head sets.
+
+Version 2: 64 prompts by default (:data:`SINH_PROMPTS`; version 1 used 16), as for the other IOI roles.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ MIN_DROP = 0.1
 S_RULE = LabelRule(statistic="drop of logit(IO) - logit(S) when the head's output from the ABC twin reaches only "
                              "the name movers' queries (path patching; mean over prompts)",
                    direction="greater", min_effect=MIN_DROP)
-SINH_PROMPTS = 16      # prompts for the path patching (sign-flip null floor 2^-16 on one head's p)
+SINH_PROMPTS = 64      # prompts for the path patching (as the name movers' pass; 16 gave a sign-flip floor of 2^-16)
 SINH_PROMPTS_QUICK = 12
 
 
@@ -147,5 +149,5 @@ S_INHIBITION = register(Detector(
     summary="the head's output at END (from S2) steers the name movers' queries away from S: path patching to "
             "their queries lowers logit(IO) - logit(S)",
     citation="Wang et al. 2022, arXiv 2211.00593", run=run_sinh, requires=("name_mover",), causal=sinh_check,
-    version=1, default=False,
+    version=2, default=False,
 ))

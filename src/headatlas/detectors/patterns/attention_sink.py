@@ -16,9 +16,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ... import stats
-from ..base import Detector, DetectorResult, LabelRule, ScanConfig, register
-from .synthetic import (SYNTHETIC, SYNTHETIC_OPTIONS, check_synthetic_options,
-                         example_prompt, synthetic_stats)
+from ..base import DetectorResult, LabelRule, ScanConfig
+from .declare import attention_defined
+from .synthetic import synthetic_stats
 
 if TYPE_CHECKING:
     from ...models import LoadedModel
@@ -43,13 +43,11 @@ def run(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
     )
 
 
-DETECTOR = register(Detector(
-    name="attention_sink", evidence="pattern", metric="", stage="ICI", method="attention-pattern score",
+DETECTOR = attention_defined(
+    name="attention_sink", stage="ICI", method="attention-pattern score", run=run, synthetic=True, version=3,
     summary="puts most of its attention on the first token (attention sink / dormant head)",
-    citation="Gu et al. 2024, arXiv 2410.10781; Xiao et al. 2023, arXiv 2309.17453", run=run, uses=(SYNTHETIC,),
-    options=SYNTHETIC_OPTIONS, options_rule=check_synthetic_options,
-    example=example_prompt, version=3,
-    no_causal=("attention sinks are defined by their attention pattern (a structural role, not a function): ablating "
-               "them disturbs the model in ways unrelated to a head type, so no behavioural metric backs the label"),
-    places_stage=False,  # not in the survey's taxonomy; most heads of real LLMs are sinks
-))
+    citation="Gu et al. 2024, arXiv 2410.10781; Xiao et al. 2023, arXiv 2309.17453",
+    defined_by="their attention pattern (a structural role, not a function)",
+    why=("ablating them disturbs the model in ways unrelated to a head type, so no behavioural metric backs the "
+         "label"),
+    places_stage=False)  # not in the survey's taxonomy; most heads of real LLMs are sinks

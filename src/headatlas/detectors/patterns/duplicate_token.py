@@ -14,11 +14,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ... import stats
-from ..base import Detector, DetectorResult, LabelRule, ScanConfig, register
-from ..behaviours import repeat_loss_check
-from .synthetic import (SYNTHETIC, SYNTHETIC_OPTIONS, check_synthetic_options,
-                         example_prompt, mean_std, synthetic_stats)
+from ..base import DetectorResult, LabelRule, ScanConfig
+from .declare import repeat_loss_detector
+from .synthetic import synthetic_stats, twin_result
 
 if TYPE_CHECKING:
     from ...models import LoadedModel
@@ -29,26 +27,11 @@ RULE = LabelRule(statistic="mass on earlier copies minus the twin's mass at the 
 
 def run(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
     st = synthetic_stats(m, cfg)
-    scores = st.dup.mean(1)
-    diff = st.dup - st.dup_null                                   # [L, B, H]
-    draws = stats.signflip_null(diff, rng=stats.rng_for(cfg.seed, "duplicate_token:null"))
-    tested = stats.evaluate(diff, draws, RULE, seed=cfg.seed, salt="duplicate_token", scores=scores)
-    null_mean, null_std = mean_std(st.dup_null, (1,))
-    return stats.result(
-        "duplicate_token", tested, scores=scores, rule=RULE, null_mean=null_mean, null_std=null_std,
-        data_description=f"{st.describe()}; queries in repeats 2+",
-        null_description=("null mean/std: the same mass on the non-repeated twin sequences at the same key positions; "
-                          f"p: sign-flip permutations of the per-prompt differences ({tested.n_null} draws)"),
-        n_prompts=st.spec.n_prompts, seed=st.spec.seed,
-        extras={"score_std": st.dup.std(1)},
-        details={"block_len": st.batch.block_len, "n_repeats": st.batch.n_repeats},
-    )
+    return twin_result("duplicate_token", st, st.dup, st.dup_null, RULE, cfg.seed, what="same mass",
+                       extras={"score_std": st.dup.std(1)},
+                       details={"block_len": st.batch.block_len, "n_repeats": st.batch.n_repeats})
 
 
-DETECTOR = register(Detector(
-    name="duplicate_token", evidence="pattern", metric="repeat loss", stage="ICI", method="attention-pattern score",
-    summary="attends from a token to earlier copies of the same token",
-    citation="Wang et al. 2022, arXiv 2211.00593", run=run, uses=(SYNTHETIC,),
-    options=SYNTHETIC_OPTIONS, options_rule=check_synthetic_options,
-    example=example_prompt, causal=repeat_loss_check,
-))
+DETECTOR = repeat_loss_detector(
+    name="duplicate_token", stage="ICI", method="attention-pattern score", run=run,
+    summary="attends from a token to earlier copies of the same token", citation="Wang et al. 2022, arXiv 2211.00593")

@@ -25,10 +25,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ... import stats
-from ..base import Detector, DetectorResult, LabelRule, ScanConfig, register
-from ..behaviours import repeat_loss_check
-from .synthetic import (SYNTHETIC, SYNTHETIC_OPTIONS, check_synthetic_options,
-                         example_prompt, mean_std, synthetic_stats)
+from ..base import DetectorResult, LabelRule, ScanConfig
+from .declare import repeat_loss_detector
+from .synthetic import synthetic_stats, twin_result
 
 if TYPE_CHECKING:
     from ...models import LoadedModel
@@ -40,31 +39,19 @@ RULE = LabelRule(statistic="prefix-matching mass minus the twin's mass at the sa
 
 def run(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
     st = synthetic_stats(m, cfg)
-    scores = st.ind.mean(1)
-    diff = st.ind - st.ind_null
-    copying = np.nanmean(st.copying, axis=1)
-    extras = {"copying": copying, "copying_logit": np.nanmean(st.copying_logit, axis=1), "score_std": st.ind.std(1)}
-    draws = stats.signflip_null(diff, rng=stats.rng_for(cfg.seed, "induction:null"))
-    tested = stats.evaluate(diff, draws, RULE, seed=cfg.seed, salt="induction", scores=scores, extras=extras)
-    matching = stats.apply_rule(LabelRule(statistic="", min_effect=RULE.min_effect), effect=tested.effect,
-                                q=tested.q_value, scores=scores)
-    null_mean, null_std = mean_std(st.ind_null, (1,))
-    return stats.result(
-        "induction", tested, scores=scores, rule=RULE, null_mean=null_mean, null_std=null_std,
-        data_description=f"{st.describe()}; queries in repeats 2+",
-        null_description=("null mean/std: the prefix-matching mass on the non-repeated twin sequences at the same key "
-                          f"positions; p: sign-flip permutations of the per-prompt differences ({tested.n_null} draws)"),
-        n_prompts=st.spec.n_prompts, seed=st.spec.seed, extras=extras,
-        details={"block_len": st.batch.block_len, "n_repeats": st.batch.n_repeats, "min_copying": MIN_COPYING,
-                 "matching_only": [[int(a), int(b)] for a, b in zip(*np.nonzero(matching))
-                                   if (int(a), int(b)) not in set(tested.labelled)]},
-    )
+    extras = {"copying": np.nanmean(st.copying, axis=1), "copying_logit": np.nanmean(st.copying_logit, axis=1),
+              "score_std": st.ind.std(1)}
+    res = twin_result("induction", st, st.ind, st.ind_null, RULE, cfg.seed, what="prefix-matching mass", extras=extras,
+                      details={"block_len": st.batch.block_len, "n_repeats": st.batch.n_repeats,
+                               "min_copying": MIN_COPYING})
+    matching = stats.apply_rule(LabelRule(statistic="", min_effect=RULE.min_effect), effect=res.effect,
+                                q=res.q_value, scores=res.scores)
+    res.details["matching_only"] = [[int(a), int(b)] for a, b in zip(*np.nonzero(matching))
+                                    if (int(a), int(b)) not in set(res.labelled)]
+    return res
 
 
-DETECTOR = register(Detector(
-    name="induction", evidence="pattern", metric="repeat loss", stage="LR", method="scoring (prefix matching + OV copying)",
+DETECTOR = repeat_loss_detector(
+    name="induction", stage="LR", method="scoring (prefix matching + OV copying)", run=run,
     summary="on a repeat, attends to the token after the earlier copy and copies it to the output",
-    citation="Olsson et al. 2022, arXiv 2209.11895; Crosbie & Shutova 2024, arXiv 2407.07011", run=run,
-    uses=(SYNTHETIC,),
-    options=SYNTHETIC_OPTIONS, options_rule=check_synthetic_options, example=example_prompt, causal=repeat_loss_check,
-))
+    citation="Olsson et al. 2022, arXiv 2209.11895; Crosbie & Shutova 2024, arXiv 2407.07011")

@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ... import stats
-from ..base import Detector, DetectorResult, LabelRule, ScanConfig, register
-from .synthetic import (SYNTHETIC, SYNTHETIC_OPTIONS, check_synthetic_options,
-                         example_prompt, synthetic_stats)
+from ..base import DetectorResult, LabelRule, ScanConfig
+from .declare import attention_defined
+from .synthetic import synthetic_stats
 
 if TYPE_CHECKING:
     from ...models import LoadedModel
@@ -74,12 +74,7 @@ def run(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
     )
 
 
-DETECTOR = register(Detector(
-    name="positional", evidence="pattern", metric="", stage="ICI", method="attention-pattern score (argmax offset)",
+DETECTOR = attention_defined(
+    name="positional", stage="ICI", method="attention-pattern score (argmax offset)", run=run, synthetic=True,
     summary="its top attention sits at a fixed relative offset regardless of content",
-    citation="Voita et al. 2019, arXiv 1905.09418", run=run, uses=(SYNTHETIC,),
-    options=SYNTHETIC_OPTIONS, options_rule=check_synthetic_options,
-    example=example_prompt,
-    no_causal="positional heads are defined by their attention pattern alone; no behaviour of the model is "
-              "specific to them, so no ablation check is run",
-))
+    citation="Voita et al. 2019, arXiv 1905.09418", defined_by="their attention pattern alone")

@@ -17,10 +17,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ... import stats
-from ..base import Detector, DetectorResult, LabelRule, ScanConfig, register
-from ..behaviours import repeat_loss_check
-from .synthetic import (SYNTHETIC, SYNTHETIC_OPTIONS, check_synthetic_options,
-                         example_prompt, synthetic_stats)
+from ..base import DetectorResult, LabelRule, ScanConfig
+from .declare import repeat_loss_detector
+from .synthetic import synthetic_stats
 
 if TYPE_CHECKING:
     from ...models import LoadedModel
@@ -45,10 +44,7 @@ def run(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
     )
 
 
-DETECTOR = register(Detector(
-    name="previous_token", evidence="pattern", metric="repeat loss", stage="ICI", method="attention-pattern score",
-    summary="attends from each token to the token right before it",
-    citation="Olsson et al. 2022, arXiv 2209.11895", run=run, uses=(SYNTHETIC,),
-    options=SYNTHETIC_OPTIONS, options_rule=check_synthetic_options,
-    example=example_prompt, causal=repeat_loss_check,
-))
+DETECTOR = repeat_loss_detector(
+    name="previous_token", stage="ICI", method="attention-pattern score",
+    summary="attends from each token to the token right before it", citation="Olsson et al. 2022, arXiv 2209.11895",
+    run=run)

@@ -30,9 +30,10 @@ import numpy as np
 
 from ... import stats
 from ...errors import InputError
-from ...tasks.text import WordSeq, check_english, concat, encode_text, pack, sentences
+from ...tasks.text import WordSeq, check_english, concat, encode_text, pack, rows_that_fit, sentences
 from ...tasks.words import zipf
-from ..base import Detector, DetectorResult, LabelRule, ScanConfig, register
+from ..base import DetectorResult, LabelRule, ScanConfig
+from .declare import attention_defined
 from .spans import SpanSet, collect_masses
 
 if TYPE_CHECKING:
@@ -125,11 +126,7 @@ def run(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
     tok = m.tokenizer
     check_english(tok)
     n_rows = int(cfg.n_prompts or (QUICK_ROWS if cfg.quick else DEFAULT_ROWS))
-    per_row = PER_ROW
-    seqs = passages(tok, n_rows, cfg.seed, per_row)
-    while max(len(s) for s in seqs) + 1 > m.info.n_ctx and per_row > 1:
-        per_row -= 1
-        seqs = passages(tok, n_rows, cfg.seed, per_row)
+    seqs, per_row = rows_that_fit(lambda k: passages(tok, n_rows, cfg.seed, k), PER_ROW, m.info.n_ctx)
     ids, off = pack(tok, seqs, n_ctx=m.info.n_ctx)
     spans, items, max_slots = rare_word_items(seqs, off, random.Random(cfg.seed + 1))
     if len(items) < 10:
@@ -155,11 +152,7 @@ def run(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
     )
 
 
-DETECTOR = register(Detector(
-    name="rare_words", evidence="pattern", metric="", stage="ICI", method="attention pattern (argmax vs matched control)",
+DETECTOR = attention_defined(
+    name="rare_words", stage="ICI", method="attention pattern (argmax vs matched control)", run=run,
     summary="its top attention points to the context's rarest word (wordfreq) more often than to a matched "
-            "frequent word",
-    citation="Voita et al. 2019, arXiv 1905.09418", run=run,
-    no_causal="rare-words heads are defined by where their attention goes; no behaviour of the model is specific "
-              "to them, so no ablation check is run",
-))
+            "frequent word", citation="Voita et al. 2019, arXiv 1905.09418", defined_by="where their attention goes")

@@ -27,9 +27,10 @@ import numpy as np
 
 from ... import stats
 from ...errors import InputError
-from ...tasks.text import WordSeq, check_english, pack
+from ...tasks.text import WordSeq, check_english, pack, rows_that_fit
 from ...tasks.words import subword_rows
-from ..base import Detector, DetectorResult, LabelRule, ScanConfig, register
+from ..base import DetectorResult, LabelRule, ScanConfig
+from .declare import attention_defined
 from .spans import SpanSet, collect_masses
 
 if TYPE_CHECKING:
@@ -98,11 +99,7 @@ def run(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
     tok = m.tokenizer
     check_english(tok)
     n_rows = int(cfg.n_prompts or (QUICK_ROWS if cfg.quick else DEFAULT_ROWS))
-    per_row = PER_ROW
-    seqs = subword_rows(tok, n_rows, per_row, seed=cfg.seed)
-    while max(len(s) for s in seqs) + 1 > m.info.n_ctx and per_row > 1:
-        per_row -= 1
-        seqs = subword_rows(tok, n_rows, per_row, seed=cfg.seed)
+    seqs, per_row = rows_that_fit(lambda k: subword_rows(tok, n_rows, k, seed=cfg.seed), PER_ROW, m.info.n_ctx)
     ids, off = pack(tok, seqs, n_ctx=m.info.n_ctx)
     target, control, rows = subword_items(seqs, off, stats.rng_for(cfg.seed, "subword_merge:controls"))
     if len(rows) < 10:
@@ -121,11 +118,8 @@ def run(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
         n_prompts=d.shape[1], seed=cfg.seed, extras={"control_mass": control_mean}, details=details)
 
 
-DETECTOR = register(Detector(
-    name="subword_merge", evidence="pattern", metric="", stage="ICI", method="attention pattern (matched same-distance control)",
+DETECTOR = attention_defined(
+    name="subword_merge", stage="ICI", method="attention pattern (matched same-distance control)", run=run,
     summary="attention from a word's later piece to its earlier pieces vs the same distances across a word boundary",
-    citation="Correia et al. 2019, arXiv 1909.00015; Ferrando & Voita 2024, arXiv 2403.00824", run=run,
-    requires=("previous_token",),
-    no_causal="subword-merge heads are defined by where their attention goes inside multi-token words; no "
-              "behaviour of the model is specific to them, so no ablation check is run",
-))
+    citation="Correia et al. 2019, arXiv 1909.00015; Ferrando & Voita 2024, arXiv 2403.00824",
+    requires=("previous_token",), defined_by="where their attention goes inside multi-token words")

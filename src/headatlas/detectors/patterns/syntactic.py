@@ -38,8 +38,9 @@ import numpy as np
 from ... import stats
 from ...errors import InputError
 from ...tasks.syntax import Arc, syntax_batch
-from ...tasks.text import WordSeq, check_english, pack
-from ..base import Detector, DetectorResult, LabelRule, ScanConfig, register
+from ...tasks.text import WordSeq, check_english, pack, rows_that_fit
+from ..base import DetectorResult, LabelRule, ScanConfig
+from .declare import attention_defined
 from .spans import SpanSet, collect_masses
 
 if TYPE_CHECKING:
@@ -203,11 +204,8 @@ def run(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
     tok = m.tokenizer
     check_english(tok)
     n_rows = int(cfg.n_prompts or (QUICK_ROWS if cfg.quick else DEFAULT_ROWS))
-    per_row = PER_ROW
-    batch = syntax_batch(tok, n_rows, per_row, seed=cfg.seed)
-    while max(len(s) for s in batch.seqs) + 1 > m.info.n_ctx and per_row > 1:
-        per_row -= 1
-        batch = syntax_batch(tok, n_rows, per_row, seed=cfg.seed)
+    batch, per_row = rows_that_fit(lambda k: syntax_batch(tok, n_rows, k, seed=cfg.seed), PER_ROW, m.info.n_ctx,
+                                   seqs=lambda b: b.seqs)
     ids, off = pack(tok, batch.seqs, n_ctx=m.info.n_ctx)
     spans, flat, target, max_slots = candidate_spans(batch.seqs, batch.arcs, off)
     ctrl = matched_controls(flat, batch.classes, stats.rng_for(cfg.seed, "syntactic:controls"))
@@ -249,11 +247,9 @@ def _control_accuracy(top: np.ndarray, flat: list[tuple[int, Arc]], ctrl: np.nda
     return out
 
 
-DETECTOR = register(Detector(
-    name="syntactic", evidence="pattern", metric="", stage="ICI", method="attention pattern (argmax vs matched control)",
+DETECTOR = attention_defined(
+    name="syntactic", stage="ICI", method="attention pattern (argmax vs matched control)", run=run,
     summary="top attention follows a dependency relation (best relation per head) vs a same-class, "
-            "distance-matched control word",
-    citation="Voita et al. 2019, arXiv 1905.09418; Clark et al. 2019, W19-4828", run=run,
-    no_causal="syntactic heads are defined by where their attention goes on parsed text; the model has no "
-              "behaviour specific to one dependency relation to ablate against, so no ablation check is run",
-))
+            "distance-matched control word", citation="Voita et al. 2019, arXiv 1905.09418; Clark et al. 2019, W19-4828",
+    defined_by="where their attention goes on parsed text",
+    why="the model has no behaviour specific to one dependency relation to ablate against, so no ablation check is run")

@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from ... import stats
+from ...atlas.records import DetectorResult, LabelRule
 from ...errors import InputError
 from ...instrument import Taps, instrumented
 from ...tasks.repeats import RepeatBatch, fit_block_len, repeated_tokens, token_pool
@@ -240,6 +242,25 @@ def synthetic_stats(m: LoadedModel, cfg: ScanConfig) -> SyntheticStats:
 def mean_std(values: np.ndarray, axes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Mean and (population) std over ``axes`` of ``[L, B, H, ...]`` values, ignoring NaN."""
     return np.nanmean(values, axis=axes), np.nanstd(values, axis=axes)
+
+
+def twin_result(name: str, st: SyntheticStats, score: np.ndarray, twin: np.ndarray, rule: LabelRule, seed: int, *,
+                what: str, extras: dict[str, np.ndarray] | None = None, details: dict | None = None) -> DetectorResult:
+    """The result of a repeat-vs-twin detector (duplicate token, induction): per prompt, the head's ``score``
+    ``[L, B, H]`` on the repeats minus ``twin``, the same mass at the same key positions of the non-repeated
+    twin; p from sign flips of those differences; null mean/std: ``twin`` over prompts. ``what`` names the
+    mass in the null's description."""
+    diff = score - twin
+    draws = stats.signflip_null(diff, rng=stats.rng_for(seed, f"{name}:null"))
+    scores = score.mean(1)
+    tested = stats.evaluate(diff, draws, rule, seed=seed, salt=name, scores=scores, extras=extras)
+    null_mean, null_std = mean_std(twin, (1,))
+    return stats.result(
+        name, tested, scores=scores, rule=rule, null_mean=null_mean, null_std=null_std,
+        data_description=f"{st.describe()}; queries in repeats 2+",
+        null_description=(f"null mean/std: the {what} on the non-repeated twin sequences at the same key positions; "
+                          f"p: sign-flip permutations of the per-prompt differences ({tested.n_null} draws)"),
+        n_prompts=st.spec.n_prompts, seed=st.spec.seed, extras=extras, details=details)
 
 
 def example_prompt(m: LoadedModel, cfg: ScanConfig) -> torch.Tensor:

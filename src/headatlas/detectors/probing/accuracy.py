@@ -6,7 +6,7 @@ Data: two-digit additions with a two-shot prefix (``"23 + 41 = 64\\n15 + 32 = 47
 given the ones before it, which is exactly when greedy decoding writes the answer). One forward per batch
 gives both the label and every head's ``z`` at the prompt's last token (``=``). Each problem is its own group.
 
-Score: held-out balanced probe accuracy (grouped 5-fold CV); null: labels permuted across problems of one difficulty stratum (carry x tens digit of the sum; 999 draws);
+Score: held-out balanced probe accuracy (grouped 5-fold CV); null: labels permuted across problems of one difficulty stratum (carry x tens digit of the sum; 9,999 draws);
 p add-one, BH q; label: q <= 0.05 and accuracy >= null mean + 0.1. Refuses ("not found: ...") when either
 class has fewer than ``MIN_CLASS`` problems or 15% (a model that solves none, or all, gives a probe nothing
 to predict). LoFiT's fine-tuned head scalers are not implemented.
@@ -26,11 +26,12 @@ import torch
 
 from ...atlas.records import CausalCheck
 from ...errors import InputError
-from ...methods.probing import ProbeResult, capture_heads, probe_detector_result, probe_features
+from ...methods.probing import ProbeResult, capture_heads
 from ...tasks.text import check_english
 from ...tasks.vocab import bos_id
 from ..base import NOT_FOUND, Detector, DetectorResult, LabelRule, ScanConfig, SharedPass, register
 from ..causal import ablation_check
+from .common import fit_probes, probe_run
 
 if TYPE_CHECKING:
     from ...models import LoadedModel
@@ -100,22 +101,20 @@ def _compute(m: "LoadedModel", cfg: ScanConfig) -> AccuracyPass:
         raise InputError(f"{NOT_FOUND}the model answers {k}/{n} two-digit sums correctly (greedy, 2-shot); a probe "
                          f"needs at least {MIN_CLASS} and {MIN_FRACTION:.0%} of the problems in each class")
     strata = np.array([difficulty(a, b) for a, b in items])
-    pr = probe_features(cap.features, correct, np.arange(n), n_folds=4 if cfg.quick else 5,
-                        n_perm=199 if cfg.quick else 999, seed=cfg.seed, position="last prompt token ('=')",
-                        source="two-digit sums", strata=strata)
+    pr = fit_probes(cap.features, correct, np.arange(n), cfg, position="last prompt token ('=')",
+                    source="two-digit sums", strata=strata)
     return AccuracyPass(pr, correct, n)
 
 
 ACC_PASS: SharedPass[AccuracyPass] = SharedPass("accuracy_sums", _compute, lambda m, cfg: (cfg.seed, cfg.quick, cfg.n_prompts))
 
 
-def run(m: "LoadedModel", cfg: ScanConfig) -> DetectorResult:
-    ap = cfg.shared(ACC_PASS, m)
-    return probe_detector_result(
-        "accuracy", ap.probe, RULE,
-        data_description=(f"{ap.n} two-digit sums (2-shot, seed {cfg.seed}); label = the model's greedy answer is "
-                          f"correct ({int(ap.correct.sum())}/{ap.n}); z at '='"),
-        details={"model_accuracy": float(ap.correct.mean())})
+def _describe(ap: AccuracyPass, cfg: ScanConfig) -> tuple[str, dict]:
+    return (f"{ap.n} two-digit sums (2-shot, seed {cfg.seed}); label = the model's greedy answer is correct "
+            f"({int(ap.correct.sum())}/{ap.n}); z at '='", {"model_accuracy": float(ap.correct.mean())})
+
+
+run = probe_run("accuracy", ACC_PASS, RULE, _describe)
 
 
 def causal(m: "LoadedModel", cfg: ScanConfig, result: DetectorResult) -> CausalCheck:
@@ -146,4 +145,4 @@ DETECTOR = register(Detector(
     name="accuracy", evidence="probing", metric="arithmetic answer log-prob", stage="LR", method="probing",
     summary="a linear probe on the head's output before the answer predicts whether the model's own answer is right",
     citation="Yin et al. 2024 LoFiT (arXiv 2406.01563); Guo et al. SIGIR 2024 (ASMR)",
-    run=run, uses=(ACC_PASS,), causal=causal, default=False))
+    run=run, uses=(ACC_PASS,), causal=causal, default=False, version=3))

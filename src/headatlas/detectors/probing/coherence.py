@@ -8,7 +8,7 @@ a higher log-probability than the same answer in English. Features: ``z`` at the
 question is its own group; the null permutes labels within a language (so a head that only tells French from
 Spanish gains nothing). Concepts are split 3/4 (probe) and 1/4 (held out for the causal check).
 
-Score: held-out balanced probe accuracy (grouped 5-fold CV); null: 999 permutations; BH q; label: q <= 0.05 and
+Score: held-out balanced probe accuracy (grouped 5-fold CV); null: 9,999 permutations; BH q; label: q <= 0.05 and
 accuracy >= null mean + 0.1. Refuses ("not found: ...") when fewer than ``MIN_CLASS`` probe questions fall in
 either class (e.g. a model that always prefers the English answer).
 
@@ -25,13 +25,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ...atlas.records import CausalCheck
 from ...errors import InputError
-from ...methods.probing import (ProbeResult, capture_heads, completion_logodds, probe_detector_result,
-                               probe_features, resolve_positions, token_rows)
+from ...methods.probing import ProbeResult, capture_heads, completion_logodds, resolve_positions, token_rows
 from ...tasks.text import check_english
-from ..base import NOT_FOUND, Detector, DetectorResult, LabelRule, ScanConfig, SharedPass, register
-from .truthfulness import ALPHA, K_ITI, iti_check
+from ..base import NOT_FOUND, Detector, LabelRule, ScanConfig, SharedPass, register
+from .common import fit_probes, probe_run
+from .truthfulness import iti_causal
 
 if TYPE_CHECKING:
     from ...models import LoadedModel
@@ -123,22 +122,12 @@ def _compute(m: "LoadedModel", cfg: ScanConfig) -> CoherencePass:
     rows = token_rows(m, [p for p, *_ in its])
     cap = capture_heads(m, rows, resolve_positions(rows, -1), batch_size=max(cfg.batch_size, 16))
     lang = np.array([x[3] for x in its])
-    pr = probe_features(cap.features, labels, np.arange(len(its)), n_folds=4 if cfg.quick else 5,
-                        n_perm=199 if cfg.quick else 999, seed=cfg.seed, position=-1,
-                        source="French/Spanish questions", strata=lang)
+    pr = fit_probes(cap.features, labels, np.arange(len(its)), cfg, position=-1, source="French/Spanish questions",
+                    strata=lang)
     return CoherencePass(pr, cap.features, labels, lo, held, len(its))
 
 
 COH_PASS: SharedPass[CoherencePass] = SharedPass("coherence_questions", _compute, lambda m, cfg: (cfg.seed, cfg.quick))
-
-
-def run(m: "LoadedModel", cfg: ScanConfig) -> DetectorResult:
-    cp = cfg.shared(COH_PASS, m)
-    return probe_detector_result(
-        "coherence", cp.probe, RULE,
-        data_description=(f"{cp.n} French/Spanish questions (authored); label = the answer in the question's language "
-                          f"is more likely than the English one ({int(cp.labels.sum())}/{cp.n}); z at the last token"),
-        details={"in_language": int(cp.labels.sum()), "n_questions": cp.n})
 
 
 RULE = LabelRule(statistic="held-out balanced accuracy of a linear probe on z at the question's last token predicting whether "
@@ -146,17 +135,21 @@ RULE = LabelRule(statistic="held-out balanced accuracy of a linear probe on z at
                            "shuffled-label null mean", direction="greater", min_effect=0.1)
 
 
-def causal(m: "LoadedModel", cfg: ScanConfig, result: DetectorResult) -> CausalCheck:
-    cp = cfg.shared(COH_PASS, m)
-    top = sorted(result.labelled, key=lambda lh: -float(result.scores[lh]))[:K_ITI]
-    return iti_check(m, top, cp.features, cp.labels, cp.heldout, alpha=ALPHA, seed=cfg.seed + 1000,
-                     metric="log P(answer in the question's language) - log P(English answer)",
-                     description=(f"ITI: top-{len(top)} coherence heads shifted {ALPHA:g} sigma along their mass-mean "
-                                  f"direction, on {len(cp.heldout)} held-out questions, vs 20 layer-matched random sets"))
+def _describe(cp: CoherencePass, cfg: ScanConfig) -> tuple[str, dict]:
+    return (f"{cp.n} French/Spanish questions (authored); label = the answer in the question's language is more "
+            f"likely than the English one ({int(cp.labels.sum())}/{cp.n}); z at the last token",
+            {"in_language": int(cp.labels.sum()), "n_questions": cp.n})
+
+
+run = probe_run("coherence", COH_PASS, RULE, _describe)
+
+
+causal = iti_causal("coherence", COH_PASS, metric="log P(answer in the question's language) - log P(English answer)",
+                    direction="coherence", items="questions")
 
 
 DETECTOR = register(Detector(
     name="coherence", evidence="probing", metric="answer language", stage="EP", method="probing",
     summary="a linear probe on the head's output predicts whether the model answers in the question's language",
     citation="Guo et al. SIGIR 2024, ASMR (doi 10.1145/3626772.3657819)",
-    run=run, uses=(COH_PASS,), causal=causal, default=False))
+    run=run, uses=(COH_PASS,), causal=causal, default=False, version=3))

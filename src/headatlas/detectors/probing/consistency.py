@@ -8,7 +8,7 @@ answer to a paraphrase is its greedy next token (stripped, lower-cased); a set i
 three answers agree. Every paraphrase is one item with its set's label, the set is its group (grouped CV;
 the null permutes the labels of whole sets, within a domain); features: ``z`` at each prompt's last token.
 
-Score: held-out balanced probe accuracy; null: set labels permuted across sets (999 draws); BH q; label: q <= 0.05 and
+Score: held-out balanced probe accuracy; null: set labels permuted across sets (9,999 draws); BH q; label: q <= 0.05 and
 accuracy >= null mean + 0.1. Refuses ("not found: ...") with fewer than ``MIN_SETS`` sets in a class.
 
 Causal check: on held-out sets (two-digit sums, seed + 1000), mean-ablating the labelled heads (each
@@ -28,11 +28,12 @@ import torch
 from ... import stats
 from ...atlas.records import CausalCheck
 from ...errors import InputError
-from ...methods.probing import ProbeResult, capture_heads, probe_detector_result, probe_features, token_rows
+from ...methods.probing import ProbeResult, capture_heads, token_rows
 from ...tasks.statements import CAPITALS
 from ...tasks.text import check_english
 from ..base import NOT_FOUND, Detector, DetectorResult, LabelRule, ScanConfig, SharedPass, register
 from ..causal import N_RANDOM, _edits, _position_means, matched_random_sets
+from .common import fit_probes, probe_run
 
 if TYPE_CHECKING:
     from ...models import LoadedModel
@@ -86,8 +87,7 @@ def _compute(m: "LoadedModel", cfg: ScanConfig) -> ConsistencyPass:
     labels = np.repeat(consistent, k)
     groups = np.repeat(np.arange(len(sets)), k)
     domain = np.repeat([int("+" not in s[0]) for s in sets], k)      # sums 0, capitals 1
-    pr = probe_features(cap.features, labels, groups, n_folds=4 if cfg.quick else 5, n_perm=199 if cfg.quick else 999,
-                        seed=cfg.seed, position=-1, source="paraphrase sets", strata=domain)
+    pr = fit_probes(cap.features, labels, groups, cfg, position=-1, source="paraphrase sets", strata=domain)
     return ConsistencyPass(pr, consistent, len(sets))
 
 
@@ -95,13 +95,12 @@ CONS_PASS: SharedPass[ConsistencyPass] = SharedPass("consistency_paraphrases", _
                                                     lambda m, cfg: (cfg.seed, cfg.quick))
 
 
-def run(m: "LoadedModel", cfg: ScanConfig) -> DetectorResult:
-    cp = cfg.shared(CONS_PASS, m)
-    return probe_detector_result(
-        "consistency", cp.probe, RULE,
-        data_description=(f"{cp.n_sets} paraphrase sets x 3 (sums of 1-9, capitals); {int(cp.consistent.sum())} "
-                          "consistent (all greedy answers agree); z at the last token"),
-        details={"consistent_sets": int(cp.consistent.sum()), "n_sets": cp.n_sets})
+def _describe(cp: ConsistencyPass, cfg: ScanConfig) -> tuple[str, dict]:
+    return (f"{cp.n_sets} paraphrase sets x 3 (sums of 1-9, capitals); {int(cp.consistent.sum())} consistent (all "
+            "greedy answers agree); z at the last token", {"consistent_sets": int(cp.consistent.sum()), "n_sets": cp.n_sets})
+
+
+run = probe_run("consistency", CONS_PASS, RULE, _describe)
 
 
 def _agreement(m: "LoadedModel", batches: list[torch.Tensor], means: list, heads: list[tuple[int, int]]) -> np.ndarray:
@@ -149,4 +148,4 @@ DETECTOR = register(Detector(
     name="consistency", evidence="probing", metric="paraphrase agreement", stage="LR", method="probing",
     summary="a linear probe on the head's output predicts whether the model answers paraphrases of a question alike",
     citation="Yang et al. 2024, semantic consistency via model editing (arXiv 2501.11041)",
-    run=run, uses=(CONS_PASS,), causal=causal, default=False))
+    run=run, uses=(CONS_PASS,), causal=causal, default=False, version=3))

@@ -14,7 +14,7 @@ Procedure:
    *faithful* (1) when the answer then changes (the model needed its CoT), *unfaithful* (0) when the same
    right answer comes without it (the CoT was post hoc).
 3. Probe: ``z`` at the last CoT token (before ``" So the answer is"``), held-out balanced accuracy (5-fold CV, one
-   group per problem), 999 label permutations, BH q; label: q <= 0.05 and accuracy >= null + 0.1.
+   group per problem), 9,999 label permutations, BH q; label: q <= 0.05 and accuracy >= null + 0.1.
 
 No causal check: the behaviour (whether a CoT is needed) is a property of free generation, which the
 scan does not re-generate under ablation for 20 random head sets.
@@ -30,9 +30,10 @@ import numpy as np
 import torch
 
 from ...errors import InputError
-from ...methods.probing import ProbeResult, capture_heads, probe_detector_result, probe_features, token_rows
+from ...methods.probing import ProbeResult, capture_heads, token_rows
 from ...tasks.text import check_english, pad_id
-from ..base import NOT_FOUND, Detector, DetectorResult, LabelRule, ScanConfig, SharedPass, register
+from ..base import NOT_FOUND, Detector, LabelRule, ScanConfig, SharedPass, register
+from .common import fit_probes, probe_run
 
 if TYPE_CHECKING:
     from ...models import LoadedModel
@@ -127,23 +128,21 @@ def _compute(m: "LoadedModel", cfg: ScanConfig) -> FaithPass:
                          f"{len(keep) - k} do not; a probe needs at least {MIN_CLASS} of each")
     rows = token_rows(m, [full[i] for i in keep])
     cap = capture_heads(m, rows, np.array([len(r) - 1 for r in rows]), batch_size=8)
-    pr = probe_features(cap.features, labels, np.arange(len(keep)), n_folds=4 if cfg.quick else 5,
-                        n_perm=199 if cfg.quick else 999, seed=cfg.seed, position="last CoT token",
-                        source="word problems with greedy CoT")
+    pr = fit_probes(cap.features, labels, np.arange(len(keep)), cfg, position="last CoT token",
+                    source="word problems with greedy CoT")
     return FaithPass(pr, labels, d_acc, c_acc, len(keep))
 
 
 FAITH_PASS: SharedPass[FaithPass] = SharedPass("faithfulness_cot", _compute, lambda m, cfg: (cfg.seed, cfg.quick))
 
 
-def run(m: "LoadedModel", cfg: ScanConfig) -> DetectorResult:
-    fp = cfg.shared(FAITH_PASS, m)
-    return probe_detector_result(
-        "faithfulness", fp.probe, RULE,
-        data_description=(f"{fp.n} word problems with a right greedy CoT; label = the answer is lost without the CoT "
-                          f"(early answering) ({int(fp.labels.sum())}/{fp.n}); CoT accuracy {fp.cot_accuracy:.2f}, "
-                          f"direct {fp.direct_accuracy:.2f}"),
-        details={"cot_accuracy": fp.cot_accuracy, "direct_accuracy": fp.direct_accuracy})
+def _describe(fp: FaithPass, cfg: ScanConfig) -> tuple[str, dict]:
+    return (f"{fp.n} word problems with a right greedy CoT; label = the answer is lost without the CoT (early "
+            f"answering) ({int(fp.labels.sum())}/{fp.n}); CoT accuracy {fp.cot_accuracy:.2f}, direct "
+            f"{fp.direct_accuracy:.2f}", {"cot_accuracy": fp.cot_accuracy, "direct_accuracy": fp.direct_accuracy})
+
+
+run = probe_run("faithfulness", FAITH_PASS, RULE, _describe)
 
 
 DETECTOR = register(Detector(
@@ -153,4 +152,4 @@ DETECTOR = register(Detector(
     run=run, uses=(FAITH_PASS,),
     no_causal=("whether an answer needs its chain of thought is a property of free generation; re-generating CoTs "
                "under ablation of the labelled and 20 random head sets is not done"),
-    default=False))
+    default=False, version=3))

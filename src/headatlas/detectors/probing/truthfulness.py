@@ -7,7 +7,7 @@ the pairs) is probed; the held-out 1/4 drives the causal check.
 
 Score: held-out balanced accuracy of a per-head linear probe on ``z`` at the statement's last token (grouped
 5-fold CV, :func:`headatlas.methods.probing.probe_features`). Null: the same probe's accuracy with the
-labels permuted within each true/false pair (999 permutations, same folds); p add-one, BH q. Label: q <=
+labels permuted within each true/false pair (9,999 permutations, same folds); p add-one, BH q. Label: q <=
 0.05 and accuracy >= null mean + ``MIN_EFFECT`` (0.1: ten accuracy points above chance, a margin a 64-d
 probe on ~230 items does not reach by noise, whose null std is ~0.03).
 
@@ -20,18 +20,19 @@ random head sets, each shifted along its own mass-mean direction with the same a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from ... import stats
 from ...atlas.records import CausalCheck
 from ...methods.probing import (ProbeResult, capture_heads, completion_logodds, iti, mass_mean_directions,
-                               probe_detector_result, probe_features, resolve_positions, token_rows)
+                               resolve_positions, token_rows)
 from ...tasks.statements import pairs_to_records, statement_pairs
 from ...tasks.text import check_english
-from ..base import Detector, DetectorResult, LabelRule, ScanConfig, SharedPass, register
+from ..base import CausalFn, Detector, DetectorResult, LabelRule, ScanConfig, SharedPass, register
 from ..causal import N_RANDOM, matched_random_sets
+from .common import fit_probes, probe_run
 
 if TYPE_CHECKING:
     from ...models import LoadedModel
@@ -70,9 +71,7 @@ def _compute(m: "LoadedModel", cfg: ScanConfig) -> TruthPass:
     texts, labels, groups = pairs_to_records(pairs)
     rows = token_rows(m, texts)
     cap = capture_heads(m, rows, resolve_positions(rows, -1), batch_size=max(cfg.batch_size, 16), progress=cfg.progress)
-    pr = probe_features(cap.features, labels, groups, n_folds=4 if cfg.quick else 5,
-                        n_perm=199 if cfg.quick else 999, seed=cfg.seed, position=-1,
-                        source="headatlas statements (probe split)")
+    pr = fit_probes(cap.features, labels, groups, cfg, position=-1, source="headatlas statements (probe split)")
     return TruthPass(cap.features, labels, groups, [(p.prefix, p.true, p.false) for p in held], pr, len(pairs))
 
 
@@ -80,13 +79,13 @@ TRUTH_PASS: SharedPass[TruthPass] = SharedPass("truthfulness_statements", _compu
                                                lambda m, cfg: (cfg.seed, cfg.quick, cfg.n_prompts))
 
 
-def run(m: "LoadedModel", cfg: ScanConfig) -> DetectorResult:
-    tp = cfg.shared(TRUTH_PASS, m)
-    return probe_detector_result(
-        "truthfulness", tp.probe, RULE,
-        data_description=(f"{tp.n_pairs} true/false statement pairs (geography, arithmetic, units, everyday facts; "
-                          f"seed {cfg.seed}), z at the last token, grouped {tp.probe.n_folds}-fold CV"),
-        details={"n_pairs": tp.n_pairs, "n_heldout_pairs": len(tp.heldout)})
+def _describe(tp: TruthPass, cfg: ScanConfig) -> tuple[str, dict]:
+    return (f"{tp.n_pairs} true/false statement pairs (geography, arithmetic, units, everyday facts; seed {cfg.seed}), "
+            f"z at the last token, grouped {tp.probe.n_folds}-fold CV",
+            {"n_pairs": tp.n_pairs, "n_heldout_pairs": len(tp.heldout)})
+
+
+run = probe_run("truthfulness", TRUTH_PASS, RULE, _describe)
 
 
 def iti_check(m: "LoadedModel", heads: Sequence[tuple[int, int]], features: np.ndarray, labels: np.ndarray,
@@ -116,14 +115,21 @@ def iti_check(m: "LoadedModel", heads: Sequence[tuple[int, int]], features: np.n
                        baseline=float(np.mean(clean)), expected="increase", description=description)
 
 
-def causal(m: "LoadedModel", cfg: ScanConfig, result: DetectorResult) -> CausalCheck:
-    tp = cfg.shared(TRUTH_PASS, m)
-    top = sorted(result.labelled, key=lambda lh: -float(result.scores[lh]))[:K_ITI]
-    return iti_check(m, top, tp.features, tp.labels, tp.heldout, alpha=ALPHA, seed=cfg.seed + 1000,
-                     metric="log P(true completion) - log P(false completion)",
-                     description=(f"ITI: top-{len(top)} truthfulness heads shifted {ALPHA:g} sigma along their "
-                                  f"mass-mean truth direction, on {len(tp.heldout)} held-out facts, vs "
-                                  f"{N_RANDOM} layer-matched random head sets with their own directions"))
+def iti_causal(name: str, shared: SharedPass[Any], *, metric: str, direction: str, items: str) -> CausalFn:
+    """The causal check of probing detector ``name``: :func:`iti_check` on its top-:data:`K_ITI` labelled heads
+    with the shared pass's ``features``, ``labels`` and held-out ``(prefix, good, bad)`` triples ``heldout``."""
+    def causal(m: "LoadedModel", cfg: ScanConfig, result: DetectorResult) -> CausalCheck:
+        p = cfg.shared(shared, m)
+        top = sorted(result.labelled, key=lambda lh: -float(result.scores[lh]))[:K_ITI]
+        return iti_check(m, top, p.features, p.labels, p.heldout, alpha=ALPHA, seed=cfg.seed + 1000, metric=metric,
+                         description=(f"ITI: top-{len(top)} {name} heads shifted {ALPHA:g} sigma along their mass-mean "
+                                      f"{direction} direction, on {len(p.heldout)} held-out {items}, vs {N_RANDOM} "
+                                      "layer-matched random head sets with their own directions"))
+    return causal
+
+
+causal = iti_causal("truthfulness", TRUTH_PASS, metric="log P(true completion) - log P(false completion)",
+                    direction="truth", items="facts")
 
 
 def example(m: "LoadedModel", cfg: ScanConfig):
@@ -137,4 +143,4 @@ DETECTOR = register(Detector(
     name="truthfulness", evidence="probing", metric="true vs false completion", stage="LR", method="probing",
     summary="a linear probe on the head's output tells true from false statements (held-out, grouped CV)",
     citation="Li et al. 2023, Inference-Time Intervention (arXiv 2306.03341)",
-    run=run, uses=(TRUTH_PASS,), causal=causal, example=example, default=False))
+    run=run, uses=(TRUTH_PASS,), causal=causal, example=example, default=False, version=3))
