@@ -211,20 +211,17 @@ def test_probing_detectors_draw_the_contracts_permutations(monkeypatch):
         assert "fit_probes(" in src and "probe_features(" not in src and "n_perm=" not in src, mod.__name__
 
 
-def test_detectors_label_nothing_on_random_models_quickly(tiny):
-    import time
-
+def test_detectors_label_nothing_on_random_models(tiny):
+    """(Speed is measured in bench/bench_probing.py, not asserted here.)"""
     from headatlas.detectors import ScanConfig, get
 
     for name in ("truthfulness",):
-        t = time.perf_counter()
         try:
             r = get(name).run(tiny, ScanConfig(seed=0, quick=True))
         except InputError as exc:
             assert str(exc)
             continue
         assert r.labelled == [] and np.isfinite(r.p_value).all()
-        assert time.perf_counter() - t < 4
         r2 = get(name).run(tiny, ScanConfig(seed=0, quick=True))
         assert np.array_equal(r.p_value, r2.p_value) and np.array_equal(r.scores, r2.scores)
 
