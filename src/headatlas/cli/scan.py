@@ -25,11 +25,13 @@ out_console = Console()
 
 
 class RichScanProgress(ScanProgress):
-    """One rich progress bar per detector (its ``ScanConfig.progress`` ticks drive the bar)."""
+    """One rich progress bar per detector (its ``ScanConfig.progress`` ticks drive the bar); the causal battery,
+    which runs after every detector's statistics, adds its status to the same line."""
 
     def __init__(self, progress: Progress, names: list[str]) -> None:
         self.progress = progress
         self.tasks = {n: progress.add_task(n, total=None, start=False) for n in names}
+        self.done: dict[str, str] = {}
 
     def start(self, name: str, index: int, total: int) -> None:
         self.progress.start_task(self.tasks[name])
@@ -46,6 +48,17 @@ class RichScanProgress(ScanProgress):
         self.progress.update(task, total=total, completed=total,
                              description=f"[bold]{name}[/] [{colour}]{short}[/] ({seconds:.1f} s)")
         self.progress.stop_task(task)
+        self.done[name] = f"[{colour}]{short}[/] ({seconds:.1f} s)"
+
+    def check_start(self, name: str, index: int, total: int) -> None:
+        task = self.tasks[name]
+        self.progress.update(task, description=f"[bold]{name}[/] {self.done.get(name, '')}; causal check "
+                                               f"({index + 1}/{total}) ...")
+
+    def check_finish(self, name: str, seconds: float, status: str) -> None:
+        colour = "green" if status == "done" else "cyan"
+        self.progress.update(self.tasks[name], description=f"[bold]{name}[/] {self.done.get(name, '')}; causal check "
+                                                           f"[{colour}]{status}[/] ({seconds:.1f} s)")
 
 
 def default_out(model: str) -> Path:
@@ -67,6 +80,11 @@ def summary_table(atlas, top: int) -> Table:
         if r.skipped:
             table.add_row(name, stage, "-", f"[yellow]skipped:[/] {escape(r.skipped)}", "")
             continue
+        dist = atlas.distributed().get(name)
+        if dist:
+            table.add_row(name, stage, "-", f"[cyan]distributed:[/] {dist['n_pass']} of {dist['n_heads']} heads pass the "
+                          "statistic (not specific to a few heads; no labels)", _causal_cell(r.causal))
+            continue
         tops = atlas.top_heads(name, top)
         if not tops:
             best = atlas.top_heads(name, 1, labelled_only=False)
@@ -76,8 +94,9 @@ def summary_table(atlas, top: int) -> Table:
             continue
         cells = "\n".join(f"{e.name}  {e.score:.3g}  (effect {e.effect:.3g}, q {_num(e.q_value)})" for e in tops)
         more = len(r.labelled) - len(tops)
-        table.add_row(name, stage, str(len(r.labelled)), cells + (f"\n[dim]+{more} more[/]" if more > 0 else ""),
-                      _causal_cell(r.causal))
+        counts = ", ".join(f"{v} {k}" for k, v in atlas.status_counts(name).items() if v)
+        table.add_row(name, stage, f"{len(r.labelled)}\n[dim]{counts}[/]",
+                      cells + (f"\n[dim]+{more} more[/]" if more > 0 else ""), _causal_cell(r.causal))
     return table
 
 
@@ -89,7 +108,8 @@ def _causal_cell(c) -> str:
     word = "confirmed" if c.passed else "not confirmed"
     colour = "green" if c.passed else "yellow"
     return (f"{escape(c.metric)} ({c.expected} expected): {c.effect:+.3g} vs random median {c.random_median:+.3g} "
-            f"({len(c.random_effects)} sets); p {_num(c.p_value)}, q {_num(c.q_value)} [{colour}]{word}[/]")
+            f"({len(c.random_effects)} {'sets: all there are' if c.exhaustive else 'sets'}); p {_num(c.p_value)}, "
+            f"q {_num(c.q_value)} [{colour}]{word}[/]")
 
 
 def _num(x: float) -> str:

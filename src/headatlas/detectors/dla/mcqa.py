@@ -54,7 +54,8 @@ from ...methods.dla import dla_by_source
 from ...tasks.mcqa import MCQABatch, mcqa_batch
 from ...tasks.text import check_english
 from ..base import Detector, DetectorResult, LabelRule, ScanConfig, SharedPass, register
-from ..causal import ablation_check
+from ..behaviours import Behaviour, HeadOp, at_positions, per_prompt
+from ..causal import set_check
 
 if TYPE_CHECKING:
     from ...models import LoadedModel
@@ -378,18 +379,31 @@ def run_correct_letter(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
                    null="sign flips of the per-prompt swap contrasts")
 
 
+def mcqa_behaviour(batch: MCQABatch, answers: torch.Tensor, *, kind: str, description: str) -> Behaviour:
+    """logit(correct letter) - mean logit(other letters) at each prompt's final position (the MCQA checks)."""
+    S = batch.ids.shape[1]
+    keep = S - int(batch.final_pos.min())
+
+    def letters(lg: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        ll = lg[:, answers.to(lg.device)]
+        c = ll.gather(1, batch.correct[p].to(ll.device)[:, None])[:, 0]
+        return c - (ll.sum(1) - c) / (ll.shape[1] - 1)
+
+    return Behaviour(family="MCQA logit difference", metric="MCQA logit difference (correct letter - mean other letters)",
+                     expected="decrease", ids=batch.ids, score=per_prompt(at_positions(batch.final_pos, S, keep, letters)),
+                     keep=keep, intervention=HeadOp(kind), description=description)
+
+
 def mcqa_check(m: LoadedModel, cfg: ScanConfig, result: DetectorResult, *, kind: str = "mean") -> CausalCheck:
     """Ablate the labelled heads: does the MCQA logit difference fall more than for random heads?"""
     n = 8 if cfg.quick else 16
     seed = cfg.seed + EVAL_SEED_OFFSET
     batch = mcqa_batch(m.tokenizer, n, seed=seed)
     answers = answer_letter_ids(m.tokenizer, batch)
-    return ablation_check(m, result.labelled, batch.ids, mcqa_logit_diff(batch, answers),
-                          metric="MCQA logit difference (correct letter - mean other letters)", expected="decrease",
-                          seed=cfg.seed, kind=kind, batch_size=cfg.batch_size,
-                          description=(f"logit(correct letter) - mean logit(other letters) at the final token of {n} "
-                                       f"held-out MCQA prompts (seed {seed}), {kind} ablation over those prompts per "
-                                       "position"))
+    return set_check(m, cfg, result, mcqa_behaviour(
+        batch, answers, kind=kind,
+        description=(f"logit(correct letter) - mean logit(other letters) at the final token of {n} held-out MCQA prompts "
+                     f"(seed {seed}), {kind} ablation over those prompts per position")))
 
 
 _CITE = "Lieberum et al. 2023, arXiv 2307.09458"

@@ -54,8 +54,8 @@ from ...methods.dla import capture_final_residual, dla_by_source, readout
 from ...tasks.mcqa import MCQABatch, mcqa_batch
 from ...tasks.text import check_english
 from ..base import NOT_FOUND, Detector, DetectorResult, LabelRule, ScanConfig, SharedPass, register
-from ..causal import ablation_check
-from .mcqa import answer_letter_ids, mcqa_logit_diff, swap_contrast
+from ..causal import set_check
+from .mcqa import answer_letter_ids, mcqa_behaviour, swap_contrast
 
 if TYPE_CHECKING:
     from ...models import LoadedModel
@@ -253,12 +253,10 @@ def ep_check(m: LoadedModel, cfg: ScanConfig, result: DetectorResult, *, kind: s
     topic, shots, n_options = mcqa_format(cfg)
     batch = mcqa_batch(m.tokenizer, n, seed=seed, topic=topic, shots=shots, n_options=n_options)
     answers = answer_letter_ids(m.tokenizer, batch)
-    return ablation_check(m, result.labelled, batch.ids, mcqa_logit_diff(batch, answers),
-                          metric="MCQA logit difference (correct letter - mean other letters)", expected="decrease",
-                          seed=cfg.seed, kind=kind, batch_size=cfg.batch_size,
-                          description=(f"logit(correct letter) - mean logit(other letters) at the final token of {n} "
-                                       f"held-out {topic} MCQA prompts ({shots}-shot, seed {seed}), {kind} ablation "
-                                       "over those prompts per position"))
+    return set_check(m, cfg, result, mcqa_behaviour(
+        batch, answers, kind=kind,
+        description=(f"logit(correct letter) - mean logit(other letters) at the final token of {n} held-out {topic} "
+                     f"MCQA prompts ({shots}-shot, seed {seed}), {kind} ablation over those prompts per position")))
 
 
 _LIEBERUM = "Lieberum et al. 2023, arXiv 2307.09458"

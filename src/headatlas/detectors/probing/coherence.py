@@ -149,10 +149,11 @@ RULE = LabelRule(statistic="held-out balanced accuracy of a linear probe on z at
 def causal(m: "LoadedModel", cfg: ScanConfig, result: DetectorResult) -> CausalCheck:
     cp = cfg.shared(COH_PASS, m)
     top = sorted(result.labelled, key=lambda lh: -float(result.scores[lh]))[:K_ITI]
-    return iti_check(m, top, cp.features, cp.labels, cp.heldout, alpha=ALPHA, seed=cfg.seed + 1000,
+    return iti_check(m, cfg, result, top, cp.features, cp.labels, cp.heldout, alpha=ALPHA, family="answer language",
                      metric="log P(answer in the question's language) - log P(English answer)",
                      description=(f"ITI: top-{len(top)} coherence heads shifted {ALPHA:g} sigma along their mass-mean "
-                                  f"direction, on {len(cp.heldout)} held-out questions, vs 20 layer-matched random sets"))
+                                  f"direction, on {len(cp.heldout)} held-out questions; random sets: their own directions, "
+                                  "from a pool without any labelled head"))
 
 
 DETECTOR = register(Detector(

@@ -13,8 +13,9 @@ probe on ~230 items does not reach by noise, whose null std is ~0.03).
 
 Causal check (ITI): the top-``K_ITI`` labelled heads are shifted by ``ALPHA`` standard deviations along
 their mass-mean truth direction (probe split) at every position; on held-out facts the change in
-``log P(true completion | prefix) - log P(false completion | prefix)`` is compared with 20 layer-matched
-random head sets, each shifted along its own mass-mean direction with the same alpha.
+``log P(true completion | prefix) - log P(false completion | prefix)`` is compared with 99 layer-matched
+random head sets from a pool without any labelled (or significant) truthfulness head, each shifted along its
+own mass-mean direction with the same alpha (:func:`headatlas.detectors.causal.set_check`).
 """
 
 from __future__ import annotations
@@ -23,15 +24,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
+import torch
 
-from ... import stats
 from ...atlas.records import CausalCheck
-from ...methods.probing import (ProbeResult, capture_heads, completion_logodds, iti, mass_mean_directions,
+from ...methods.probing import (ProbeResult, capture_heads, completion_rows, mass_mean_directions,
                                probe_detector_result, probe_features, resolve_positions, token_rows)
 from ...tasks.statements import pairs_to_records, statement_pairs
-from ...tasks.text import check_english
+from ...tasks.text import check_english, pad_id
 from ..base import Detector, DetectorResult, LabelRule, ScanConfig, SharedPass, register
-from ..causal import N_RANDOM, matched_random_sets
+from ..behaviours import Behaviour, HeadOp
+from ..causal import set_check
 
 if TYPE_CHECKING:
     from ...models import LoadedModel
@@ -89,41 +91,64 @@ def run(m: "LoadedModel", cfg: ScanConfig) -> DetectorResult:
         details={"n_pairs": tp.n_pairs, "n_heldout_pairs": len(tp.heldout)})
 
 
-def iti_check(m: "LoadedModel", heads: Sequence[tuple[int, int]], features: np.ndarray, labels: np.ndarray,
-              triples: Sequence[tuple[str, str, str]], *, alpha: float, seed: int, metric: str, description: str,
-              n_random: int = N_RANDOM) -> CausalCheck:
-    """ITI on ``heads`` vs ``n_random`` layer-matched random sets: each set is shifted by ``alpha`` sigmas along
-    its own mass-mean directions (from ``features``/``labels``); the metric is the held-out log-odds of the
-    good over the bad completion of ``triples``; effect = mean change (steered - unsteered), expected up."""
-    heads = [(int(a), int(b)) for a, b in heads]
-    if not heads:
-        return CausalCheck(metric=metric, kind="none", note="no heads were labelled: nothing to steer",
-                           description=description)
+def completion_behaviour(m: "LoadedModel", triples: Sequence[tuple[str, str, str]], *, family: str, metric: str,
+                         intervention: HeadOp, description: str) -> Behaviour:
+    """``log P(good | prefix) - log P(bad | prefix)`` of ``(prefix, good, bad)`` triples (teacher-forced sums over the
+    completion's tokens), one unit per triple; two right-padded rows per triple."""
+    rows, spans = completion_rows(m, triples)
+    W = max(len(r) for r in rows)
+    ids = torch.full((len(rows), W), pad_id(m.tokenizer), dtype=torch.long)
+    for j, r in enumerate(rows):
+        ids[j, :len(r)] = torch.tensor(r)
+    first = min(a for a, _ in spans) - 1                 # the first position that predicts a completion token
+    keep = W - first
+    T = max(b - a for a, b in spans)
+    pos = torch.zeros(len(rows), T, dtype=torch.long)
+    tok = torch.zeros(len(rows), T, dtype=torch.long)
+    mask = torch.zeros(len(rows), T)
+    for j, (a, b) in enumerate(spans):
+        pos[j, :b - a] = torch.arange(a - 1, b - 1) - first
+        tok[j, :b - a] = ids[j, a:b]
+        mask[j, :b - a] = 1.0
+
+    def score(logits: torch.Tensor) -> torch.Tensor:             # [k, 2N, keep, V] -> [k, N]
+        r = torch.arange(len(rows), device=logits.device)[:, None]
+        lp = torch.log_softmax(logits[:, r, pos.to(logits.device)].float(), -1)          # [k, 2N, T, V]
+        got = lp.gather(-1, tok.to(lp.device)[None, ..., None].expand(lp.shape[0], -1, -1, 1))[..., 0]
+        total = (got * mask.to(lp.device)).sum(-1)
+        return total[:, 0::2] - total[:, 1::2]
+
+    return Behaviour(family=family, metric=metric, expected="increase", ids=ids, score=score, keep=keep,
+                     intervention=intervention, description=description)
+
+
+def iti_intervention(features: np.ndarray, labels: np.ndarray, alpha: float) -> HeadOp:
+    """ITI as a head intervention: every head's output shifted by ``alpha`` sigmas along its mass-mean direction
+    (from ``features [N, L, H, D]`` / ``labels``), at every position."""
     unit, sigma = mass_mean_directions(features, labels)
-    clean = completion_logodds(m, triples)
+    vectors = torch.as_tensor(alpha * unit * sigma[..., None], dtype=torch.float32)
+    return HeadOp("add", vectors=vectors, kind=f"iti(alpha={alpha:g} sigma)")
 
-    def change(hs: list[tuple[int, int]]) -> float:
-        it = iti(m, hs, unit, alpha, sigma=sigma)
-        return float(np.mean(completion_logodds(m, triples, it.edits()) - clean))
 
-    effect = change(heads)
-    rng = stats.rng_for(seed, f"causal:{metric}")
-    sets = matched_random_sets(heads, m.info.n_layers, m.info.n_heads, n_random, rng)
-    rand = [change(s) for s in sets]
-    hits = sum(1 for r in rand if r >= effect)
-    return CausalCheck(metric=metric, kind=f"iti(alpha={alpha:g} sigma)", heads=tuple(heads), effect=effect,
-                       random_effects=tuple(rand), p_value=(1 + hits) / (1 + len(rand)), n_prompts=len(triples),
-                       baseline=float(np.mean(clean)), expected="increase", description=description)
+def iti_check(m: "LoadedModel", cfg: ScanConfig, result: DetectorResult, heads: Sequence[tuple[int, int]],
+              features: np.ndarray, labels: np.ndarray, triples: Sequence[tuple[str, str, str]], *, alpha: float,
+              family: str, metric: str, description: str) -> CausalCheck:
+    """ITI on ``heads`` vs layer-matched random sets from the clean pool (it excludes every labelled head, not only the
+    steered ones): each set is shifted by ``alpha`` sigmas along its own mass-mean directions; the metric is the
+    held-out log-odds of the good over the bad completion of ``triples``; effect = mean change, expected up."""
+    beh = completion_behaviour(m, triples, family=family, metric=metric,
+                               intervention=iti_intervention(features, labels, alpha), description=description)
+    return set_check(m, cfg, result, beh, heads=heads)
 
 
 def causal(m: "LoadedModel", cfg: ScanConfig, result: DetectorResult) -> CausalCheck:
     tp = cfg.shared(TRUTH_PASS, m)
     top = sorted(result.labelled, key=lambda lh: -float(result.scores[lh]))[:K_ITI]
-    return iti_check(m, top, tp.features, tp.labels, tp.heldout, alpha=ALPHA, seed=cfg.seed + 1000,
-                     metric="log P(true completion) - log P(false completion)",
+    return iti_check(m, cfg, result, top, tp.features, tp.labels, tp.heldout, alpha=ALPHA,
+                     family="true vs false completion", metric="log P(true completion) - log P(false completion)",
                      description=(f"ITI: top-{len(top)} truthfulness heads shifted {ALPHA:g} sigma along their "
-                                  f"mass-mean truth direction, on {len(tp.heldout)} held-out facts, vs "
-                                  f"{N_RANDOM} layer-matched random head sets with their own directions"))
+                                  f"mass-mean truth direction, on {len(tp.heldout)} held-out facts; random sets: their "
+                                  "own directions, from a pool without any labelled head"))
 
 
 def example(m: "LoadedModel", cfg: ScanConfig):
