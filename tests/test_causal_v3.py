@@ -307,7 +307,7 @@ def test_the_scan_runs_statistics_then_checks_with_clean_family_pools_and_resume
 
     fam = "memory vs context"
     dets = {n: base.Detector(n, "KR", "planted", "s", "test", _planted(n), metric=fam, evidence="dla",
-                             causal=behaviour_check(make)) for n in ("fake_a", "fake_b", "fake_d")}
+                             causal=behaviour_check(make), behaviour=make) for n in ("fake_a", "fake_b", "fake_d")}
     dets["fake_prev"] = FAKES["fake_prev"]
     monkeypatch.setattr(base, "_REGISTRY", dets)
     m = headatlas.load(tiny_model("llama"), device="cpu")
@@ -361,3 +361,12 @@ def test_the_scan_runs_statistics_then_checks_with_clean_family_pools_and_resume
     assert st["fake_a"] == "resumed" and st["fake_b"] == "done" and st["fake_a:causal"] == "done"
     assert checks == {"fake_a": 2, "fake_b": 2}
     assert ((1, 0),) in third.result("fake_a").causal.random_sets                   # (1, 0) is back in the pool
+
+
+def test_every_detector_with_a_check_gives_its_behaviour():
+    """Any head set can run on any family's behaviour (the specificity matrix): every detector with a causal
+    check declares the Behaviour it measures."""
+    from headatlas.detectors import all_detectors
+
+    for d in all_detectors():
+        assert (d.behaviour is not None) == (d.causal is not None), d.name

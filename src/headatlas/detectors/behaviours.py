@@ -171,9 +171,11 @@ def _eval_prompts(cfg: ScanConfig) -> int:
     return 6 if cfg.quick else 8
 
 
-def repeat_loss_behaviour(m: LoadedModel, cfg: ScanConfig, *, kind: str = "mean") -> Behaviour:
+def repeat_loss_behaviour(m: LoadedModel, cfg: ScanConfig, result: DetectorResult | None = None, *,
+                          kind: str = "mean") -> Behaviour:
     """Next-token loss on the repeat of fresh ``[BOS] + block + block`` random-token sequences (seed + 1000);
-    ablating the heads that serve in-context copying raises it."""
+    ablating the heads that serve in-context copying raises it (``result`` is not read: the prompts do not depend
+    on the labels)."""
     pool = token_pool(m.tokenizer).numel()
     block = fit_block_len(pool, m.info.n_ctx, n_repeats=2, want=EVAL_BLOCK, has_bos=bos_id(m.tokenizer) is not None,
                           minimum=8)

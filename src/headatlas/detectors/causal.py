@@ -110,11 +110,11 @@ def _name(h: tuple[int, int]) -> str:
 
 
 def behaviour_check(make: BehaviourFn, *, top: int | None = None) -> Callable[..., CausalCheck]:
-    """A detector's ``causal=`` from a function building its behaviour: ``fn(m, cfg, result) -> CausalCheck``
-    that runs :func:`set_check` on the labelled heads (their first ``top`` when given)."""
+    """A detector's ``causal=`` from its ``behaviour=`` function: ``fn(m, cfg, result) -> CausalCheck`` running
+    :func:`set_check` on the labelled heads (their ``top`` most significant when given). A detector whose check
+    needs nothing else registers ``causal=behaviour_check(make), behaviour=make``."""
     def check(m: LoadedModel, cfg: ScanConfig, result: DetectorResult) -> CausalCheck:
         return set_check(m, cfg, result, make(m, cfg, result), heads=tested_heads(result, top))
-    check.behaviour = make   # type: ignore[attr-defined]   (the specificity matrix reads it)
     return check
 
 

@@ -39,6 +39,7 @@ sets' median) goes into the check's ``note`` and ``details["causal_rates"]``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
@@ -236,9 +237,11 @@ def rates(clean: np.ndarray, tested: np.ndarray, random: np.ndarray) -> dict[str
             "memory_rate_random_median": float(np.median([rate(r) for r in random])) if len(random) else float("nan")}
 
 
-def conflict_behaviour(m: LoadedModel, cfg: ScanConfig, *, expected: str) -> Behaviour:
+def conflict_behaviour(m: LoadedModel, cfg: ScanConfig, result: DetectorResult | None = None, *,
+                       expected: str = "decrease") -> Behaviour:
     """logit(memory) - logit(context) at the last token of held-out conflict pairs (seed + 1000: another
-    answer-swapped matching of the known facts); ablating memory heads lowers it, context heads raise it."""
+    answer-swapped matching of the known facts); ablating memory heads lowers it, context heads raise it
+    (``result`` is not read)."""
     st = cfg.shared(CONFLICT_PASS, m)
     seed = cfg.seed + EVAL_SEED_OFFSET
     batch = conflict_batch(m.tokenizer, st.kept, seed=seed, closed_book=st.batch.closed_book,
@@ -258,7 +261,7 @@ def conflict_check(m: LoadedModel, cfg: ScanConfig, result: DetectorResult, *, e
         result.details["causal_rates"] = r
         return (f"memory-answer rate {r['memory_rate_clean']:.2f} clean -> {r['memory_rate_ablated']:.2f} with the "
                 f"labelled heads ablated (random sets: median {r['memory_rate_random_median']:.2f})")
-    return set_check(m, cfg, result, conflict_behaviour(m, cfg, expected=expected), report=report)
+    return set_check(m, cfg, result, conflict_behaviour(m, cfg, result, expected=expected), report=report)
 
 
 def memory_check(m: LoadedModel, cfg: ScanConfig, result: DetectorResult) -> CausalCheck:
@@ -278,8 +281,9 @@ _CITE = "Jin et al. 2024, arXiv 2402.18154; Yu, Merullo & Pavlick 2023, arXiv 23
 MEMORY = register(Detector(
     name="memory", evidence="dla", metric="memory vs context", stage="KR", method="direct logit attribution (knowledge conflict)",
     summary="pushes the model's memorised answer over a conflicting answer given in the context",
-    citation=_CITE, run=run_memory, uses=(CONFLICT_PASS,), causal=memory_check, example=_example, default=False))
+    citation=_CITE, run=run_memory, uses=(CONFLICT_PASS,), causal=memory_check, behaviour=conflict_behaviour, example=_example, default=False))
 CONTEXT = register(Detector(
     name="context", evidence="dla", metric="memory vs context", stage="ICI", method="direct logit attribution (knowledge conflict)",
     summary="pushes the answer given in the context over the model's memorised answer",
-    citation=_CITE, run=run_context, uses=(CONFLICT_PASS,), causal=context_check, example=_example, default=False))
+    citation=_CITE, run=run_context, uses=(CONFLICT_PASS,), causal=context_check,
+    behaviour=partial(conflict_behaviour, expected="increase"), example=_example, default=False))

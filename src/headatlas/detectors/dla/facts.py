@@ -260,8 +260,10 @@ def _run(name: str):
     return run
 
 
-def facts_behaviour(m: LoadedModel, cfg: ScanConfig, *, kind: str = "mean") -> Behaviour:
-    """log p of the attribute's first token at the last position of the held-out facts the model gets right."""
+def facts_behaviour(m: LoadedModel, cfg: ScanConfig, result: DetectorResult | None = None, *,
+                    kind: str = "mean") -> Behaviour:
+    """log p of the attribute's first token at the last position of the held-out facts the model gets right
+    (``result`` is not read)."""
     fp = cfg.shared(FACTS_PASS, m)
     ev = fp.batch.subset(fp.eval_rows)
     S = ev.ids.shape[1]
@@ -288,12 +290,12 @@ def _example(m: LoadedModel, cfg: ScanConfig) -> torch.Tensor:
 SUBJECT = register(Detector(
     name="subject", evidence="dla", metric="attribute log-prob", stage="ICI", method="direct logit attribution split by source position (facts)",
     summary="at the last token, the head moves the subject's information and it raises that subject's attribute directly",
-    citation=CITATION, run=_run("subject"), uses=(FACTS_PASS,), causal=facts_check, example=_example, default=False))
+    citation=CITATION, run=_run("subject"), uses=(FACTS_PASS,), causal=facts_check, behaviour=facts_behaviour, example=_example, default=False))
 RELATION = register(Detector(
     name="relation", evidence="dla", metric="attribute log-prob", stage="ICI", method="direct logit attribution split by source position (facts)",
     summary="at the last token, the head moves the relation tokens' information and raises answers of the right kind",
-    citation=CITATION, run=_run("relation"), uses=(FACTS_PASS,), causal=facts_check, example=_example, default=False))
+    citation=CITATION, run=_run("relation"), uses=(FACTS_PASS,), causal=facts_check, behaviour=facts_behaviour, example=_example, default=False))
 MIXED = register(Detector(
     name="mixed", evidence="dla", metric="attribute log-prob", stage="EP", method="direct logit attribution split by source position (facts)",
     summary="the head's direct push to the attribute comes from both the subject and the relation tokens (additive)",
-    citation=CITATION, run=_run("mixed"), uses=(FACTS_PASS,), causal=facts_check, example=_example, default=False))
+    citation=CITATION, run=_run("mixed"), uses=(FACTS_PASS,), causal=facts_check, behaviour=facts_behaviour, example=_example, default=False))

@@ -118,4 +118,4 @@ def ic_check(m: LoadedModel, cfg: ScanConfig, result: DetectorResult) -> CausalC
 IN_CONTEXT = register(Detector(
     name="in_context", evidence="dla", metric="in-context task", stage="LR", method="direct logit attribution + zero ablation",
     summary="a head whose last-token output writes the label the in-context mapping assigns (foo/bar classification)",
-    citation="Yu & Ananiadou 2024, arXiv 2402.02872", run=run_in_context, causal=ic_check, default=False))
+    citation="Yu & Ananiadou 2024, arXiv 2402.02872", run=run_in_context, causal=ic_check, behaviour=ic_behaviour, default=False))

@@ -394,28 +394,34 @@ def mcqa_behaviour(batch: MCQABatch, answers: torch.Tensor, *, kind: str, descri
                      keep=keep, intervention=HeadOp(kind), description=description)
 
 
-def mcqa_check(m: LoadedModel, cfg: ScanConfig, result: DetectorResult, *, kind: str = "mean") -> CausalCheck:
-    """Ablate the labelled heads: does the MCQA logit difference fall more than for random heads?"""
+def letters_behaviour(m: LoadedModel, cfg: ScanConfig, result: DetectorResult | None = None, *,
+                      kind: str = "mean") -> Behaviour:
+    """The MCQA logit difference on held-out prompts (seed + 1000) of the letter heads' format (``result`` is not
+    read)."""
     n = 8 if cfg.quick else 16
     seed = cfg.seed + EVAL_SEED_OFFSET
     batch = mcqa_batch(m.tokenizer, n, seed=seed)
-    answers = answer_letter_ids(m.tokenizer, batch)
-    return set_check(m, cfg, result, mcqa_behaviour(
-        batch, answers, kind=kind,
-        description=(f"logit(correct letter) - mean logit(other letters) at the final token of {n} held-out MCQA prompts "
-                     f"(seed {seed}), {kind} ablation over those prompts per position")))
+    return mcqa_behaviour(batch, answer_letter_ids(m.tokenizer, batch), kind=kind,
+                          description=(f"logit(correct letter) - mean logit(other letters) at the final token of {n} "
+                                       f"held-out MCQA prompts (seed {seed}), {kind} ablation over those prompts per "
+                                       "position"))
+
+
+def mcqa_check(m: LoadedModel, cfg: ScanConfig, result: DetectorResult, *, kind: str = "mean") -> CausalCheck:
+    """Ablate the labelled heads: does the MCQA logit difference fall more than for random heads?"""
+    return set_check(m, cfg, result, letters_behaviour(m, cfg, result, kind=kind))
 
 
 _CITE = "Lieberum et al. 2023, arXiv 2307.09458"
 CONSTANT = register(Detector(
     name="constant", evidence="dla", metric="MCQA logit difference", stage="KR", method="DLA output heads + attention pattern (MCQA)",
     summary="an MCQA output head whose final-token attention is spread evenly over the option letters",
-    citation=_CITE, run=run_constant, uses=(MCQA_PASS,), causal=mcqa_check))
+    citation=_CITE, run=run_constant, uses=(MCQA_PASS,), causal=mcqa_check, behaviour=letters_behaviour))
 SINGLE_LETTER = register(Detector(
     name="single_letter", evidence="dla", metric="MCQA logit difference", stage="KR", method="DLA output heads + attention pattern (MCQA)",
     summary="an MCQA output head whose final-token attention sits on one fixed option letter regardless of the answer",
-    citation=_CITE, run=run_single_letter, uses=(MCQA_PASS,), causal=mcqa_check))
+    citation=_CITE, run=run_single_letter, uses=(MCQA_PASS,), causal=mcqa_check, behaviour=letters_behaviour))
 CORRECT_LETTER = register(Detector(
     name="correct_letter", evidence="dla", metric="MCQA logit difference", stage="LR", method="DLA output heads + attention pattern (MCQA)",
     summary="an MCQA output head whose final-token attention goes to the correct option letter",
-    citation=_CITE, run=run_correct_letter, uses=(MCQA_PASS,), causal=mcqa_check, version=3))
+    citation=_CITE, run=run_correct_letter, uses=(MCQA_PASS,), causal=mcqa_check, behaviour=letters_behaviour, version=3))

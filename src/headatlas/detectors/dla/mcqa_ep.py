@@ -55,6 +55,7 @@ from ...tasks.mcqa import MCQABatch, mcqa_batch
 from ...tasks.text import check_english
 from ..base import NOT_FOUND, Detector, DetectorResult, LabelRule, ScanConfig, SharedPass, register
 from ..causal import set_check
+from ..behaviours import Behaviour
 from .mcqa import answer_letter_ids, mcqa_behaviour, swap_contrast
 
 if TYPE_CHECKING:
@@ -245,22 +246,27 @@ def run_amplification(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
                                 details=st.common_details())
 
 
-def ep_check(m: LoadedModel, cfg: ScanConfig, result: DetectorResult, *, kind: str = "mean") -> CausalCheck:
-    """Ablate the labelled heads on held-out prompts of the same format: does the MCQA logit difference
-    fall more than for layer-matched random heads?"""
+def ep_behaviour(m: LoadedModel, cfg: ScanConfig, result: DetectorResult | None = None, *,
+                 kind: str = "mean") -> Behaviour:
+    """The MCQA logit difference on held-out prompts of the EP format (seed + 1000; ``result`` is not read)."""
     n = 8 if cfg.quick else 16
     seed = cfg.seed + EVAL_SEED_OFFSET
     topic, shots, n_options = mcqa_format(cfg)
     batch = mcqa_batch(m.tokenizer, n, seed=seed, topic=topic, shots=shots, n_options=n_options)
-    answers = answer_letter_ids(m.tokenizer, batch)
-    return set_check(m, cfg, result, mcqa_behaviour(
-        batch, answers, kind=kind,
-        description=(f"logit(correct letter) - mean logit(other letters) at the final token of {n} held-out {topic} "
-                     f"MCQA prompts ({shots}-shot, seed {seed}), {kind} ablation over those prompts per position")))
+    return mcqa_behaviour(batch, answer_letter_ids(m.tokenizer, batch), kind=kind,
+                          description=(f"logit(correct letter) - mean logit(other letters) at the final token of {n} "
+                                       f"held-out {topic} MCQA prompts ({shots}-shot, seed {seed}), {kind} ablation over "
+                                       "those prompts per position"))
+
+
+def ep_check(m: LoadedModel, cfg: ScanConfig, result: DetectorResult, *, kind: str = "mean") -> CausalCheck:
+    """Ablate the labelled heads on held-out prompts of the same format: does the MCQA logit difference
+    fall more than for layer-matched random heads?"""
+    return set_check(m, cfg, result, ep_behaviour(m, cfg, result, kind=kind))
 
 
 _LIEBERUM = "Lieberum et al. 2023, arXiv 2307.09458"
 AMPLIFICATION = register(Detector(
     name="amplification", evidence="dla", metric="MCQA logit difference", stage="EP", method="DLA with answer-swapped contrast + attention pattern (MCQA)",
     summary="raises the correct option letter's logit at the final token without reading the options",
-    citation=_LIEBERUM, run=run_amplification, uses=(EP_PASS,), causal=ep_check))
+    citation=_LIEBERUM, run=run_amplification, uses=(EP_PASS,), causal=ep_check, behaviour=ep_behaviour))

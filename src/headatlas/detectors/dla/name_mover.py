@@ -215,9 +215,10 @@ def run(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
                                           "templates (ABBA/BABA balanced); END = the final token"))
 
 
-def ioi_behaviour(m: LoadedModel, cfg: ScanConfig, *, kind: str = "mean", expected: str = "decrease") -> Behaviour:
+def ioi_behaviour(m: LoadedModel, cfg: ScanConfig, result: DetectorResult | None = None, *, kind: str = "mean",
+                  expected: str = "decrease") -> Behaviour:
     """logit(IO) - logit(S) at END of held-out IOI prompts (seed + 1000, one template); name movers and S-inhibition
-    heads hold it up (ablating them lowers it), negative name movers hold it down."""
+    heads hold it up (ablating them lowers it), negative name movers hold it down (``result`` is not read)."""
     seed = cfg.seed + EVAL_SEED_OFFSET
     b = ioi_batches(m, 8 if cfg.quick else 16, seed, n_templates=1)[0]
     S = b.clean_ids.shape[1]
@@ -238,5 +239,5 @@ def ioi_check(m: LoadedModel, cfg: ScanConfig, result: DetectorResult, *, kind: 
 DETECTOR = register(Detector(
     name="name_mover", evidence="dla", metric="IOI logit difference", stage="ICI", method="direct logit attribution + attention (IOI)",
     summary="END attends to the indirect object and the head's output raises logit(IO) - logit(S) directly",
-    citation="Wang et al. 2022, arXiv 2211.00593", run=run, causal=ioi_check, uses=(IOI_PASS,), version=3,
+    citation="Wang et al. 2022, arXiv 2211.00593", run=run, causal=ioi_check, behaviour=ioi_behaviour, uses=(IOI_PASS,), version=3,
 ))

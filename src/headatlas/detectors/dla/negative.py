@@ -243,7 +243,7 @@ def no_gap(batch: YesNoBatch):
     return fn
 
 
-def negative_behaviour(m: LoadedModel, cfg: ScanConfig) -> Behaviour:
+def negative_behaviour(m: LoadedModel, cfg: ScanConfig, result: DetectorResult | None = None) -> Behaviour:
     """Mean logit(No) - logit(Yes) at the answer position of held-out balanced Yes/No items (seed + 1000); scaling
     negative heads' outputs by ``SCALE`` lowers the No bias."""
     seed = cfg.seed + EVAL_SEED_OFFSET
@@ -256,7 +256,7 @@ def negative_behaviour(m: LoadedModel, cfg: ScanConfig) -> Behaviour:
 
 
 def negative_check(m: LoadedModel, cfg: ScanConfig, result: DetectorResult) -> CausalCheck:
-    beh = negative_behaviour(m, cfg)
+    beh = negative_behaviour(m, cfg, result)
     truth = yesno_batch(m.tokenizer, 3 if cfg.quick else 6, seed=cfg.seed + EVAL_SEED_OFFSET,
                         pairs=OPTION_PAIRS[:1]).truth.numpy()
 
@@ -281,5 +281,5 @@ def _example(m: LoadedModel, cfg: ScanConfig) -> torch.Tensor:
 NEGATIVE = register(Detector(
     name="negative", evidence="dla", metric="yes/no bias", stage="KR", method="scoring (negative attention score)",
     summary="attends from the question to the word 'No' named in a yes/no instruction, whatever the question",
-    citation="Yu et al. 2024, arXiv 2408.00137", run=run_negative, causal=negative_check, example=_example,
+    citation="Yu et al. 2024, arXiv 2408.00137", run=run_negative, causal=negative_check, behaviour=negative_behaviour, example=_example,
     default=False))

@@ -118,8 +118,10 @@ def run(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
                            details={"relations": sorted(set(relations)), "n_pairs": len(det_rows)})
 
 
-def semantic_behaviour(m: LoadedModel, cfg: ScanConfig, *, kind: str = "mean") -> Behaviour:
-    """log p(tail) - mean log p(control tails of the same relation) on held-out (head, tail) pairs in one carrier."""
+def semantic_behaviour(m: LoadedModel, cfg: ScanConfig, result: DetectorResult | None = None, *,
+                       kind: str = "mean") -> Behaviour:
+    """log p(tail) - mean log p(control tails of the same relation) on held-out (head, tail) pairs in one carrier
+    (``result`` is not read)."""
     _, ev_rows = split_pairs(m.tokenizer, seed=cfg.seed)
     bs = batches(m, ev_rows, cfg.seed + 1000)
     b = bs[0]        # one carrier (its prompts differ only in the head word): mean ablation per position
@@ -150,5 +152,5 @@ def _example(m: LoadedModel, cfg: ScanConfig) -> torch.Tensor:
 DETECTOR = register(Detector(
     name="semantic_induction", evidence="dla", metric="relation tail log-prob", stage="ICI", method="direct logit attribution from the head word (relation index)",
     summary="attending back to a relation's head word (wheel, Paris, hot), the head raises its tail (car, France, cold)",
-    citation="Ren et al. 2024, arXiv 2402.13055", run=run, causal=semantic_check, example=_example, default=False,
+    citation="Ren et al. 2024, arXiv 2402.13055", run=run, causal=semantic_check, behaviour=semantic_behaviour, example=_example, default=False,
 ))

@@ -130,8 +130,10 @@ def _prompts(m: LoadedModel, n: int, seed: int) -> tuple[torch.Tensor, torch.Ten
     return ids, torch.tensor(targets)
 
 
-def successor_behaviour(m: LoadedModel, cfg: ScanConfig, *, kind: str = "mean") -> Behaviour:
-    """log p(next item) after consecutive items of an ordinal family, on held-out prompts (seed + 1000)."""
+def successor_behaviour(m: LoadedModel, cfg: ScanConfig, result: DetectorResult | None = None, *,
+                        kind: str = "mean") -> Behaviour:
+    """log p(next item) after consecutive items of an ordinal family, on held-out prompts (seed + 1000; ``result``
+    is not read)."""
     seed = cfg.seed + EVAL_SEED_OFFSET
     ids, targets = _prompts(m, 16 if cfg.quick else 48, seed)
     S = ids.shape[1]
@@ -158,7 +160,7 @@ def _example(m: LoadedModel, cfg: ScanConfig) -> torch.Tensor:
 DETECTOR = register(Detector(
     name="successor", evidence="dla", metric="successor log-prob", stage="LR", method="weights-only OV circuit scoring (succession score)",
     summary="the head's OV circuit maps an ordinal item (Monday, 3, C) to its successor (Tuesday, 4, D)",
-    citation="Gould et al. 2024, arXiv 2312.09230", run=run, causal=successor_check, example=_example,
+    citation="Gould et al. 2024, arXiv 2312.09230", run=run, causal=successor_check, behaviour=successor_behaviour, example=_example,
 ))
 
 __all__ = ["DETECTOR", "family_argmax", "shuffled_null", "successes", "successor_result"]

@@ -274,7 +274,7 @@ def function_vector_of(m: LoadedModel, mean: torch.Tensor, heads: list[tuple[int
     return out
 
 
-def fv_behaviour(m: LoadedModel, cfg: ScanConfig) -> Behaviour:
+def fv_behaviour(m: LoadedModel, cfg: ScanConfig, result: DetectorResult | None = None) -> Behaviour:
     """p(answer) on zero-shot prompts of held-out items of every kept task (seed + 1000), with a head set's function
     vector (per task: the sum of its heads' mean last-token outputs through ``W_O``) added at the last position of
     the residual stream entering layer ``n_layers // 3``."""
@@ -315,12 +315,12 @@ def fv_check(m: LoadedModel, cfg: ScanConfig, result: DetectorResult) -> CausalC
     if not heads:
         return CausalCheck(metric="p(answer) on zero-shot held-out prompts", kind="none",
                            note="no heads were labelled: no function vector to add")
-    return set_check(m, cfg, result, fv_behaviour(m, cfg), heads=heads)
+    return set_check(m, cfg, result, fv_behaviour(m, cfg, result), heads=heads)
 
 
 FUNCTION_VECTOR = register(Detector(
     name="function_vector", evidence="patching", metric="in-context task", stage="LR", method="activation patching (mean-activation replacement, AIE)",
     summary=("a head whose mean task output, patched into shuffled-label ICL prompts, restores the answer; the sum "
              "of the top heads' outputs is a function vector"),
-    citation="Todd et al. 2024, arXiv 2310.15213", run=run_function_vector, uses=(FV_PASS,), causal=fv_check,
+    citation="Todd et al. 2024, arXiv 2310.15213", run=run_function_vector, uses=(FV_PASS,), causal=fv_check, behaviour=fv_behaviour,
     default=False))

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from ... import stats
 from ..base import Detector, DetectorResult, LabelRule, ScanConfig, register
-from ..behaviours import repeat_loss_check
+from ..behaviours import repeat_loss_behaviour, repeat_loss_check
 from .synthetic import SYNTHETIC, example_prompt, mean_std, synthetic_stats
 
 if TYPE_CHECKING:
@@ -48,5 +48,5 @@ DETECTOR = register(Detector(
     name="duplicate_token", evidence="pattern", metric="repeat loss", stage="ICI", method="attention-pattern score",
     summary="attends from a token to earlier copies of the same token",
     citation="Wang et al. 2022, arXiv 2211.00593", run=run, uses=(SYNTHETIC,),
-    example=example_prompt, causal=repeat_loss_check,
+    example=example_prompt, causal=repeat_loss_check, behaviour=repeat_loss_behaviour,
 ))

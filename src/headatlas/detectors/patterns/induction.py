@@ -26,7 +26,7 @@ import numpy as np
 
 from ... import stats
 from ..base import Detector, DetectorResult, LabelRule, ScanConfig, register
-from ..behaviours import repeat_loss_check
+from ..behaviours import repeat_loss_behaviour, repeat_loss_check
 from .synthetic import SYNTHETIC, example_prompt, mean_std, synthetic_stats
 
 if TYPE_CHECKING:
@@ -64,5 +64,5 @@ DETECTOR = register(Detector(
     name="induction", evidence="pattern", metric="repeat loss", stage="LR", method="scoring (prefix matching + OV copying)",
     summary="on a repeat, attends to the token after the earlier copy and copies it to the output",
     citation="Olsson et al. 2022, arXiv 2209.11895; Crosbie & Shutova 2024, arXiv 2407.07011", run=run,
-    uses=(SYNTHETIC,), example=example_prompt, causal=repeat_loss_check,
+    uses=(SYNTHETIC,), example=example_prompt, causal=repeat_loss_check, behaviour=repeat_loss_behaviour,
 ))

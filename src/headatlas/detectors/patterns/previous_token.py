@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from ... import stats
 from ..base import Detector, DetectorResult, LabelRule, ScanConfig, register
-from ..behaviours import repeat_loss_check
+from ..behaviours import repeat_loss_behaviour, repeat_loss_check
 from .synthetic import SYNTHETIC, example_prompt, synthetic_stats
 
 if TYPE_CHECKING:
@@ -48,5 +48,5 @@ DETECTOR = register(Detector(
     name="previous_token", evidence="pattern", metric="repeat loss", stage="ICI", method="attention-pattern score",
     summary="attends from each token to the token right before it",
     citation="Olsson et al. 2022, arXiv 2209.11895", run=run, uses=(SYNTHETIC,),
-    example=example_prompt, causal=repeat_loss_check,
+    example=example_prompt, causal=repeat_loss_check, behaviour=repeat_loss_behaviour,
 ))

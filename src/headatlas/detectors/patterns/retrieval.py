@@ -317,8 +317,7 @@ def _answer_batch(cases: list[NeedleCase], prefixes: list[tuple[int, ...]], toke
     return ids, tgt
 
 
-def needle_behaviour(m: LoadedModel, cfg: ScanConfig, *, kind: str = "mean"
-                     ) -> tuple[Behaviour, list[NeedleCase], Any]:
+def needle_prompts(m: LoadedModel, cfg: ScanConfig, *, kind: str = "mean") -> tuple[Behaviour, list[NeedleCase], Any]:
     """Teacher-forced log-prob of the needle's code on fresh needle prompts (seed + 1000); ablating retrieval heads
     lowers it. Also returns the cases and their clean greedy decodes (for the greedy count)."""
     n, lengths, n_distr = _settings(m, cfg)
@@ -345,10 +344,15 @@ def needle_behaviour(m: LoadedModel, cfg: ScanConfig, *, kind: str = "mean"
     return beh, cases, clean
 
 
+def needle_behaviour(m: LoadedModel, cfg: ScanConfig, result: DetectorResult | None = None) -> Behaviour:
+    """The retrieval check's behaviour (:func:`needle_prompts`; ``result`` is not read)."""
+    return needle_prompts(m, cfg)[0]
+
+
 def needle_logprob_check(m: LoadedModel, cfg: ScanConfig, result: DetectorResult, *, kind: str = "mean") -> CausalCheck:
     """Ablate the labelled heads: does the needle code's log-prob fall more than for random head sets?
     Also counts greedy exact answers with and without the labelled set ablated (``details["causal_greedy"]``)."""
-    beh, cases, clean = needle_behaviour(m, cfg, kind=kind)
+    beh, cases, clean = needle_prompts(m, cfg, kind=kind)
     check = set_check(m, cfg, result, beh)
     if result.labelled and check.ran:
         ids = beh.ids
@@ -367,5 +371,5 @@ def needle_logprob_check(m: LoadedModel, cfg: ScanConfig, result: DetectorResult
 DETECTOR = register(Detector(
     name="retrieval", evidence="pattern", metric="needle log-prob", stage="ICI", method="retrieval score (needle in a haystack with distractor facts)",
     summary="during greedy answering, top-1 attention lands on the needle token being copied, more than on distractor facts",
-    citation="Wu et al. 2024, arXiv 2404.15574", run=run, requires=("induction",), causal=needle_logprob_check,
+    citation="Wu et al. 2024, arXiv 2404.15574", run=run, requires=("induction",), causal=needle_logprob_check, behaviour=needle_behaviour,
 ))

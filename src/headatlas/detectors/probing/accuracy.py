@@ -119,8 +119,8 @@ def run(m: "LoadedModel", cfg: ScanConfig) -> DetectorResult:
         details={"model_accuracy": float(ap.correct.mean())})
 
 
-def accuracy_behaviour(m: "LoadedModel", cfg: ScanConfig) -> Behaviour:
-    """Mean log-prob of the correct sum's tokens on 32 held-out two-digit sums (seed + 1000)."""
+def accuracy_behaviour(m: "LoadedModel", cfg: ScanConfig, result: DetectorResult | None = None) -> Behaviour:
+    """Mean log-prob of the correct sum's tokens on 32 held-out two-digit sums (seed + 1000; ``result`` is not read)."""
     items = problems(32, cfg.seed + EVAL_SEED_OFFSET)
     enc = [encode_problem(m, a, b) for a, b in items]
     lengths = [(len(p), len(a)) for p, a in enc]
@@ -141,11 +141,11 @@ def accuracy_behaviour(m: "LoadedModel", cfg: ScanConfig) -> Behaviour:
 
 
 def causal(m: "LoadedModel", cfg: ScanConfig, result: DetectorResult) -> CausalCheck:
-    return set_check(m, cfg, result, accuracy_behaviour(m, cfg))
+    return set_check(m, cfg, result, accuracy_behaviour(m, cfg, result))
 
 
 DETECTOR = register(Detector(
     name="accuracy", evidence="probing", metric="arithmetic answer log-prob", stage="LR", method="probing",
     summary="a linear probe on the head's output before the answer predicts whether the model's own answer is right",
     citation="Yin et al. 2024 LoFiT (arXiv 2406.01563); Guo et al. SIGIR 2024 (ASMR)",
-    run=run, uses=(ACC_PASS,), causal=causal, default=False))
+    run=run, uses=(ACC_PASS,), causal=causal, behaviour=accuracy_behaviour, default=False))

@@ -31,7 +31,9 @@ from ...methods.probing import (ProbeResult, capture_heads, completion_logodds, 
                                probe_features, resolve_positions, token_rows)
 from ...tasks.text import check_english
 from ..base import NOT_FOUND, Detector, DetectorResult, LabelRule, ScanConfig, SharedPass, register
-from .truthfulness import ALPHA, K_ITI, iti_check
+from ..behaviours import Behaviour
+from ..causal import set_check
+from .truthfulness import ALPHA, K_ITI, completion_behaviour, iti_intervention, steered
 
 if TYPE_CHECKING:
     from ...models import LoadedModel
@@ -146,18 +148,24 @@ RULE = LabelRule(statistic="held-out balanced accuracy of a linear probe on z at
                            "shuffled-label null mean", direction="greater", min_effect=0.1)
 
 
-def causal(m: "LoadedModel", cfg: ScanConfig, result: DetectorResult) -> CausalCheck:
+def language_behaviour(m: "LoadedModel", cfg: ScanConfig, result: DetectorResult | None = None) -> Behaviour:
+    """ITI on held-out questions: ``log P(answer in the question's language) - log P(English answer)`` with the set's
+    heads shifted ``ALPHA`` sigmas along their mass-mean directions (``result`` is not read)."""
     cp = cfg.shared(COH_PASS, m)
-    top = sorted(result.labelled, key=lambda lh: -float(result.scores[lh]))[:K_ITI]
-    return iti_check(m, cfg, result, top, cp.features, cp.labels, cp.heldout, alpha=ALPHA, family="answer language",
-                     metric="log P(answer in the question's language) - log P(English answer)",
-                     description=(f"ITI: top-{len(top)} coherence heads shifted {ALPHA:g} sigma along their mass-mean "
-                                  f"direction, on {len(cp.heldout)} held-out questions; random sets: their own directions, "
-                                  "from a pool without any labelled head"))
+    return completion_behaviour(
+        m, cp.heldout, family="answer language", metric="log P(answer in the question's language) - log P(English answer)",
+        intervention=iti_intervention(cp.features, cp.labels, ALPHA),
+        description=(f"ITI: the steered heads (the top {K_ITI} labelled by probe accuracy) shifted {ALPHA:g} sigma along "
+                     f"their mass-mean direction, on {len(cp.heldout)} held-out questions; random sets: their own "
+                     "directions, from a pool without any other labelled or significant head"))
+
+
+def causal(m: "LoadedModel", cfg: ScanConfig, result: DetectorResult) -> CausalCheck:
+    return set_check(m, cfg, result, language_behaviour(m, cfg, result), heads=steered(result))
 
 
 DETECTOR = register(Detector(
     name="coherence", evidence="probing", metric="answer language", stage="EP", method="probing",
     summary="a linear probe on the head's output predicts whether the model answers in the question's language",
     citation="Guo et al. SIGIR 2024, ASMR (doi 10.1145/3626772.3657819)",
-    run=run, uses=(COH_PASS,), causal=causal, default=False))
+    run=run, uses=(COH_PASS,), causal=causal, behaviour=language_behaviour, default=False))

@@ -104,7 +104,7 @@ def run(m: "LoadedModel", cfg: ScanConfig) -> DetectorResult:
         details={"consistent_sets": int(cp.consistent.sum()), "n_sets": cp.n_sets})
 
 
-def agreement_behaviour(m: "LoadedModel", cfg: ScanConfig) -> Behaviour:
+def agreement_behaviour(m: "LoadedModel", cfg: ScanConfig, result: DetectorResult | None = None) -> Behaviour:
     """Paraphrase agreement on 24 held-out two-digit sums (seed + 1000): per sum, the mean pairwise Bhattacharyya
     coefficient of the three templates' next-token distributions; mean ablation uses each template's own
     position means (``mean_groups``)."""
@@ -141,11 +141,11 @@ def agreement_behaviour(m: "LoadedModel", cfg: ScanConfig) -> Behaviour:
 
 
 def causal(m: "LoadedModel", cfg: ScanConfig, result: DetectorResult) -> CausalCheck:
-    return set_check(m, cfg, result, agreement_behaviour(m, cfg))
+    return set_check(m, cfg, result, agreement_behaviour(m, cfg, result))
 
 
 DETECTOR = register(Detector(
     name="consistency", evidence="probing", metric="paraphrase agreement", stage="LR", method="probing",
     summary="a linear probe on the head's output predicts whether the model answers paraphrases of a question alike",
     citation="Yang et al. 2024, semantic consistency via model editing (arXiv 2501.11041)",
-    run=run, uses=(CONS_PASS,), causal=causal, default=False))
+    run=run, uses=(CONS_PASS,), causal=causal, behaviour=agreement_behaviour, default=False))

@@ -130,25 +130,25 @@ def iti_intervention(features: np.ndarray, labels: np.ndarray, alpha: float) -> 
     return HeadOp("add", vectors=vectors, kind=f"iti(alpha={alpha:g} sigma)")
 
 
-def iti_check(m: "LoadedModel", cfg: ScanConfig, result: DetectorResult, heads: Sequence[tuple[int, int]],
-              features: np.ndarray, labels: np.ndarray, triples: Sequence[tuple[str, str, str]], *, alpha: float,
-              family: str, metric: str, description: str) -> CausalCheck:
-    """ITI on ``heads`` vs layer-matched random sets from the clean pool (it excludes every labelled head, not only the
-    steered ones): each set is shifted by ``alpha`` sigmas along its own mass-mean directions; the metric is the
-    held-out log-odds of the good over the bad completion of ``triples``; effect = mean change, expected up."""
-    beh = completion_behaviour(m, triples, family=family, metric=metric,
-                               intervention=iti_intervention(features, labels, alpha), description=description)
-    return set_check(m, cfg, result, beh, heads=heads)
+def steered(result: DetectorResult, k: int = K_ITI) -> list[tuple[int, int]]:
+    """The heads an ITI check steers: the ``k`` labelled heads with the highest probe accuracy."""
+    return [(int(a), int(b)) for a, b in sorted(result.labelled, key=lambda lh: -float(result.scores[lh]))[:k]]
+
+
+def truth_behaviour(m: "LoadedModel", cfg: ScanConfig, result: DetectorResult | None = None) -> Behaviour:
+    """ITI on held-out facts: ``log P(true completion) - log P(false completion)`` with the set's heads shifted
+    ``ALPHA`` sigmas along their mass-mean truth directions (``result`` is not read)."""
+    tp = cfg.shared(TRUTH_PASS, m)
+    return completion_behaviour(
+        m, tp.heldout, family="true vs false completion", metric="log P(true completion) - log P(false completion)",
+        intervention=iti_intervention(tp.features, tp.labels, ALPHA),
+        description=(f"ITI: the steered heads (the top {K_ITI} labelled by probe accuracy) shifted {ALPHA:g} sigma along "
+                     f"their mass-mean truth direction, on {len(tp.heldout)} held-out facts; random sets: their own "
+                     "directions, from a pool without any other labelled or significant head"))
 
 
 def causal(m: "LoadedModel", cfg: ScanConfig, result: DetectorResult) -> CausalCheck:
-    tp = cfg.shared(TRUTH_PASS, m)
-    top = sorted(result.labelled, key=lambda lh: -float(result.scores[lh]))[:K_ITI]
-    return iti_check(m, cfg, result, top, tp.features, tp.labels, tp.heldout, alpha=ALPHA,
-                     family="true vs false completion", metric="log P(true completion) - log P(false completion)",
-                     description=(f"ITI: top-{len(top)} truthfulness heads shifted {ALPHA:g} sigma along their "
-                                  f"mass-mean truth direction, on {len(tp.heldout)} held-out facts; random sets: their "
-                                  "own directions, from a pool without any labelled head"))
+    return set_check(m, cfg, result, truth_behaviour(m, cfg, result), heads=steered(result))
 
 
 def example(m: "LoadedModel", cfg: ScanConfig):
@@ -162,4 +162,4 @@ DETECTOR = register(Detector(
     name="truthfulness", evidence="probing", metric="true vs false completion", stage="LR", method="probing",
     summary="a linear probe on the head's output tells true from false statements (held-out, grouped CV)",
     citation="Li et al. 2023, Inference-Time Intervention (arXiv 2306.03341)",
-    run=run, uses=(TRUTH_PASS,), causal=causal, example=example, default=False))
+    run=run, uses=(TRUTH_PASS,), causal=causal, behaviour=truth_behaviour, example=example, default=False))
