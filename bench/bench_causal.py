@@ -51,6 +51,34 @@ def load_old(path: str, m):
     return headatlas_old, headatlas_old.load((m.model, m.tokenizer), device="cpu")
 
 
+def phase_one(m, names: list[str], seed: int, path: str | None):
+    """Every detector's statistics with one shared-pass cache (as in a scan); with ``path``, saved there (pickle) on
+    the first run and loaded on the next ones (the benchmark times the checks)."""
+    if path and Path(path).is_file():
+        saved = torch.load(path, weights_only=False)
+        if saved["names"] == names and saved["seed"] == seed:
+            cache = ScanCache()
+            cache.values.update(saved["cache"])
+            return cache, saved["results"], saved["seconds"]
+    cache = ScanCache()
+    results, seconds = {}, {}
+    for name in names:
+        t0 = time.perf_counter()
+        cfg = ScanConfig(seed=seed, cache=cache, results=dict(results))
+        try:
+            r = registry.get(name).run(m, cfg)
+        except headatlas.errors.InputError as exc:
+            r = registry.skipped_result(name, m.info.n_layers, m.info.n_heads, str(exc), seed)
+        if not r.skipped:
+            mark_distributed(r)
+        results[name], seconds[name] = r, time.perf_counter() - t0
+        print(f"{name}: statistics {seconds[name]:.1f} s, {len(r.labelled)} labelled", flush=True)
+    if path:
+        torch.save({"names": names, "seed": seed, "cache": dict(cache.values), "results": results, "seconds": seconds},
+                   path)
+    return cache, results, seconds
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="smollm2-135m")
@@ -58,25 +86,14 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--old", default=None, help="folder holding headatlas_old (the v2 package) to time its checks too")
+    ap.add_argument("--cache", default=None, help="a file keeping the statistics phase between runs (pickle)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     m = headatlas.load(args.model, device="cpu")
     names = registry.scan_order(resolve_detectors(args.detectors))
     old = load_old(args.old, m) if args.old else None
-    cache = ScanCache()
-    results, stat_s = {}, {}
-    for name in names:
-        t0 = time.perf_counter()
-        cfg = ScanConfig(seed=args.seed, cache=cache, results=dict(results))
-        try:
-            r = registry.get(name).run(m, cfg)
-        except headatlas.errors.InputError as exc:
-            r = registry.skipped_result(name, m.info.n_layers, m.info.n_heads, str(exc), args.seed)
-        if not r.skipped:
-            mark_distributed(r)
-        results[name], stat_s[name] = r, time.perf_counter() - t0
-        print(f"{name}: statistics {stat_s[name]:.1f} s, {len(r.labelled)} labelled", flush=True)
+    cache, results, stat_s = phase_one(m, names, args.seed, args.cache)
     load0 = os.getloadavg()[0]
     rows = []
     for name in names:

@@ -126,10 +126,14 @@ def test_clean_pool_excludes_the_family_labelled_and_significant_heads():
     assert pool.free == frozenset({(la, h) for la in range(4) for h in range(6)} - {(2, 2), (1, 1), (3, 5)})
     assert pool.excluded == {"a": 2, "b": 2} and pool.absent == ("d",)
     assert "not in this scan" in pool.describe() and "21 of 24" in pool.describe()
-    # a significant head against the rule's direction stays in the pool
-    neg = _result("n", shape, significant=[(2, 0)], direction="greater")
+    # a significant head against the rule's direction, or below the rule's minimum effect, stays in the pool
+    neg = _result("n", shape, significant=[(2, 0), (3, 0)], direction="greater")
     neg.effect[2, 0] = -1.0
+    neg.rule = LabelRule("s", direction="greater", min_effect=0.5)
+    neg.effect[3, 0] = 0.3
     assert pools.significant_heads(neg) == set()
+    neg.effect[3, 0] = 0.6
+    assert pools.significant_heads(neg) == {(3, 0)}
     # hybrid models: heads of layers without softmax attention are never drawn
     assert all(la in (1, 3) for la, _ in pools.clean_pool(res, ("a",), shape, attention_layers=[1, 3]).free)
 
