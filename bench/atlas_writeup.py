@@ -77,8 +77,8 @@ def detector_rows(a: Atlas, top: int = 5) -> list[str]:
 
 
 def causal_rows(a: Atlas) -> list[str]:
-    lines = ["| detector | metric | ablation | heads | clean | change (labelled) | random: median [min, max] | p | "
-             "beats every random set |", "|---|---|---|---:|---:|---:|---|---:|---|"]
+    lines = ["| detector | metric (expected) | intervention | heads | clean | change (tested) | random: median [min, max] | "
+             "p | q (atlas BH) | labels: confirmed / unconfirmed |", "|---|---|---|---:|---:|---:|---|---:|---:|---|"]
     notes = []
     for name in a.detectors:
         c = a.result(name).causal
@@ -88,9 +88,11 @@ def causal_rows(a: Atlas) -> list[str]:
             notes.append(f"- {name}: {c.note}")
             continue
         rnd = c.random_effects
-        lines.append(f"| {name} | {c.metric} | {c.kind} | {len(c.heads)} | {_f(c.baseline)} | {c.effect:+.3g} | "
-                     f"{c.random_median:+.3g} [{min(rnd):+.3g}, {max(rnd):+.3g}] ({len(rnd)} sets) | {_f(c.p_value, 2)} |"
-                     f" {'yes' if c.beats_every_random_set else 'no'} |")
+        sets = f"{len(rnd)} sets{', all there are' if c.exhaustive else ''}"
+        counts = a.status_counts(name)
+        lines.append(f"| {name} | {c.metric} ({c.expected}) | {c.intervention} | {len(c.heads)} | {_f(c.baseline)} | "
+                     f"{c.effect:+.3g} | {c.random_median:+.3g} [{min(rnd):+.3g}, {max(rnd):+.3g}] ({sets}) | "
+                     f"{_f(c.p_value, 2)} | {_f(c.q_value, 2)} | {counts['confirmed']} / {counts['unconfirmed']} |")
     return lines + ([""] + ["No causal check:"] + notes if notes else [])
 
 

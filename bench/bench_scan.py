@@ -1,17 +1,20 @@
-"""The whole detector battery on smollm2-135m vs the plain forward passes over the same prompts.
+"""The whole detector battery vs the plain forward passes over the same prompts; per-detector time and the share
+of it spent in forward passes.
 
-How: a forward pre-hook on the model records every batch each detector runs (input ids, attention
-mask, KV-cache length) while ``headatlas.scan`` runs; then the same batches are replayed through the
-plain model (no instrumentation, no scoring, ``torch.inference_mode``), in the same order, with a KV
-cache where the scan used one (generation). The ratio scan time / replay time is the overhead of
-the detectors over the floor of their forward passes: with permutation nulls, bootstrap CIs and the
-causal checks (whose ablated forwards are recorded and replayed too), the target is <= 3x.
+How: a forward pre-hook on the model records every batch each detector runs (input ids, attention mask,
+KV-cache length) and the wall time spent inside the model's top-level forwards, while ``headatlas.scan`` runs;
+then the batches of the statistics phase are replayed through the plain model (no instrumentation, no scoring,
+``torch.inference_mode``), in the same order, with a KV cache where the scan used one. The ratio scan time /
+replay time is the overhead of the detectors over the floor of their forward passes (permutation nulls and
+bootstrap CIs included), target <= 3x. The causal battery runs after every detector's statistics (its own
+column): its edited runs are stacked passes whose rows join at later layers, which a replay of the top-level
+calls cannot redo, so for the checks only the time inside forwards is reported.
 
 Coverage check: a pre-hook on layer 0's attention counts the query tokens it sees; the recorded
-top-level forwards must account for all of them (a detector that ran layers by hand would show up
-as coverage < 100%, and its work would be missing from the replay).
+top-level forwards must account for all of them in the statistics phase (a detector that ran layers by hand
+would show up as coverage < 100%, and its work would be missing from the replay).
 
-Run: ``python bench/bench_scan.py [--model smollm2-135m] [--detectors a,b] [--quick] [--seed 0]``.
+Run: ``python bench/bench_scan.py [--model smollm2-135m] [--detectors a,b|all] [--quick] [--seed 0]``.
 Writes the "scan" section of bench/RESULTS.md (``--no-write`` to only print).
 """
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -60,7 +64,9 @@ class Recorder:
     tag: str = ""
     calls: list[Call] = field(default_factory=list)
     layer0_tokens: dict[str, int] = field(default_factory=dict)
+    forward_s: dict[str, float] = field(default_factory=dict)    # tag -> seconds inside top-level forwards
     _depth: int = 0
+    _t0: float = 0.0
 
 
 def _cache_len(cache: Any) -> int:
@@ -87,6 +93,7 @@ def record_forwards(m: Any) -> Iterator[Recorder]:
             rec._depth += 1
             if nested:
                 return
+            rec._t0 = time.perf_counter()
             ids = kwargs.get("input_ids", args[0] if args else None)
             embeds = kwargs.get("inputs_embeds")
             mask = kwargs.get("attention_mask")
@@ -105,6 +112,8 @@ def record_forwards(m: Any) -> Iterator[Recorder]:
 
     def post(module, args, kwargs, output):
         rec._depth -= 1
+        if rec._depth == 0:
+            rec.forward_s[rec.tag] = rec.forward_s.get(rec.tag, 0.0) + time.perf_counter() - rec._t0
 
     def layer0(module, args, kwargs):
         hidden = kwargs.get("hidden_states", args[0] if args else None)
@@ -127,6 +136,8 @@ def record_forwards(m: Any) -> Iterator[Recorder]:
 class Tagger(ScanProgress):
     def __init__(self, rec: Recorder) -> None:
         self.rec = rec
+        self.stat_s: dict[str, float] = {}
+        self.check_s: dict[str, float] = {}
 
     def start(self, name: str, index: int, total: int) -> None:
         self.rec.tag = name
@@ -134,6 +145,19 @@ class Tagger(ScanProgress):
 
     def finish(self, name: str, seconds: float, status: str) -> None:
         print(f"    {status} in {seconds:.1f} s", flush=True)
+        self.stat_s[name] = seconds
+
+    def check_start(self, name: str, index: int, total: int) -> None:
+        self.rec.tag = check_tag(name)
+        print(f"[check {index + 1}/{total}] {name} ...", flush=True)
+
+    def check_finish(self, name: str, seconds: float, status: str) -> None:
+        print(f"    check {status} in {seconds:.1f} s", flush=True)
+        self.check_s[name] = seconds
+
+
+def check_tag(name: str) -> str:
+    return f"{name}:causal"
 
 
 def _cache_kwarg(model: Any) -> str:
@@ -201,55 +225,64 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     m = headatlas.load(args.model, device=args.device)
+    load0 = os.getloadavg()[0]
     with record_forwards(m) as rec:
+        tagger = Tagger(rec)
         t0 = time.perf_counter()
         atlas = headatlas.scan(m, args.detectors, seed=args.seed, quick=args.quick, batch_size=args.batch_size,
-                               progress=Tagger(rec), resume=False)
+                               progress=tagger, resume=False)
         total_scan = time.perf_counter() - t0
-    rows, total_plain, total_calls, total_tokens, total_bad = [], 0.0, 0, 0, 0
+    load1 = os.getloadavg()[0]
+    rows, tot = [], {"calls": 0, "tokens": 0, "plain": 0.0, "bad": 0, "stat": 0.0, "check": 0.0, "fwd": 0.0}
     for name in atlas.detectors:
         calls = [c for c in rec.calls if c.tag == name]
         plain, bad = replay(m, calls)
         tokens = sum(c.tokens for c in calls)
         seen = rec.layer0_tokens.get(name, 0)
         covered = tokens / seen if seen else float("nan")
-        scan_s = atlas.timings[name]
-        status = "skipped" if atlas.result(name).skipped else f"{len(atlas.labelled(name))} labelled"
-        rows.append((name, status, len(calls), tokens, covered, scan_s, plain,
-                     scan_s / plain if plain > 0 else float("nan")))
-        total_plain += plain
-        total_calls += len(calls)
-        total_tokens += tokens
-        total_bad += bad
-    ratio = total_scan / total_plain if total_plain > 0 else float("nan")
+        stat_s, check_s = tagger.stat_s.get(name, 0.0), tagger.check_s.get(name, 0.0)
+        fwd = rec.forward_s.get(name, 0.0) + rec.forward_s.get(check_tag(name), 0.0)
+        r = atlas.result(name)
+        status = "skipped" if r.skipped else ("distributed" if r.details.get("distributed") else
+                                              f"{len(r.labelled)} labelled")
+        rows.append((name, status, len(calls), tokens, covered, stat_s, plain, check_s, fwd))
+        for k, v in (("calls", len(calls)), ("tokens", tokens), ("plain", plain), ("bad", bad), ("stat", stat_s),
+                     ("check", check_s), ("fwd", fwd)):
+            tot[k] += v
     lines = [
         f"## {args.section}: {args.title}",
         "",
         f"Model `{args.model}` ({m.info.n_layers} x {m.info.n_heads} heads), float32, "
-        + (f"CUDA: {torch.cuda.get_device_name(m.device)}." if m.device.type == "cuda" else f"CPU: {machine_line()}."),
-        f"`headatlas.scan(..., quick={args.quick}, seed={args.seed}, batch_size={args.batch_size})`; every forward the",
-        "detectors ran was recorded (input ids, mask, KV-cache length) and replayed through the plain model",
-        "(no instrumentation, no scoring, inference mode) in the same order. Ratio = scan time / replay time;",
-        "the scan includes the permutation nulls (no extra forwards: they reuse the captured statistics), the",
-        "bootstrap CIs and the causal checks (their ablated forwards are recorded and replayed as well);",
-        "target <= 3x. Coverage = recorded tokens / tokens seen by layer 0's attention (100%: nothing ran",
-        "outside the recorded forwards).",
+        + (f"CUDA: {torch.cuda.get_device_name(m.device)}; " if m.device.type == "cuda" else f"CPU: {machine_line()}; ")
+        + f"load "
+        f"average {load0:.1f} before, {load1:.1f} after (a shared machine: compare ratios, not seconds).",
+        f"`python bench/bench_scan.py --detectors {args.detectors or '(default)'}{' --quick' if args.quick else ''} "
+        f"--seed {args.seed} --batch-size {args.batch_size}`; wall time of the whole scan {total_scan:.0f} s. "
+        "Statistics: every forward the detector ran was recorded and replayed through the plain model (no "
+        "instrumentation, no scoring, inference mode) in the same order; ratio = statistics time / replay time "
+        "(permutation nulls and bootstrap CIs included; target <= 3x); coverage = recorded tokens / tokens seen by "
+        "layer 0's attention. Check: the causal check's seconds (phase 2 of the scan). Forwards: the share of the "
+        "detector's seconds (statistics + check) spent inside the model's forward passes; the rest is statistics, "
+        "data and Python.",
         "",
-        "| detector | result | forwards | tokens | coverage | scan s | plain s | ratio |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| detector | result | forwards | tokens | coverage | statistics s | plain s | ratio | check s | in forwards |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, status, n, tok, cov, s, p, r in rows:
+    for name, status, n, tok, cov, st, p, ch, fwd in rows:
         cov_s = "-" if math.isnan(cov) else f"{cov:.0%}"
-        r_s = f"{r:.2f}x" if n else "- (shared data)"
-        lines.append(f"| {name} | {status} | {n} | {tok:,} | {cov_s} | {s:.2f} | {p:.2f} | {r_s} |")
-    seen_all = sum(rec.layer0_tokens.values())
-    cov_all = f"{total_tokens / seen_all:.0%}" if seen_all else "-"
-    lines += [f"| **all** | | {total_calls} | {total_tokens:,} | {cov_all} | {total_scan:.2f} | {total_plain:.2f} | "
-              f"**{ratio:.2f}x** |", "",
+        r_s = f"{st / p:.2f}x" if n and p > 0 else "- (shared data)"
+        share = f"{fwd / (st + ch):.0%}" if st + ch > 0 else "-"
+        lines.append(f"| {name} | {status} | {n} | {tok:,} | {cov_s} | {st:.1f} | {p:.1f} | {r_s} | {ch:.1f} | {share} |")
+    seen_all = sum(v for k, v in rec.layer0_tokens.items() if not k.endswith(":causal"))
+    cov_all = f"{tot['tokens'] / seen_all:.0%}" if seen_all else "-"
+    ratio = tot["stat"] / tot["plain"] if tot["plain"] > 0 else float("nan")
+    share = tot["fwd"] / (tot["stat"] + tot["check"]) if tot["stat"] + tot["check"] > 0 else float("nan")
+    lines += [f"| **all** | | {tot['calls']} | {tot['tokens']:,} | {cov_all} | {tot['stat']:.1f} | {tot['plain']:.1f} | "
+              f"**{ratio:.2f}x** | {tot['check']:.1f} | {share:.0%} |", "",
               "A detector with no forwards of its own reuses data another detector computed earlier in the scan"
               " (its time is then only its scoring).", ""]
-    if total_bad:
-        lines.append(f"{total_bad} recorded call(s) could not be replayed exactly (KV cache or embeddings); see bench_scan.py.")
+    if tot["bad"]:
+        lines.append(f"{tot['bad']} recorded call(s) could not be replayed exactly (KV cache or embeddings); see bench_scan.py.")
     text = "\n".join(lines)
     print(text)
     if not args.no_write:

@@ -145,14 +145,15 @@ def test_function_vector_full_path_on_random_model(m, monkeypatch):
 
 
 def test_function_vector_check_adds_the_vector(m, monkeypatch):
-    """The causal check adds the function vector: a planted 'labelled' set gives a CausalCheck with 20
-    random sets, and the vector changes p(answer) (nonzero effect)."""
+    """The causal check adds the function vector: a planted 'labelled' set gives a CausalCheck with every
+    other layer-matched set (4-head layers: 3 x 3 = 9 sets, exhaustive), and the vector changes p(answer)."""
     monkeypatch.setattr(fvmod, "MIN_ACCURACY", 0.0)
     cfg = ScanConfig(seed=0, quick=True)
     res = fvmod.run_function_vector(m, cfg)
     res.labelled = [(0, 1), (1, 2)]
     c = fvmod.fv_check(m, cfg, res)
-    assert c.kind == "add" and len(c.random_effects) == 20 and c.effect != 0 and 0 < c.p_value <= 1
+    assert c.kind == "add" and len(c.random_effects) == 15 and c.exhaustive and c.effect != 0 and 0 < c.p_value <= 1
+    assert all(sorted(la for la, _ in s) == [0, 1] for s in c.random_sets) and set(c.per_head) == {"L0H1", "L1H2"}
 
 
 def _fv_sim(rng, effects, n=16, noise=0.02):

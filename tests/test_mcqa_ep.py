@@ -214,7 +214,8 @@ def test_same_seed_bit_identical_one_shared_pass_and_causal_check(english):
     r = first["amplification"]
     r.labelled = [(1, 0)]
     c = get("amplification").causal(english, cfg, r)
-    assert c.kind == "mean" and len(c.random_effects) == 20 and 0 < c.p_value <= 1 and c.expected == "decrease"
+    assert c.kind == "mean" and len(c.random_effects) == 3 and c.exhaustive and 0 < c.p_value <= 1
+    assert c.expected == "decrease"
     assert np.isfinite(c.effect) and c.n_prompts == 8 and "colors" in c.description
 
 

@@ -206,7 +206,8 @@ def test_causal_checks_run_on_a_given_set(english):
     r.labelled = [(1, 0)]
     for fn in (ioi_check, mcqa_check):
         c = fn(english, cfg, r)
-        assert c.kind == "mean" and len(c.random_effects) == 20 and 0 < c.p_value <= 1 and c.expected == "decrease"
+        assert c.kind == "mean" and len(c.random_effects) == 3 and c.exhaustive and 0 < c.p_value <= 1
+        assert c.expected == "decrease" and c.p_floor == 0.25
         assert np.isfinite(c.effect) and c.n_prompts == 8
     assert get("constant").causal is mcqa_check and get("name_mover").causal is ioi_check
     assert isinstance(get("single_letter").causal, type(mcqa_check)) and LabelRule

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import headatlas
-from headatlas.detectors import ScanConfig, get
+from headatlas.detectors import ScanConfig, get, skipped_result
 from headatlas.detectors.patterns import retrieval as R
 from headatlas.errors import InputError
 from headatlas.tasks.needle import NeedleCase, needle_case, needle_cases
@@ -172,17 +172,26 @@ def test_planted_needle_copier_is_found_and_fact_copiers_are_not(english, monkey
     assert r.details["induction_overlap"] == {"heads": ["L1H2"], "n_retrieval": 1, "n_induction": 2, "jaccard": 0.5}
 
 
+def _given(m, heads):
+    """A retrieval result that labels ``heads`` (no statistics: the check only reads the labels)."""
+    r = skipped_result("retrieval", m.info.n_layers, m.info.n_heads, "", 0)
+    r.skipped, r.labelled = None, list(heads)
+    return r
+
+
 def test_causal_check_ablates_against_random_sets(english):
     cfg = ScanConfig(seed=0, quick=True, options={"retrieval_lengths": [200]})
-    result = SimpleNamespace(labelled=[(1, 2)], details={})
+    result = _given(english, [(1, 2)])
     c = R.needle_logprob_check(english, cfg, result)
-    assert c.ran and c.kind == "mean" and c.expected == "decrease" and len(c.random_effects) >= 20
+    # one tested head in a 4-head layer: every other head of the layer is a random set (exhaustive, floor 1/4)
+    assert c.ran and c.kind == "mean" and c.expected == "decrease" and c.exhaustive and len(c.random_effects) == 3
+    assert sorted(c.random_sets) == [((1, 0),), ((1, 1),), ((1, 3),)] and c.p_floor == 0.25
     assert np.isfinite(c.effect) and np.isfinite(c.baseline) and c.baseline < 0 and 0 < c.p_value <= 1
     g = result.details["causal_greedy"]
     assert g["n_prompts"] == c.n_prompts == 4 and g["exact_clean"] == g["exact_ablated"] == 0
-    z = R.needle_logprob_check(english, cfg, SimpleNamespace(labelled=[(1, 2)], details={}), kind="zero")
+    z = R.needle_logprob_check(english, cfg, _given(english, [(1, 2)]), kind="zero")
     assert z.kind == "zero" and z.effect != c.effect
-    assert R.needle_logprob_check(english, cfg, SimpleNamespace(labelled=[], details={})).kind == "none"
+    assert R.needle_logprob_check(english, cfg, _given(english, [])).kind == "none"
 
 
 @pytest.mark.slow

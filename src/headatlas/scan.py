@@ -1,17 +1,20 @@
 """``headatlas.scan``: run registered detectors on one model and collect their results in an :class:`Atlas`.
 
-The scan is resumable: with ``out`` set, each finished detector's result is written atomically
-to ``out/partial/<name>.json`` under a key that fingerprints the model (name, sizes, dtype, device
-and a digest of its weights), the seed, the scan settings and the detector's version; a rerun with
-the same key loads it instead of recomputing. At the end ``out/atlas.json`` and ``out/atlas.html``
-are written atomically.
+The scan runs in two phases. First every requested detector's statistics (its run: scores, null, p, q,
+labels; a detector whose statistic passes for more than a quarter of the heads is reported as distributed,
+:func:`headatlas.detectors.pools.mark_distributed`). Then the causal battery: each detector's check, which now
+sees every result of the scan (``ScanConfig.results``), so its random pool excludes the heads that any detector
+of its metric family labelled or found significant (:mod:`headatlas.detectors.causal`).
+
+The scan is resumable: with ``out`` set, each finished detector's statistics are written atomically to
+``out/partial/<name>.json`` and its check to ``out/partial/<name>.causal.json``, under keys of what each
+depends on (:mod:`headatlas.scanfiles`); a rerun with the same key loads them instead of recomputing. At the
+end ``out/atlas.json`` and ``out/atlas.html`` are written atomically.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import os
 import time
@@ -22,11 +25,15 @@ import numpy as np
 
 from .atlas import Atlas, DetectorMeta, schema
 from .detectors import base as registry
-from .atlas.records import PER_HEAD_FIELDS, no_causal_check
+from .atlas.records import PER_HEAD_FIELDS, CausalCheck, no_causal_check
 from .detectors.base import DetectorResult, ScanCache, ScanConfig, scan_order, skipped_result
+from .detectors.pools import mark_distributed, significant_heads
 from .checks import check_bool, check_callable, check_count, check_seed
 from .errors import HeadAtlasError, InputError, InputTypeError
 from .outdir import prepare_out, scan_lock, write_atlas_pair
+from .scanfiles import digest, load_partial, model_fingerprint, partial_path, write_partial
+
+__all__ = ["ScanProgress", "digest", "model_fingerprint", "resolve_detectors", "scan"]
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +43,11 @@ ProgressFn = Callable[[str, int, int], None]
 class ScanProgress:
     """Callbacks a scan makes (all optional; override the ones you need).
 
-    ``start(name, index, total)`` before detector ``index`` of ``total``; ``update(name, done, total)``
-    as the detector reports progress (``ScanConfig.progress``); ``finish(name, seconds, status)``
-    with status ``"done"``, ``"resumed"`` or ``"skipped: <reason>"``.
+    Phase 1 (statistics): ``start(name, index, total)`` before detector ``index`` of ``total``;
+    ``update(name, done, total)`` as the detector reports progress (``ScanConfig.progress``);
+    ``finish(name, seconds, status)`` with status ``"done"``, ``"resumed"`` or ``"skipped: <reason>"``.
+    Phase 2 (causal battery, the detectors whose check runs): ``check_start(name, index, total)`` and
+    ``check_finish(name, seconds, status)`` with status ``"done"`` or ``"resumed"``.
     """
 
     def start(self, name: str, index: int, total: int) -> None:
@@ -48,6 +57,12 @@ class ScanProgress:
         pass
 
     def finish(self, name: str, seconds: float, status: str) -> None:
+        pass
+
+    def check_start(self, name: str, index: int, total: int) -> None:
+        pass
+
+    def check_finish(self, name: str, seconds: float, status: str) -> None:
         pass
 
 
@@ -93,71 +108,6 @@ def resolve_detectors(detectors: str | Sequence[str] | None) -> list[str]:
     return names
 
 
-def model_fingerprint(m: Any) -> str:
-    """A digest of a loaded model's weights: per parameter its name, shape, dtype, sum, absolute sum and
-    a strided sample of values (cheap: one pass over the weights, no copies)."""
-    import torch
-
-    from .models.placement import named_weights
-
-    h = hashlib.sha256()
-    with torch.no_grad():
-        for name, p in named_weights(m.model):  # offloaded (device_map) weights are read back one module at a time
-            flat = p.detach().reshape(-1)
-            step = max(1, flat.numel() // 256)
-            h.update(f"{name}|{tuple(p.shape)}|{p.dtype}".encode())
-            h.update(flat[::step][:256].float().cpu().numpy().tobytes())
-            h.update(np.array([flat.float().sum().item(), flat.float().abs().sum().item()]).tobytes())
-    return h.hexdigest()[:20]
-
-
-def _canonical(obj: Any) -> Any:
-    if isinstance(obj, np.ndarray) or type(obj).__module__.startswith("torch"):
-        arr = np.asarray(obj.detach().cpu() if hasattr(obj, "detach") else obj)
-        return ["array", str(arr.dtype), list(arr.shape), hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()]
-    if isinstance(obj, dict):
-        return {str(k): _canonical(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
-    if isinstance(obj, (list, tuple)):
-        return [_canonical(v) for v in obj]
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    return repr(obj)
-
-
-def digest(obj: Any) -> str:
-    """A stable hex digest of a JSON-like object (arrays and tensors by their bytes)."""
-    text = json.dumps(_canonical(obj), sort_keys=True, default=repr)
-    return hashlib.sha256(text.encode()).hexdigest()[:24]
-
-
-def _partial_path(out: Path, name: str) -> Path:
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-    return out / "partial" / f"{safe}.json"
-
-
-def _load_partial(path: Path, key: str, name: str) -> tuple[DetectorResult, float, str] | None:
-    if not path.is_file():
-        return None
-    try:
-        doc = schema.read_json(path)
-        if not isinstance(doc, dict) or doc.get("schema") != schema.PARTIAL_SCHEMA or doc.get("key") != key:
-            return None
-        result = schema.result_from_dict(doc["result"], str(path))
-        if result.name != name:
-            return None
-        return result, float(doc.get("seconds", float("nan"))), str(doc.get("shared", ""))
-    except (HeadAtlasError, KeyError, TypeError, ValueError) as exc:
-        log.warning("ignoring unreadable partial result %s (%s); recomputing", path, exc)
-        return None
-
-
-def _write_partial(path: Path, key: str, meta: DetectorMeta, result: DetectorResult, seconds: float,
-                   shared: str) -> None:
-    doc = {"schema": schema.PARTIAL_SCHEMA, "key": key, "detector": meta.to_dict(), "seconds": seconds,
-           "shared": shared, "result": schema.result_to_dict(result)}
-    schema.atomic_write_text(path, schema.dumps(doc))
-
-
 def _check_result(result: Any, name: str, n_layers: int, n_heads: int) -> DetectorResult:
     if not isinstance(result, DetectorResult):
         raise HeadAtlasError(f"detector {name!r} returned {type(result).__name__}, not a DetectorResult")
@@ -170,16 +120,41 @@ def _check_result(result: Any, name: str, n_layers: int, n_heads: int) -> Detect
     return result
 
 
-def _causal(det: registry.Detector, m: Any, config: ScanConfig, result: DetectorResult, enabled: bool):
-    """The detector's causal check on its labels (None when disabled or nothing was labelled)."""
+def _needs_check(det: registry.Detector, result: DetectorResult) -> bool:
+    """Whether phase 2 runs a check for this result (a check, labels, not skipped or distributed)."""
+    return det.causal is not None and not result.skipped and bool(result.labelled)
+
+
+def _static_causal(det: registry.Detector, result: DetectorResult) -> CausalCheck | None:
+    """The causal record of a result whose check does not run: the no-metric reason, the distributed note, or None."""
+    if result.skipped:
+        return None
     if det.causal is None:
         return no_causal_check(det.no_causal)
-    if not enabled or not result.labelled:
-        return None
+    d = result.details.get("distributed")
+    if isinstance(d, dict):
+        return CausalCheck(metric=det.metric, kind="none",
+                           note=(f"distributed: {d['n_pass']} of {d['n_heads']} heads pass the statistic (more than "
+                                 f"{d['threshold']:.0%}): a property of the model, not of a few heads; no set-ablation "
+                                 "check"))
+    return None
+
+
+def _run_check(det: registry.Detector, m: Any, config: ScanConfig, result: DetectorResult) -> CausalCheck:
+    """The detector's causal check (the check's data may not fit the model: then a record saying so)."""
     try:
-        return det.causal(m, config, result)
+        return det.causal(m, config, result)  # type: ignore[misc]
     except InputError as exc:   # the check's data does not fit this model (e.g. no English tokenizer)
         return no_causal_check(f"the causal check could not run on this model: {exc}")
+
+
+def _check_key(stat_key: str, det: registry.Detector, results: dict[str, DetectorResult]) -> str:
+    """What a check depends on: its detector's statistics (``stat_key``) and the clean pool's inputs, the
+    labelled and significant heads of every detector of its metric family in this scan."""
+    family = registry.same_metric(det.name) or (det.name,)
+    pool = {n: digest([sorted(map(tuple, results[n].labelled)), sorted(significant_heads(results[n])),
+                       bool(results[n].skipped)]) for n in family if n in results}
+    return digest({"statistics": stat_key, "pool": pool, "phase": "causal"})
 
 
 def _attach_token_view(det: registry.Detector, m: Any, config: ScanConfig, result: DetectorResult) -> None:
@@ -261,31 +236,38 @@ def _run_scan(model: Any, names: list[str], *, seed: int, quick: bool, out_dir: 
     info = m.info.to_dict()
     fingerprint = model_fingerprint(m)
     settings = {"quick": bool(quick), "n_prompts": n_prompts, "batch_size": int(batch_size), "causal": bool(causal)}
-    common_key = {"model": info, "weights": fingerprint, "seed": int(seed), "settings": settings,
+    common_key = {"model": info, "weights": fingerprint, "seed": int(seed),
+                  "settings": {k: v for k, v in settings.items() if k != "causal"},
                   "options": options or {}, "schema": schema.PARTIAL_SCHEMA}
     n_layers, n_heads = m.info.n_layers, m.info.n_heads
 
     results: dict[str, DetectorResult] = {}
     metas: dict[str, DetectorMeta] = {}
     timings: dict[str, float] = {}
+    keys: dict[str, str] = {}
     shared_notes: dict[str, str] = {}
     cache = ScanCache()
+
+    def config_for(name: str, results: dict[str, DetectorResult]) -> ScanConfig:
+        return ScanConfig(seed=int(seed), n_prompts=n_prompts, batch_size=int(batch_size), quick=bool(quick),
+                          progress=lambda done, total, _n=name: prog.update(_n, done, total),
+                          options=dict(options or {}), results=results, cache=cache)
+
+    # ---- phase 1: every detector's statistics
     for index, name in enumerate(names):
         det = registry.get(name)
         meta = DetectorMeta.from_detector(det)
-        key = digest({**common_key, "detector": name, "version": int(det.version), "causal": bool(causal),
+        key = digest({**common_key, "detector": name, "version": int(det.version), "phase": "statistics",
                       "requires": {d: digest([results[d].labelled, results[d].scores]) for d in det.requires
                                    if d in results}})
         prog.start(name, index, len(names))
-        path = _partial_path(out_dir, name) if out_dir is not None else None
-        loaded = _load_partial(path, key, name) if (path is not None and resume) else None
+        path = partial_path(out_dir, name) if out_dir is not None else None
+        loaded = load_partial(path, key, name) if (path is not None and resume) else None
         if loaded is not None:
             result, seconds, shared = loaded
             status = "resumed"
         else:
-            config = ScanConfig(seed=int(seed), n_prompts=n_prompts, batch_size=int(batch_size), quick=bool(quick),
-                                progress=lambda done, total, _n=name: prog.update(_n, done, total),
-                                options=dict(options or {}), results=dict(results), cache=cache)
+            config = config_for(name, dict(results))
             cache.current = name
             t0 = time.perf_counter()
             try:
@@ -293,19 +275,46 @@ def _run_scan(model: Any, names: list[str], *, seed: int, quick: bool, out_dir: 
             except InputError as exc:
                 result = skipped_result(name, n_layers, n_heads, str(exc), int(seed))
             if not result.skipped:
-                result.causal = _causal(det, m, config, result, causal)
+                mark_distributed(result)
                 _attach_token_view(det, m, config, result)
             seconds = time.perf_counter() - t0
             shared = _shared_note(det, cache, name)
             status = "done"
             if path is not None:
-                _write_partial(path, key, meta, result, seconds, shared)
+                write_partial(path, key, meta, result, seconds, shared)
         if shared:
             shared_notes[name] = shared
         if result.skipped:
             status = f"skipped: {result.skipped}"
-        results[name], metas[name], timings[name] = result, meta, seconds
+        results[name], metas[name], timings[name], keys[name] = result, meta, seconds, key
         prog.finish(name, seconds, status)
+
+    # ---- phase 2: the causal battery, each check seeing every result (its family's clean pool)
+    checked = [n for n in names if causal and _needs_check(registry.get(n), results[n])]
+    for name in names:
+        if name not in checked:
+            results[name].causal = _static_causal(registry.get(name), results[name])
+    for index, name in enumerate(checked):
+        det = registry.get(name)
+        key = _check_key(keys[name], det, results)
+        prog.check_start(name, index, len(checked))
+        path = partial_path(out_dir, name, "causal") if out_dir is not None else None
+        loaded = load_partial(path, key, name) if (path is not None and resume) else None
+        if loaded is not None:
+            result, seconds, _ = loaded
+            status = "resumed"
+        else:
+            result = results[name]
+            cache.current = name
+            t0 = time.perf_counter()
+            result.causal = _run_check(det, m, config_for(name, dict(results)), result)
+            seconds = time.perf_counter() - t0
+            status = "done"
+            if path is not None:
+                write_partial(path, key, metas[name], result, seconds, "")
+        results[name] = result
+        timings[name] += seconds
+        prog.check_finish(name, seconds, status)
 
     model_info = {**info, "fingerprint": fingerprint, "source": m.source}
     if options:

@@ -403,6 +403,11 @@ class Atlas:
             if r.skipped:
                 lines.append(f"  {name} [{m.stage}]: skipped: {r.skipped}")
                 continue
+            dist = r.details.get("distributed")
+            if isinstance(dist, dict):
+                lines.append(f"  {name} [{m.stage}]: distributed: {dist.get('n_pass')} of {dist.get('n_heads')} heads pass "
+                             "the statistic (not specific to a few heads; no labels, no set-ablation check)")
+                continue
             tops = self.top_heads(name, top)
             if not tops:
                 lines.append(f"  {name} [{m.stage}]: none found{self.best_head_hint(name)}")

@@ -99,6 +99,7 @@ ATTENTION_DEFINED = "attention-defined"  # no behavioural metric exists: the att
 STATUSES: tuple[str, ...] = (CONFIRMED, UNCONFIRMED, ATTENTION_DEFINED)
 STAGED_STATUSES: tuple[str, ...] = (CONFIRMED, ATTENTION_DEFINED)   # the labels that place a head in a stage
 CAUSAL_FDR = 0.05   # the BH level across all the atlas's causal checks
+PER_HEAD_SHARE = 0.5   # a tested head's own change must reach half of an equal share of its set's change
 
 
 @dataclass(frozen=True)
@@ -150,17 +151,23 @@ class CausalCheck:
 
     @property
     def passed(self) -> bool:
-        """The check ran on at least one head and its BH q across the atlas is <= :data:`CAUSAL_FDR`."""
+        """The check ran on at least one head, the tested set moved the metric the expected way (a check that
+        changed nothing never passes, whatever its random sets did) and its BH q across the atlas is <=
+        :data:`CAUSAL_FDR`."""
         return (self.ran and bool(self.heads) and math.isfinite(self.q_value) and self.q_value <= CAUSAL_FDR
-                and math.isfinite(self.effect))
+                and math.isfinite(self.effect) and self.sign * self.effect > 0)
 
     def head_supports(self, head: str) -> bool:
-        """Whether head ``"L23H0"``'s own ablation moves the metric in the expected direction (True where no
-        per-head number was measured: the set-level check is then the only evidence)."""
+        """Whether head ``"L23H0"`` carries its part of the set: its own change (ablated alone) goes the expected
+        way by at least :data:`PER_HEAD_SHARE` of an equal share of the set's change
+        (``sign * own >= PER_HEAD_SHARE * sign * effect / n_heads`` and ``sign * own > 0``). A set carried by
+        one head confirms that head, not the inert heads beside it. True where no per-head number was measured
+        (heads beyond the check's per-head cap: the set-level check is then the only evidence)."""
         if head not in self.per_head:
             return True
         x = self.per_head[head]
-        return math.isfinite(x) and self.sign * x > 0
+        need = PER_HEAD_SHARE * self.sign * self.effect / max(1, len(self.heads))
+        return math.isfinite(x) and self.sign * x > 0 and self.sign * x >= need
 
     @property
     def intervention(self) -> str:

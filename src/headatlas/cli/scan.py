@@ -27,11 +27,13 @@ out_console = Console()
 
 
 class RichScanProgress(ScanProgress):
-    """One rich progress bar per detector (its ``ScanConfig.progress`` ticks drive the bar)."""
+    """One rich progress bar per detector (its ``ScanConfig.progress`` ticks drive the bar); the causal battery,
+    which runs after every detector's statistics, adds its status to the same line."""
 
     def __init__(self, progress: Progress, names: list[str]) -> None:
         self.progress = progress
         self.tasks = {n: progress.add_task(n, total=None, start=False) for n in names}
+        self.done: dict[str, str] = {}
 
     def start(self, name: str, index: int, total: int) -> None:
         self.progress.start_task(self.tasks[name])
@@ -48,6 +50,17 @@ class RichScanProgress(ScanProgress):
         self.progress.update(task, total=total, completed=total,
                              description=f"[bold]{safe(name)}[/] [{colour}]{safe(short)}[/] ({seconds:.1f} s)")
         self.progress.stop_task(task)
+        self.done[name] = f"[{colour}]{short}[/] ({seconds:.1f} s)"
+
+    def check_start(self, name: str, index: int, total: int) -> None:
+        task = self.tasks[name]
+        self.progress.update(task, description=f"[bold]{name}[/] {self.done.get(name, '')}; causal check "
+                                               f"({index + 1}/{total}) ...")
+
+    def check_finish(self, name: str, seconds: float, status: str) -> None:
+        colour = "green" if status == "done" else "cyan"
+        self.progress.update(self.tasks[name], description=f"[bold]{name}[/] {self.done.get(name, '')}; causal check "
+                                                           f"[{colour}]{status}[/] ({seconds:.1f} s)")
 
 
 def default_out(model: str) -> Path:
@@ -82,6 +95,11 @@ def _summary_row(atlas, name: str, top: int) -> list[Text]:
     cells = [Text(terminal_text(name), style="bold"), Text(terminal_text(atlas.meta[name].stage))]
     if r.skipped:
         return cells + [Text("skipped", style="yellow"), Text(terminal_text(r.skipped), style="dim"), Text("")]
+    dist = atlas.distributed().get(name)
+    if dist:
+        return cells + [Text("distributed", style="cyan"),
+                        Text(f"{dist['n_pass']} of {dist['n_heads']} heads pass the statistic (no labels)", style="dim"),
+                        _causal_cell(r.causal)]
     tops = atlas.top_heads(name, top)
     if not tops:
         hint = terminal_text(atlas.best_head_hint(name).strip().removeprefix("(").removesuffix(")"))

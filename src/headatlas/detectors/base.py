@@ -118,6 +118,9 @@ class Detector:
     - ``causal``: ``fn(model, config, result) -> CausalCheck`` ablating the labelled heads against
       random head sets on the head type's behaviour; or ``no_causal`` — the reason no behavioural
       metric exists (then the atlas says so);
+    - ``behaviour``: ``fn(model, config, result) -> Behaviour``, what the causal check measures (prompts,
+      metric, expected direction, intervention; :mod:`headatlas.detectors.behaviours`): any head set can run
+      on it (the specificity of a head type: ablate its set, measure every family's metric);
     - ``example``: ``fn(model, config) -> token ids [S]`` of one of the detector's own prompts; the scan
       draws its top labelled heads' attention on it as the report's token view;
     - ``version``: bump when the definition changes (stored in every record; resume keys on it);
@@ -159,6 +162,7 @@ class Detector:
     metric: str = ""
     options: tuple[Option, ...] = ()
     options_rule: Callable[[dict[str, Any]], None] | None = None
+    behaviour: Callable[["LoadedModel", ScanConfig, DetectorResult], Any] | None = None
 
 
 # The kinds of evidence a label can rest on; detectors/<kind>/ holds the detectors of each kind.
@@ -214,6 +218,8 @@ def register(detector: Detector) -> Detector:
     if not detector.metric and detector.causal is not None:
         raise InputError(f"detector {detector.name!r} has a causal check but no metric family: declare metric=")
     check_declarations(detector, all_detectors())
+    if detector.behaviour is not None and detector.causal is None:
+        raise InputError(f"detector {detector.name!r} declares a behaviour but no causal check")
     _REGISTRY[detector.name] = detector
     return detector
 

@@ -1,129 +1,121 @@
-"""Causal checks for labels, and per-head effect maps turned into detector results.
+"""Causal checks for labels (v3), and per-head effect maps turned into detector results.
 
-A label is a claim that the model's behaviour depends on the head. :func:`ablation_check` ablates
-the labelled set (mean ablation by default, zero as an option) and ``n_random`` random sets of the
-same size drawn from matched layers (each labelled head is replaced by a random unlabelled head of
-the same layer, or of the nearest layer that has one), and compares the change of a behavioural
-metric. The p-value is the rank of the labelled change among the random ones:
-``(1 + #{random change at least as large in the expected direction}) / (1 + n_random)``.
+A label is a claim that the model's behaviour depends on the head. :func:`set_check` runs a detector's
+:class:`~headatlas.detectors.behaviours.Behaviour` with the intervention on
 
-:func:`effect_map_result` turns any method's per-head, per-prompt effects (patching, attribution,
-DLA) into a :class:`DetectorResult` with a sign-flip null, p, q, CI and labels.
+- the tested set (the labelled heads, or their ``top`` most significant for a steering check);
+- :data:`~headatlas.detectors.pools.N_SETS` layer-matched random sets from the clean pool (every head labelled,
+  or significant in the rule's direction, by any detector of the same metric family is out of it;
+  :mod:`headatlas.detectors.pools`), or every distinct set when fewer exist;
+- each of the tested set's :data:`PER_HEAD` most significant heads alone (``CausalCheck.per_head``);
+
+all as batch rows of shared passes (:func:`headatlas.detectors.setruns.measure`). The p-value is the rank of the
+tested change among the random ones, ``(1 + #{random change at least as large in the expected direction}) /
+(1 + n_sets)``; the atlas corrects it across all its checks (Benjamini-Hochberg -> ``CausalCheck.q_value``).
+The scan gives a check every detector's results (``ScanConfig.results``), so the pool can be clean.
+
+:func:`effect_map_result` turns any method's per-head, per-prompt effects (patching, attribution, DLA) into a
+:class:`DetectorResult` with a sign-flip null, p, q, CI and labels.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import numpy as np
-import torch
 
 from .. import stats
 from ..atlas.records import CausalCheck, DetectorResult, LabelRule
-from ..instrument import HeadEdit, Taps, instrumented
+from . import base as registry
+from .behaviours import Behaviour
+from .pools import N_SETS, clean_pool, matched_sets
+from .setruns import measure
 
 if TYPE_CHECKING:
     from ..models import LoadedModel
+    from .base import ScanConfig
 
-N_RANDOM = 20
-BehaviourFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]   # (logits [b, S, V], rows [b]) -> [b]
-
-
-def matched_random_sets(heads: Sequence[tuple[int, int]], n_layers: int, n_heads: int, n_sets: int,
-                        rng: np.random.Generator) -> list[list[tuple[int, int]]]:
-    """``n_sets`` random head sets, each the size of ``heads``, layer-matched: every labelled head in
-    layer ``l`` is replaced by a distinct unlabelled head of layer ``l`` (or of the nearest layer with
-    one left). When the model has fewer unlabelled heads than labelled ones, labelled heads fill in."""
-    labelled = set(map(tuple, heads))
-    out = []
-    for _ in range(n_sets):
-        free = {la: [h for h in range(n_heads) if (la, h) not in labelled] for la in range(n_layers)}
-        for la in free:
-            rng.shuffle(free[la])
-        chosen: list[tuple[int, int]] = []
-        for la, _h in heads:
-            for dist in range(n_layers):
-                cands = [x for x in (la - dist, la + dist) if 0 <= x < n_layers and free[x]]
-                if cands:
-                    x = cands[int(rng.integers(len(cands)))]
-                    chosen.append((x, free[x].pop()))
-                    break
-            else:   # every unlabelled head is taken: fill with labelled heads not yet chosen
-                rest = [lh for lh in sorted(labelled) if lh not in chosen]
-                chosen.append(rest[int(rng.integers(len(rest)))])
-        out.append(chosen)
-    return out
+PER_HEAD = 16   # heads ablated alone per check (the most significant of the tested set)
+BehaviourFn = Callable[["LoadedModel", "ScanConfig", DetectorResult], Behaviour]
+Report = Callable[[np.ndarray, np.ndarray, np.ndarray], str]   # (clean [U], tested [U], random [n, U]) -> note
 
 
-def ablation_check(m: LoadedModel, heads: Sequence[tuple[int, int]], ids: torch.Tensor, fn: BehaviourFn, *,
-                   metric: str, expected: str, seed: int, description: str, kind: str = "mean",
-                   n_random: int = N_RANDOM, batch_size: int = 8, keep_last: int | None = None) -> CausalCheck:
-    """Ablate ``heads`` and ``n_random`` layer-matched random sets on prompts ``ids [B, S]``.
-
-    ``fn(logits, rows) -> [b]`` is the behaviour per prompt (``rows`` index ``ids``); with ``keep_last``
-    only the last ``keep_last`` positions are unembedded (``logits [b, keep_last, V]``), which is where a
-    large vocabulary costs. ``expected`` is ``"increase"`` (e.g. a loss) or ``"decrease"`` (a log-prob, a
-    logit difference) under ablation of the real heads. Mean ablation replaces a head's output by its
-    mean over ``ids`` at the same position (one capture pass serves every head set)."""
-    if expected not in ("increase", "decrease"):
-        raise ValueError(f"expected must be 'increase' or 'decrease', got {expected!r}")
-    if kind not in ("mean", "zero"):
-        raise ValueError(f"causal checks use mean or zero ablation, not {kind!r}")
-    heads = [(int(a), int(b)) for a, b in heads]
-    if not heads:
-        return CausalCheck(metric=metric, kind="none", note="no heads were labelled: nothing to ablate",
-                           description=description)
-    means = _position_means(m, ids, batch_size) if kind == "mean" else None
-
-    def run(hs: list[tuple[int, int]]) -> np.ndarray:
-        return _run_edits(m, ids, fn, _edits(hs, kind, means), batch_size, keep_last)
-
-    clean = run([])
-    labelled = run(heads)
-    rng = stats.rng_for(seed, f"causal:{metric}")
-    sets = matched_random_sets(heads, m.info.n_layers, m.info.n_heads, n_random, rng)
-    random_changes = [float(np.mean(run(s) - clean)) for s in sets]
-    effect = float(np.mean(labelled - clean))
-    sign = 1.0 if expected == "increase" else -1.0
-    hits = sum(1 for r in random_changes if sign * r >= sign * effect)
-    return CausalCheck(metric=metric, kind=kind, heads=tuple(heads), effect=effect,
-                       random_effects=tuple(random_changes), p_value=(1 + hits) / (1 + len(random_changes)),
-                       n_prompts=int(ids.shape[0]), baseline=float(np.mean(clean)), expected=expected,
-                       description=description)
+def family_of(name: str) -> tuple[str, tuple[str, ...]]:
+    """``(family, members)`` of a registered detector (itself included); ``("", (name,))`` when it is not
+    registered (a check built by hand)."""
+    try:
+        det = registry.get(name)
+    except Exception:   # noqa: BLE001 -- an unregistered name: its own pool only
+        return "", (name,)
+    return det.metric, registry.same_metric(name) or (name,)
 
 
-def _position_means(m: LoadedModel, ids: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
-    """Per layer, every head's output averaged over the prompts at each position: ``[1, S, H, d_head]``."""
-    sums: list[torch.Tensor] = []
-    for s in range(0, ids.shape[0], batch_size):
-        with torch.no_grad(), instrumented(m, taps=Taps(z=True)) as rec:
-            m.model(input_ids=ids[s:s + batch_size].to(m.device), use_cache=False, logits_to_keep=1)
-        part = [rec.z(layer).sum(0, keepdim=True) for layer in range(m.info.n_layers)]
-        sums = part if not sums else [a + b for a, b in zip(sums, part)]
-    return [x / ids.shape[0] for x in sums]
+def tested_heads(result: DetectorResult, top: int | None = None) -> list[tuple[int, int]]:
+    """The heads a check intervenes on: the labelled heads (most significant first), or their first ``top``."""
+    heads = [(int(a), int(b)) for a, b in result.labelled]
+    return heads if top is None else heads[:top]
 
 
-def _edits(heads: list[tuple[int, int]], kind: str, means: list[torch.Tensor] | None) -> list[HeadEdit]:
-    by_layer: dict[int, list[int]] = {}
-    for layer, head in heads:
-        by_layer.setdefault(layer, []).append(head)
-    if kind == "zero":
-        return [HeadEdit(layer, hs, "zero") for layer, hs in by_layer.items()]
-    assert means is not None
-    return [HeadEdit(layer, hs, "patch", source=means[layer]) for layer, hs in by_layer.items()]
+def set_check(m: LoadedModel, cfg: ScanConfig, result: DetectorResult, behaviour: Behaviour, *,
+              heads: Sequence[tuple[int, int]] | None = None, n_sets: int = N_SETS,
+              members: Sequence[str] | None = None, results: Mapping[str, DetectorResult] | None = None,
+              note: str = "", report: Report | None = None) -> CausalCheck:
+    """The v3 causal check of ``result`` on ``behaviour`` (module docstring).
+
+    ``heads``: the tested set (default: every labelled head); ``members``: the detectors whose heads leave the
+    pool (default: the metric family of ``result.name``); ``results``: every result of the scan (default
+    ``cfg.results`` plus ``result``); ``report(clean [U], tested [U], random [n_sets, U]) -> note``: a note from
+    the per-unit values (e.g. answer rates), appended to ``note``."""
+    tested = [(int(a), int(b)) for a, b in (result.labelled if heads is None else heads)]
+    family, fam_members = family_of(result.name)
+    members = tuple(fam_members if members is None else members)
+    if not tested:
+        return CausalCheck(metric=behaviour.metric, kind="none", note="no heads were labelled: nothing to ablate",
+                           description=behaviour.description, expected=behaviour.expected)
+    everyone = {**dict(cfg.results if results is None else results), result.name: result}
+    shape = (m.info.n_layers, m.info.n_heads)
+    pool = clean_pool(everyone, members, shape, tested=tested, family=family,
+                      attention_layers=getattr(m.info, "attention_layers", None))
+    rng = stats.rng_for(cfg.seed, f"causal:{result.name}")
+    drawn = matched_sets(tested, pool.free, rng, n_sets)
+    if not drawn.sets:
+        return CausalCheck(metric=behaviour.metric, kind="none", heads=tuple(tested), expected=behaviour.expected,
+                           description=behaviour.description, pool=pool.describe(),
+                           note="no other layer-matched set can be drawn from the clean pool: nothing to compare with")
+    singles = tested[:PER_HEAD] if len(tested) > 1 else []
+    sets = [tuple(tested)] + [(h,) for h in singles] + list(drawn.sets)
+    clean, values = measure(m, behaviour, sets, batch_size=cfg.batch_size)
+    change = (values - clean[None]).mean(1)                                  # [n_sets]
+    effect = float(change[0])
+    per_head = {_name(h): float(x) for h, x in zip(singles, change[1:1 + len(singles)])}
+    if len(tested) == 1:
+        per_head = {_name(tested[0]): effect}           # a set of one head: the set's change is the head's own
+    rand = change[1 + len(singles):]
+    if report is not None:
+        note = "; ".join(x for x in (note, report(clean, values[0], values[1 + len(singles):])) if x)
+    sign = 1.0 if behaviour.expected == "increase" else -1.0
+    hits = int(np.sum(sign * rand >= sign * effect))
+    capped = (f"; per-head numbers for the {len(singles)} most significant of {len(tested)} tested heads "
+              "(the others rest on the set's check)") if len(tested) > len(singles) > 0 else ""
+    return CausalCheck(metric=behaviour.metric, kind=behaviour.kind, heads=tuple(tested), effect=effect,
+                       random_effects=tuple(float(x) for x in rand), p_value=(1 + hits) / (1 + len(rand)),
+                       n_prompts=behaviour.n_prompts, baseline=float(np.mean(clean)), expected=behaviour.expected,
+                       description=behaviour.description, note=note, random_sets=tuple(drawn.sets),
+                       exhaustive=drawn.exhaustive, per_head=per_head,
+                       pool=f"{pool.describe()}; {drawn.describe()}{capped}")
 
 
-def _run_edits(m: LoadedModel, ids: torch.Tensor, fn: BehaviourFn, edits: list, batch_size: int,
-               keep_last: int | None) -> np.ndarray:
-    """``[B]`` the behaviour of every prompt with ``edits`` applied (none: the clean run)."""
-    out = []
-    kw = {} if keep_last is None else {"logits_to_keep": int(keep_last)}
-    for s in range(0, ids.shape[0], batch_size):
-        e = min(s + batch_size, ids.shape[0])
-        with torch.no_grad(), instrumented(m, edits=edits):
-            logits = m.model(input_ids=ids[s:e].to(m.device), use_cache=False, **kw).logits
-        out.append(fn(logits.float(), torch.arange(s, e)).detach().cpu().double().numpy())
-    return np.concatenate(out)
+def _name(h: tuple[int, int]) -> str:
+    return f"L{h[0]}H{h[1]}"
+
+
+def behaviour_check(make: BehaviourFn, *, top: int | None = None) -> Callable[..., CausalCheck]:
+    """A detector's ``causal=`` from its ``behaviour=`` function: ``fn(m, cfg, result) -> CausalCheck`` running
+    :func:`set_check` on the labelled heads (their ``top`` most significant when given). A detector whose check
+    needs nothing else registers ``causal=behaviour_check(make), behaviour=make``."""
+    def check(m: LoadedModel, cfg: ScanConfig, result: DetectorResult) -> CausalCheck:
+        return set_check(m, cfg, result, make(m, cfg, result), heads=tested_heads(result, top))
+    return check
 
 
 def effect_map_result(name: str, per_prompt: np.ndarray, rule: LabelRule, *, seed: int, data_description: str,

@@ -105,10 +105,9 @@ def capture_heads(m: LoadedModel, rows: Sequence[Sequence[int]], positions: np.n
     return Captured(feats, arg)
 
 
-def completion_logodds(m: LoadedModel, pairs: Sequence[tuple[str, str, str]], edits: Sequence[Any] = (), *,
-                       batch_size: int = 16) -> np.ndarray:
-    """``[n]``: log P(``good`` | prefix) - log P(``bad`` | prefix) (teacher-forced sums over the completion's
-    tokens; completions are encoded after a space) for ``(prefix, good, bad)`` triples, with ``edits``."""
+def completion_rows(m: LoadedModel, pairs: Sequence[tuple[str, str, str]]) -> tuple[list[list[int]], list[tuple[int, int]]]:
+    """Token rows of ``(prefix, good, bad)`` triples, two per triple (prefix + " good", prefix + " bad"; BOS first
+    where the tokenizer has one), and each row's completion span ``(start, end)``."""
     bos = bos_id(m.tokenizer)
     rows, spans = [], []
     for prefix, good, bad in pairs:
@@ -119,6 +118,14 @@ def completion_logodds(m: LoadedModel, pairs: Sequence[tuple[str, str, str]], ed
                 raise InputError(f"the completion {comp!r} tokenizes to no tokens for this tokenizer")
             rows.append(head + tail)
             spans.append((len(head), len(head) + len(tail)))
+    return rows, spans
+
+
+def completion_logodds(m: LoadedModel, pairs: Sequence[tuple[str, str, str]], edits: Sequence[Any] = (), *,
+                       batch_size: int = 16) -> np.ndarray:
+    """``[n]``: log P(``good`` | prefix) - log P(``bad`` | prefix) (teacher-forced sums over the completion's
+    tokens; completions are encoded after a space) for ``(prefix, good, bad)`` triples, with ``edits``."""
+    rows, spans = completion_rows(m, pairs)
     out = np.zeros(len(rows))
     pad = pad_id(m.tokenizer)
     order = sorted(range(0, len(rows), 2), key=lambda i: len(rows[i]))     # pairs stay together

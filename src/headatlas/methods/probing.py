@@ -19,7 +19,8 @@ from ..tasks.labelled import ProbeData, as_probe_data, check_probe_data, load_pr
 from ..tasks.statements import statement_probe_data
 from .inputs import as_loaded
 from .iti import ITI, iti
-from .probe_capture import Captured, capture_heads, completion_logodds, resolve_positions, token_rows
+from .probe_capture import (Captured, capture_heads, completion_logodds, completion_rows, resolve_positions,
+                            token_rows)
 from .probe_fit import (N_PERM, N_PERM_LOGISTIC, ProbeMethod, ProbeResult, grouped_folds, mass_mean_directions,
                         permute_labels, probe_correct, probe_detector_result, probe_features)
 
@@ -54,6 +55,6 @@ def probe(model: Any, dataset: Any = None, position: int = -1, *, n_folds: int =
 
 
 __all__ = ["Captured", "ITI", "N_PERM", "N_PERM_LOGISTIC", "ProbeData", "ProbeMethod", "ProbeResult", "as_probe_data",
-           "capture_heads", "check_probe_data", "completion_logodds", "grouped_folds", "iti", "load_probe_data",
+           "capture_heads", "check_probe_data", "completion_logodds", "completion_rows", "grouped_folds", "iti", "load_probe_data",
            "mass_mean_directions", "permute_labels", "probe", "probe_correct", "probe_data", "probe_detector_result",
            "probe_features", "resolve_positions", "token_rows"]

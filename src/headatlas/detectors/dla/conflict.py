@@ -29,7 +29,7 @@ from looking like memory heads: their contributions cancel within a pair, and th
 Label: q <= 0.05 and effect >= ``MIN_EFFECT`` logits (a head that moves ``LD`` by 0.1 logit carries a
 few percent of the model's typical |LD| of 1-3 logits on these prompts).
 
-Causal check: mean ablation (over the held-out prompts, per position) of the labelled set and 20
+Causal check: mean ablation (over the held-out prompts, per position) of the labelled set and 99
 layer-matched random sets on held-out conflict pairs (another seed: another matching of the same known
 facts, so other counterfactuals) -- removing memory heads should lower ``LD`` (``expected="decrease"``),
 removing context heads should raise it. The memory-answer rate before and after ablation (and the random
@@ -39,7 +39,8 @@ sets' median) goes into the check's ``note`` and ``details["causal_rates"]``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from functools import partial
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -47,12 +48,12 @@ import torch
 from ... import stats
 from ...atlas.records import CausalCheck
 from ...errors import InputError
-from ...instrument import HeadEdit
 from ...methods.dla import dla_by_source
 from ...tasks.conflict import ConflictBatch, Fact, all_facts, closed_book_ids, conflict_batch
 from ...tasks.text import check_english
 from ..base import NOT_FOUND, Detector, DetectorResult, LabelRule, ScanConfig, SharedPass, register
-from ..causal import _edits, _position_means, _run_edits, effect_map_result, matched_random_sets
+from ..behaviours import Behaviour, HeadOp, per_prompt
+from ..causal import effect_map_result, set_check
 
 if TYPE_CHECKING:
     from ...models import LoadedModel
@@ -60,7 +61,6 @@ if TYPE_CHECKING:
 MIN_EFFECT = 0.1          # logits of logit(memory) - logit(context) moved by one head
 MIN_PAIRS = 8             # fewer conflict pairs than this: the sign-flip null has too few units
 EVAL_SEED_OFFSET = 1000   # causal-check prompts use another matching of the facts
-N_RANDOM = 20
 CAUSAL_PAIRS = 12         # held-out pairs of the causal check (22 ablated runs over them)
 CAUSAL_PAIRS_QUICK = 6
 
@@ -230,66 +230,38 @@ def run_context(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
 
 # ------------------------------------------------------------------------------------------ causal check
 
-@dataclass
-class SetRuns:
-    """Per-prompt behaviour ``[B]`` clean, with the labelled set edited, and with each random set edited."""
-
-    clean: np.ndarray
-    labelled: np.ndarray
-    random: list[np.ndarray]
-    sets: list[list[tuple[int, int]]]
-
-
-def edited_set_runs(m: LoadedModel, heads: Sequence[tuple[int, int]], ids: torch.Tensor,
-                    fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                    edits_for: Callable[[list[tuple[int, int]]], list[HeadEdit]], *, seed: int, salt: str,
-                    batch_size: int, keep: int | None = None, n_random: int = N_RANDOM) -> SetRuns:
-    """Run ``fn`` clean, with ``edits_for(heads)`` and with ``edits_for`` of ``n_random`` layer-matched random
-    sets (``keep``: unembed only the last ``keep`` positions, see :func:`causal.ablation_check`)."""
-    heads = [(int(a), int(b)) for a, b in heads]
-    sets = matched_random_sets(heads, m.info.n_layers, m.info.n_heads, n_random, stats.rng_for(seed, salt))
-    run = lambda hs: _run_edits(m, ids, fn, edits_for(hs), batch_size, keep)  # noqa: E731
-    return SetRuns(clean=run([]), labelled=run(heads), random=[run(s) for s in sets], sets=sets)
-
-
-def set_runs_check(runs: SetRuns, heads: Sequence[tuple[int, int]], *, metric: str, kind: str, expected: str,
-                   description: str, note: str = "") -> CausalCheck:
-    """A :class:`CausalCheck` from :class:`SetRuns` (p = rank of the labelled change among the random ones)."""
-    effect = float(np.mean(runs.labelled - runs.clean))
-    rand = [float(np.mean(r - runs.clean)) for r in runs.random]
-    sign = 1.0 if expected == "increase" else -1.0
-    hits = sum(1 for r in rand if sign * r >= sign * effect)
-    return CausalCheck(metric=metric, kind=kind, heads=tuple((int(a), int(b)) for a, b in heads), effect=effect,
-                       random_effects=tuple(rand), p_value=(1 + hits) / (1 + len(rand)),
-                       n_prompts=int(runs.clean.shape[0]), baseline=float(np.mean(runs.clean)), expected=expected,
-                       description=description, note=note)
-
-
-def rates(runs: SetRuns) -> dict[str, float]:
-    """Memory-answer rates (``LD > 0``) clean, with the labelled set ablated, and the random sets' median."""
+def rates(clean: np.ndarray, tested: np.ndarray, random: np.ndarray) -> dict[str, float]:
+    """Memory-answer rates (``LD > 0``) clean, with the tested set ablated, and the random sets' median."""
     rate = lambda x: float(np.mean(x > 0))  # noqa: E731
-    return {"memory_rate_clean": rate(runs.clean), "memory_rate_ablated": rate(runs.labelled),
-            "memory_rate_random_median": float(np.median([rate(r) for r in runs.random])) if runs.random else float("nan")}
+    return {"memory_rate_clean": rate(clean), "memory_rate_ablated": rate(tested),
+            "memory_rate_random_median": float(np.median([rate(r) for r in random])) if len(random) else float("nan")}
 
 
-def conflict_check(m: LoadedModel, cfg: ScanConfig, result: DetectorResult, *, expected: str) -> CausalCheck:
+def conflict_behaviour(m: LoadedModel, cfg: ScanConfig, result: DetectorResult | None = None, *,
+                       expected: str = "decrease") -> Behaviour:
+    """logit(memory) - logit(context) at the last token of held-out conflict pairs (seed + 1000: another
+    answer-swapped matching of the known facts); ablating memory heads lowers it, context heads raise it
+    (``result`` is not read)."""
     st = cfg.shared(CONFLICT_PASS, m)
     seed = cfg.seed + EVAL_SEED_OFFSET
     batch = conflict_batch(m.tokenizer, st.kept, seed=seed, closed_book=st.batch.closed_book,
                            max_pairs=CAUSAL_PAIRS_QUICK if cfg.quick else CAUSAL_PAIRS)
     metric = "logit(memory answer) - logit(context answer)"
-    means = _position_means(m, batch.ids, cfg.batch_size)
-    runs = edited_set_runs(m, result.labelled, batch.ids, conflict_ld(batch), lambda hs: _edits(hs, "mean", means),
-                           seed=cfg.seed, salt=f"causal:{result.name}", batch_size=cfg.batch_size,
-                           keep=keep_last(batch.last, batch.ids.shape[1]))
-    r = rates(runs)
-    result.details["causal_rates"] = r
-    return set_runs_check(
-        runs, result.labelled, metric=metric, kind="mean", expected=expected,
-        description=(f"{metric} at the last token of {len(batch)} held-out conflict prompts (seed {seed}: another "
-                     "answer-swapped matching of the known facts), mean ablation over those prompts per position"),
-        note=(f"memory-answer rate {r['memory_rate_clean']:.2f} clean -> {r['memory_rate_ablated']:.2f} with the labelled "
-              f"heads ablated (random sets: median {r['memory_rate_random_median']:.2f})"))
+    return Behaviour(family="memory vs context", metric=metric, expected=expected, ids=batch.ids,
+                     score=per_prompt(conflict_ld(batch)), keep=keep_last(batch.last, batch.ids.shape[1]),
+                     intervention=HeadOp("mean"),
+                     description=(f"{metric} at the last token of {len(batch)} held-out conflict prompts (seed {seed}: "
+                                  "another answer-swapped matching of the known facts), mean ablation over those "
+                                  "prompts per position"))
+
+
+def conflict_check(m: LoadedModel, cfg: ScanConfig, result: DetectorResult, *, expected: str) -> CausalCheck:
+    def report(clean: np.ndarray, tested: np.ndarray, random: np.ndarray) -> str:
+        r = rates(clean, tested, random)
+        result.details["causal_rates"] = r
+        return (f"memory-answer rate {r['memory_rate_clean']:.2f} clean -> {r['memory_rate_ablated']:.2f} with the "
+                f"labelled heads ablated (random sets: median {r['memory_rate_random_median']:.2f})")
+    return set_check(m, cfg, result, conflict_behaviour(m, cfg, result, expected=expected), report=report)
 
 
 def memory_check(m: LoadedModel, cfg: ScanConfig, result: DetectorResult) -> CausalCheck:
@@ -309,8 +281,9 @@ _CITE = "Jin et al. 2024, arXiv 2402.18154; Yu, Merullo & Pavlick 2023, arXiv 23
 MEMORY = register(Detector(
     name="memory", evidence="dla", metric="memory vs context", stage="KR", method="direct logit attribution (knowledge conflict)",
     summary="pushes the model's memorised answer over a conflicting answer given in the context",
-    citation=_CITE, run=run_memory, uses=(CONFLICT_PASS,), causal=memory_check, example=_example, default=False))
+    citation=_CITE, run=run_memory, uses=(CONFLICT_PASS,), causal=memory_check, behaviour=conflict_behaviour, example=_example, default=False))
 CONTEXT = register(Detector(
     name="context", evidence="dla", metric="memory vs context", stage="ICI", method="direct logit attribution (knowledge conflict)",
     summary="pushes the answer given in the context over the model's memorised answer",
-    citation=_CITE, run=run_context, uses=(CONFLICT_PASS,), causal=context_check, example=_example, default=False))
+    citation=_CITE, run=run_context, uses=(CONFLICT_PASS,), causal=context_check,
+    behaviour=partial(conflict_behaviour, expected="increase"), example=_example, default=False))

@@ -57,7 +57,8 @@ from ...errors import InputError
 from ...methods.dla import dla_by_source
 from ...tasks.facts import FactBatch, controls, fact_batch, split
 from ..base import NOT_FOUND, Detector, DetectorResult, LabelRule, ScanConfig, SharedPass, register
-from ..causal import ablation_check
+from ..behaviours import Behaviour, HeadOp, at_positions, per_prompt, token_logprob
+from ..causal import set_check
 
 if TYPE_CHECKING:
     from ...models import LoadedModel
@@ -259,24 +260,26 @@ def _run(name: str):
     return run
 
 
-def facts_check(m: LoadedModel, cfg: ScanConfig, result: DetectorResult, *, kind: str = "mean") -> CausalCheck:
-    """Ablate the labelled heads: does log p(attribute) on the held-out facts fall more than for random heads?"""
+def facts_behaviour(m: LoadedModel, cfg: ScanConfig, result: DetectorResult | None = None, *,
+                    kind: str = "mean") -> Behaviour:
+    """log p of the attribute's first token at the last position of the held-out facts the model gets right
+    (``result`` is not read)."""
     fp = cfg.shared(FACTS_PASS, m)
     ev = fp.batch.subset(fp.eval_rows)
-    keep = int(ev.ids.shape[1] - ev.last.min())                              # unembed only the positions needed
-    last, attr = ev.last - (ev.ids.shape[1] - keep), ev.attribute
+    S = ev.ids.shape[1]
+    keep = int(S - ev.last.min())                              # unembed only the positions needed
+    return Behaviour(family="attribute log-prob", metric="log p(attribute)", expected="decrease", ids=ev.ids,
+                     score=per_prompt(at_positions(ev.last, S, keep, token_logprob(ev.attribute))), keep=keep,
+                     intervention=HeadOp(kind),
+                     description=(f"log p of the attribute's first token at the last position of {len(fp.eval_rows)} "
+                                  f"held-out facts the model gets right (seed {cfg.seed}); {kind} ablation over those "
+                                  "prompts per position (right-padded prompts of unequal length: positions past a "
+                                  "prompt's end are padding)"))
 
-    def logp_attr(logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        r = rows.cpu()
-        lg = logits[torch.arange(len(r)), last[r].to(logits.device)].float()
-        return torch.log_softmax(lg, -1).gather(1, attr[r].to(lg.device)[:, None])[:, 0]
 
-    return ablation_check(m, result.labelled, ev.ids, logp_attr, metric="log p(attribute)", expected="decrease",
-                          seed=cfg.seed, kind=kind, batch_size=max(cfg.batch_size, 16), keep_last=keep,
-                          description=(f"log p of the attribute's first token at the last position of {len(fp.eval_rows)} "
-                                       f"held-out facts the model gets right (seed {cfg.seed}); {kind} ablation over those "
-                                       "prompts per position (right-padded prompts of unequal length: positions past a "
-                                       "prompt's end are padding)"))
+def facts_check(m: LoadedModel, cfg: ScanConfig, result: DetectorResult, *, kind: str = "mean") -> CausalCheck:
+    """Ablate the labelled heads: does log p(attribute) on the held-out facts fall more than for random heads?"""
+    return set_check(m, cfg, result, facts_behaviour(m, cfg, kind=kind))
 
 
 def _example(m: LoadedModel, cfg: ScanConfig) -> torch.Tensor:
@@ -287,12 +290,12 @@ def _example(m: LoadedModel, cfg: ScanConfig) -> torch.Tensor:
 SUBJECT = register(Detector(
     name="subject", evidence="dla", metric="attribute log-prob", stage="ICI", method="direct logit attribution split by source position (facts)",
     summary="at the last token, the head moves the subject's information and it raises that subject's attribute directly",
-    citation=CITATION, run=_run("subject"), uses=(FACTS_PASS,), causal=facts_check, example=_example, default=False))
+    citation=CITATION, run=_run("subject"), uses=(FACTS_PASS,), causal=facts_check, behaviour=facts_behaviour, example=_example, default=False))
 RELATION = register(Detector(
     name="relation", evidence="dla", metric="attribute log-prob", stage="ICI", method="direct logit attribution split by source position (facts)",
     summary="at the last token, the head moves the relation tokens' information and raises answers of the right kind",
-    citation=CITATION, run=_run("relation"), uses=(FACTS_PASS,), causal=facts_check, example=_example, default=False))
+    citation=CITATION, run=_run("relation"), uses=(FACTS_PASS,), causal=facts_check, behaviour=facts_behaviour, example=_example, default=False))
 MIXED = register(Detector(
     name="mixed", evidence="dla", metric="attribute log-prob", stage="EP", method="direct logit attribution split by source position (facts)",
     summary="the head's direct push to the attribute comes from both the subject and the relation tokens (additive)",
-    citation=CITATION, run=_run("mixed"), uses=(FACTS_PASS,), causal=facts_check, example=_example, default=False))
+    citation=CITATION, run=_run("mixed"), uses=(FACTS_PASS,), causal=facts_check, behaviour=facts_behaviour, example=_example, default=False))

@@ -27,7 +27,8 @@ from ...methods import engine
 from ...methods.dla import capture_final_residual, direct_logit_effect
 from ...tasks.icl import class_batch
 from ..base import NOT_FOUND, Detector, DetectorResult, LabelRule, ScanConfig, register
-from ..causal import ablation_check, effect_map_result
+from ..behaviours import Behaviour, HeadOp, at_positions, per_prompt, token_logit_diff
+from ..causal import effect_map_result, set_check
 
 if TYPE_CHECKING:
     from ...models import LoadedModel
@@ -124,24 +125,25 @@ def run_in_context(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
     return res
 
 
-def ic_check(m: LoadedModel, cfg: ScanConfig, result: DetectorResult) -> CausalCheck:
+def ic_behaviour(m: LoadedModel, cfg: ScanConfig, result: DetectorResult) -> Behaviour:
+    """The foo/bar classification logit difference at the last token of held-out prompts of the kept class pairs."""
     n = _n(cfg, 6, 16)
     seed = cfg.seed + EVAL_SEED_OFFSET
-    pairs = result.details.get("kept_pairs")
-    b = class_batch(m.tokenizer, n, K_SHOT if not cfg.quick else 4, seed=seed, pairs=pairs)
+    b = class_batch(m.tokenizer, n, K_SHOT if not cfg.quick else 4, seed=seed, pairs=result.details.get("kept_pairs"))
+    S = b.ids.shape[1]
+    fn = at_positions(torch.full((b.ids.shape[0],), S - 1), S, 1, token_logit_diff(b.correct, b.other))
+    return Behaviour(family="in-context task", metric="logit(correct label) - logit(other label)", expected="decrease",
+                     ids=b.ids, score=per_prompt(fn), keep=1, intervention=HeadOp("zero"),
+                     description=(f"foo/bar classification logit difference at the last token of {n} held-out prompts "
+                                  f"(seed {seed}) of the class pairs kept for detection, zero ablation"))
 
-    def fn(logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        last = logits[:, -1]
-        c, o = b.correct.to(last.device)[rows], b.other.to(last.device)[rows]
-        return last.gather(1, c[:, None])[:, 0] - last.gather(1, o[:, None])[:, 0]
-    return ablation_check(m, result.labelled, b.ids, fn, metric="logit(correct label) - logit(other label)",
-                          expected="decrease", seed=cfg.seed, kind="zero", batch_size=cfg.batch_size, keep_last=1,
-                          description=(f"foo/bar classification logit difference at the last token of {n} held-out "
-                                       f"prompts (seed {seed}) of the class pairs kept for detection, zero ablation"))
+
+def ic_check(m: LoadedModel, cfg: ScanConfig, result: DetectorResult) -> CausalCheck:
+    return set_check(m, cfg, result, ic_behaviour(m, cfg, result))
 
 
 IN_CONTEXT = register(Detector(
     name="in_context", evidence="dla", metric="in-context task", stage="LR", method="direct logit attribution + zero ablation",
     summary="a head whose last-token output writes the label the in-context mapping assigns (foo/bar classification)",
-    citation="Yu & Ananiadou 2024, arXiv 2402.02872", run=run_in_context, causal=ic_check, default=False,
+    citation="Yu & Ananiadou 2024, arXiv 2402.02872", run=run_in_context, causal=ic_check, behaviour=ic_behaviour, default=False,
     version=3))

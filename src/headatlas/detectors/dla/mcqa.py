@@ -54,7 +54,8 @@ from ...methods.dla import dla_by_source
 from ...tasks.mcqa import MCQABatch, mcqa_batch
 from ...tasks.text import check_english
 from ..base import Detector, DetectorResult, LabelRule, ScanConfig, SharedPass, register
-from ..causal import ablation_check
+from ..behaviours import Behaviour, HeadOp, at_positions, per_prompt
+from ..causal import set_check
 from ..options import Option
 
 if TYPE_CHECKING:
@@ -386,34 +387,53 @@ def run_correct_letter(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
                    null="sign flips of the per-prompt swap contrasts")
 
 
-def mcqa_check(m: LoadedModel, cfg: ScanConfig, result: DetectorResult, *, kind: str = "mean",
-               fmt: tuple[str, int, int] | None = None) -> CausalCheck:
-    """Ablate the labelled heads on held-out prompts of format ``fmt`` = ``(topic, shots, n_options)`` (default
-    :data:`CHECK_FORMAT`, the letter heads' prompts; the EP heads pass their scan's format): does the MCQA logit
-    difference fall more than for random heads?"""
+def mcqa_behaviour(batch: MCQABatch, answers: torch.Tensor, *, kind: str, description: str) -> Behaviour:
+    """logit(correct letter) - mean logit(other letters) at each prompt's final position (the MCQA checks)."""
+    S = batch.ids.shape[1]
+    keep = S - int(batch.final_pos.min())
+
+    def letters(lg: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        ll = lg[:, answers.to(lg.device)]
+        c = ll.gather(1, batch.correct[p].to(ll.device)[:, None])[:, 0]
+        return c - (ll.sum(1) - c) / (ll.shape[1] - 1)
+
+    return Behaviour(family="MCQA logit difference", metric="MCQA logit difference (correct letter - mean other letters)",
+                     expected="decrease", ids=batch.ids, score=per_prompt(at_positions(batch.final_pos, S, keep, letters)),
+                     keep=keep, intervention=HeadOp(kind), description=description)
+
+
+def letters_behaviour(m: LoadedModel, cfg: ScanConfig, result: DetectorResult | None = None, *,
+                      kind: str = "mean", fmt: tuple[str, int, int] | None = None) -> Behaviour:
+    """The MCQA logit difference on held-out prompts (seed + 1000) of format ``fmt`` = ``(topic, shots,
+    n_options)`` (default :data:`CHECK_FORMAT`, the letter heads' prompts; the EP heads pass their scan's format);
+    ``result`` is not read."""
     n = 8 if cfg.quick else 16
     seed = cfg.seed + EVAL_SEED_OFFSET
     topic, shots, n_options = fmt or CHECK_FORMAT
     batch = mcqa_batch(m.tokenizer, n, seed=seed, topic=topic, shots=shots, n_options=n_options)
-    answers = answer_letter_ids(m.tokenizer, batch)
-    return ablation_check(m, result.labelled, batch.ids, mcqa_logit_diff(batch, answers),
-                          metric="MCQA logit difference (correct letter - mean other letters)", expected="decrease",
-                          seed=cfg.seed, kind=kind, batch_size=cfg.batch_size,
+    return mcqa_behaviour(batch, answer_letter_ids(m.tokenizer, batch), kind=kind,
                           description=(f"logit(correct letter) - mean logit(other letters) at the final token of {n} "
                                        f"held-out {topic} MCQA prompts ({shots}-shot, {n_options} options, seed "
                                        f"{seed}), {kind} ablation over those prompts per position"))
+
+
+def mcqa_check(m: LoadedModel, cfg: ScanConfig, result: DetectorResult, *, kind: str = "mean",
+               fmt: tuple[str, int, int] | None = None) -> CausalCheck:
+    """Ablate the labelled heads on held-out prompts of format ``fmt`` (:func:`letters_behaviour`): does the MCQA
+    logit difference fall more than for random heads?"""
+    return set_check(m, cfg, result, letters_behaviour(m, cfg, result, kind=kind, fmt=fmt))
 
 
 _CITE = "Lieberum et al. 2023, arXiv 2307.09458"
 CONSTANT = register(Detector(
     name="constant", evidence="dla", metric="MCQA logit difference", stage="KR", method="DLA output heads + attention pattern (MCQA)",
     summary="an MCQA output head whose final-token attention is spread evenly over the option letters",
-    citation=_CITE, run=run_constant, uses=(MCQA_PASS,), options=MCQA_OPTIONS, causal=mcqa_check))
+    citation=_CITE, run=run_constant, uses=(MCQA_PASS,), options=MCQA_OPTIONS, causal=mcqa_check, behaviour=letters_behaviour))
 SINGLE_LETTER = register(Detector(
     name="single_letter", evidence="dla", metric="MCQA logit difference", stage="KR", method="DLA output heads + attention pattern (MCQA)",
     summary="an MCQA output head whose final-token attention sits on one fixed option letter regardless of the answer",
-    citation=_CITE, run=run_single_letter, uses=(MCQA_PASS,), options=MCQA_OPTIONS, causal=mcqa_check))
+    citation=_CITE, run=run_single_letter, uses=(MCQA_PASS,), options=MCQA_OPTIONS, causal=mcqa_check, behaviour=letters_behaviour))
 CORRECT_LETTER = register(Detector(
     name="correct_letter", evidence="dla", metric="MCQA logit difference", stage="LR", method="DLA output heads + attention pattern (MCQA)",
     summary="an MCQA output head whose final-token attention goes to the correct option letter",
-    citation=_CITE, run=run_correct_letter, uses=(MCQA_PASS,), options=MCQA_OPTIONS, causal=mcqa_check, version=3))
+    citation=_CITE, run=run_correct_letter, uses=(MCQA_PASS,), options=MCQA_OPTIONS, causal=mcqa_check, behaviour=letters_behaviour, version=3))

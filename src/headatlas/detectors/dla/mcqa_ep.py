@@ -54,8 +54,9 @@ from ...methods.dla import capture_final_residual, dla_by_source, readout
 from ...tasks.mcqa import LETTERS, TOPICS, MCQABatch, mcqa_batch
 from ...tasks.text import check_english
 from ..base import NOT_FOUND, Detector, DetectorResult, LabelRule, ScanConfig, SharedPass, register
+from ..behaviours import Behaviour
 from ..options import Option
-from .mcqa import answer_letter_ids, mcqa_check, swap_contrast
+from .mcqa import answer_letter_ids, letters_behaviour, mcqa_check, swap_contrast
 
 if TYPE_CHECKING:
     from ...models import LoadedModel
@@ -250,6 +251,13 @@ def run_amplification(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
                                 details=st.common_details())
 
 
+def ep_behaviour(m: LoadedModel, cfg: ScanConfig, result: DetectorResult | None = None, *,
+                 kind: str = "mean") -> Behaviour:
+    """The MCQA logit difference on held-out prompts of the scan's format (:func:`mcqa_format`; seed + 1000;
+    ``result`` is not read)."""
+    return letters_behaviour(m, cfg, result, kind=kind, fmt=mcqa_format(cfg))
+
+
 def ep_check(m: LoadedModel, cfg: ScanConfig, result: DetectorResult, *, kind: str = "mean") -> CausalCheck:
     """:func:`~headatlas.detectors.dla.mcqa.mcqa_check` on held-out prompts of the scan's format
     (:func:`mcqa_format`)."""
@@ -260,4 +268,4 @@ _LIEBERUM = "Lieberum et al. 2023, arXiv 2307.09458"
 AMPLIFICATION = register(Detector(
     name="amplification", evidence="dla", metric="MCQA logit difference", stage="EP", method="DLA with answer-swapped contrast + attention pattern (MCQA)",
     summary="raises the correct option letter's logit at the final token without reading the options",
-    citation=_LIEBERUM, run=run_amplification, uses=(EP_PASS,), options=EP_OPTIONS, causal=ep_check))
+    citation=_LIEBERUM, run=run_amplification, uses=(EP_PASS,), options=EP_OPTIONS, causal=ep_check, behaviour=ep_behaviour))

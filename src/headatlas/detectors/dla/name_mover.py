@@ -44,7 +44,8 @@ from ...errors import InputError
 from ...methods.dla import dla_by_source
 from ...tasks.ioi import TEMPLATES, IOIBatch, ioi_batch
 from ..base import Detector, DetectorResult, LabelRule, ScanConfig, SharedPass, register
-from ..causal import ablation_check
+from ..behaviours import Behaviour, HeadOp, at_positions, per_prompt, token_logit_diff
+from ..causal import set_check
 from ..options import Option
 
 if TYPE_CHECKING:
@@ -218,30 +219,31 @@ def run(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
                                           "templates (ABBA/BABA balanced); END = the final token"))
 
 
+def ioi_behaviour(m: LoadedModel, cfg: ScanConfig, result: DetectorResult | None = None, *, kind: str = "mean",
+                  expected: str = "decrease") -> Behaviour:
+    """logit(IO) - logit(S) at END of held-out IOI prompts (seed + 1000, one template); name movers and S-inhibition
+    heads hold it up (ablating them lowers it), negative name movers hold it down (``result`` is not read)."""
+    seed = cfg.seed + EVAL_SEED_OFFSET
+    b = ioi_batches(m, 8 if cfg.quick else 16, seed, n_templates=1)[0]
+    S = b.clean_ids.shape[1]
+    fn = at_positions(torch.full((b.clean_ids.shape[0],), S - 1), S, 1, token_logit_diff(b.io_ids, b.s_ids))
+    return Behaviour(family="IOI logit difference", metric="IOI logit difference (IO - S)", expected=expected,
+                     ids=b.clean_ids, score=per_prompt(fn), keep=1, intervention=HeadOp(kind),
+                     description=(f"logit(IO) - logit(S) at END of {b.clean_ids.shape[0]} held-out IOI prompts (seed "
+                                  f"{seed}, template {b.template!r}), {kind} ablation over those prompts per position"))
+
+
 def ioi_check(m: LoadedModel, cfg: ScanConfig, result: DetectorResult, *, kind: str = "mean",
               expected: str = "decrease") -> CausalCheck:
     """Ablate the labelled heads: does the IOI logit difference fall (``expected="decrease"``; rise for
     negative name movers) more than for random heads?"""
-    seed = cfg.seed + EVAL_SEED_OFFSET
-    b = ioi_batches(m, 8 if cfg.quick else 16, seed, n_templates=1)[0]
-    io, s = b.io_ids, b.s_ids
-
-    def logit_diff(logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        last = logits[:, -1]
-        r = rows.cpu()
-        return last.gather(1, io[r].to(last.device)[:, None])[:, 0] - last.gather(1, s[r].to(last.device)[:, None])[:, 0]
-
-    return ablation_check(m, result.labelled, b.clean_ids, logit_diff, metric="IOI logit difference (IO - S)",
-                          expected=expected, seed=cfg.seed, kind=kind, batch_size=cfg.batch_size,
-                          description=(f"logit(IO) - logit(S) at END of {b.clean_ids.shape[0]} held-out IOI prompts "
-                                       f"(seed {seed}, template {b.template!r}), {kind} ablation over those prompts "
-                                       "per position"))
+    return set_check(m, cfg, result, ioi_behaviour(m, cfg, kind=kind, expected=expected))
 
 
 DETECTOR = register(Detector(
     name="name_mover", evidence="dla", metric="IOI logit difference", stage="ICI", method="direct logit attribution + attention (IOI)",
     summary="END attends to the indirect object and the head's output raises logit(IO) - logit(S) directly",
-    citation="Wang et al. 2022, arXiv 2211.00593", run=run, causal=ioi_check, uses=(IOI_PASS,), version=4,
+    citation="Wang et al. 2022, arXiv 2211.00593", run=run, causal=ioi_check, behaviour=ioi_behaviour, uses=(IOI_PASS,), version=4,
     options=(Option("mover_patching", "choice", "attribution", "patching of every head that confirms the DLA "
                     "(attribution: first-order, one backward pass; exact: one forward per head; none: skip it)",
                     choices=("attribution", "exact", "none")),),

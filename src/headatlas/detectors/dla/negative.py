@@ -54,7 +54,7 @@ accuracy on the balanced items (true and false, both orders).
 
 Causal check: scaling the labelled heads' outputs by ``SCALE`` (0: removed; HeadEdit ``scale``) on
 held-out Yes/No items (seed + 1000, 6 groups, 24 prompts) lowers the mean ``logit(No) - logit(Yes)`` (the No bias) more than the same
-edit of 20 layer-matched random sets (``expected="decrease"``); the No rate and accuracy before and after
+edit of 99 layer-matched random sets from the clean pool (``expected="decrease"``); the No rate and accuracy before and after
 go into the note and ``details["causal_rates"]``.
 """
 
@@ -69,11 +69,13 @@ import torch
 from ... import stats
 from ...atlas.records import CausalCheck
 from ...errors import InputError
-from ...instrument import HeadEdit, Taps, instrumented
+from ...instrument import Taps, instrumented
 from ...tasks.text import check_english
 from ...tasks.yesno import OPTION_PAIRS, YesNoBatch, frequency_gaps, yesno_batch
 from ..base import Detector, DetectorResult, LabelRule, ScanConfig, register
-from .conflict import edited_set_runs, keep_last, set_runs_check
+from ..behaviours import Behaviour, HeadOp, per_prompt
+from ..causal import set_check
+from .conflict import keep_last
 
 if TYPE_CHECKING:
     from ...models import LoadedModel
@@ -271,33 +273,34 @@ def no_gap(batch: YesNoBatch):
     return fn
 
 
-def _scaled(heads: list[tuple[int, int]]) -> list[HeadEdit]:
-    by_layer: dict[int, list[int]] = {}
-    for la, h in heads:
-        by_layer.setdefault(la, []).append(h)
-    return [HeadEdit(la, hs, "scale", value=SCALE) for la, hs in by_layer.items()]
+def negative_behaviour(m: LoadedModel, cfg: ScanConfig, result: DetectorResult | None = None) -> Behaviour:
+    """Mean logit(No) - logit(Yes) at the answer position of held-out balanced Yes/No items (seed + 1000); scaling
+    negative heads' outputs by ``SCALE`` lowers the No bias."""
+    seed = cfg.seed + EVAL_SEED_OFFSET
+    batch = yesno_batch(m.tokenizer, 3 if cfg.quick else 6, seed=seed, pairs=OPTION_PAIRS[:1])
+    return Behaviour(family="yes/no bias", metric="logit(No) - logit(Yes)", expected="decrease", ids=batch.ids,
+                     score=per_prompt(no_gap(batch)), keep=keep_last(batch.last, batch.ids.shape[1]),
+                     intervention=HeadOp("scale", factor=SCALE),
+                     description=(f"mean logit(No) - logit(Yes) at the answer position of {len(batch)} held-out balanced "
+                                  f"yes/no prompts (seed {seed}); heads' outputs scaled by {SCALE:g}"))
 
 
 def negative_check(m: LoadedModel, cfg: ScanConfig, result: DetectorResult) -> CausalCheck:
-    seed = cfg.seed + EVAL_SEED_OFFSET
-    batch = yesno_batch(m.tokenizer, 3 if cfg.quick else 6, seed=seed, pairs=OPTION_PAIRS[:1])
-    runs = edited_set_runs(m, result.labelled, batch.ids, no_gap(batch), _scaled, seed=cfg.seed,
-                           salt="causal:negative", batch_size=cfg.batch_size,
-                           keep=keep_last(batch.last, batch.ids.shape[1]))
-    truth = batch.truth.numpy()
-    no_rate = lambda x: float(np.mean(x > 0))  # noqa: E731
-    acc = lambda x: float(np.mean((x > 0) != truth))  # noqa: E731
-    r = {"no_rate_clean": no_rate(runs.clean), "no_rate_edited": no_rate(runs.labelled),
-         "no_rate_random_median": float(np.median([no_rate(x) for x in runs.random])),
-         "accuracy_clean": acc(runs.clean), "accuracy_edited": acc(runs.labelled),
-         "accuracy_random_median": float(np.median([acc(x) for x in runs.random]))}
-    result.details["causal_rates"] = r
-    return set_runs_check(
-        runs, result.labelled, metric="logit(No) - logit(Yes)", kind="scale", expected="decrease",
-        description=(f"mean logit(No) - logit(Yes) at the answer position of {len(batch)} held-out balanced yes/no "
-                     f"prompts (seed {seed}); heads' outputs scaled by {SCALE:g}"),
-        note=(f"No rate {r['no_rate_clean']:.2f} -> {r['no_rate_edited']:.2f} (random sets: median "
-              f"{r['no_rate_random_median']:.2f}); accuracy {r['accuracy_clean']:.2f} -> {r['accuracy_edited']:.2f}"))
+    beh = negative_behaviour(m, cfg, result)
+    truth = yesno_batch(m.tokenizer, 3 if cfg.quick else 6, seed=cfg.seed + EVAL_SEED_OFFSET,
+                        pairs=OPTION_PAIRS[:1]).truth.numpy()
+
+    def report(clean: np.ndarray, tested: np.ndarray, random: np.ndarray) -> str:
+        no_rate = lambda x: float(np.mean(x > 0))  # noqa: E731
+        acc = lambda x: float(np.mean((x > 0) != truth))  # noqa: E731
+        r = {"no_rate_clean": no_rate(clean), "no_rate_edited": no_rate(tested),
+             "no_rate_random_median": float(np.median([no_rate(x) for x in random])),
+             "accuracy_clean": acc(clean), "accuracy_edited": acc(tested),
+             "accuracy_random_median": float(np.median([acc(x) for x in random]))}
+        result.details["causal_rates"] = r
+        return (f"No rate {r['no_rate_clean']:.2f} -> {r['no_rate_edited']:.2f} (random sets: median "
+                f"{r['no_rate_random_median']:.2f}); accuracy {r['accuracy_clean']:.2f} -> {r['accuracy_edited']:.2f}")
+    return set_check(m, cfg, result, beh, report=report)
 
 
 def _example(m: LoadedModel, cfg: ScanConfig) -> torch.Tensor:
@@ -308,5 +311,5 @@ def _example(m: LoadedModel, cfg: ScanConfig) -> torch.Tensor:
 NEGATIVE = register(Detector(
     name="negative", evidence="dla", metric="yes/no bias", stage="KR", method="scoring (negative attention score)",
     summary="attends from the question to the word 'No' named in a yes/no instruction, whatever the question",
-    citation="Yu et al. 2024, arXiv 2408.00137", run=run_negative, causal=negative_check, example=_example,
+    citation="Yu et al. 2024, arXiv 2408.00137", run=run_negative, causal=negative_check, behaviour=negative_behaviour, example=_example,
     requires=("rare_words",), default=False, version=3))

@@ -18,6 +18,7 @@ version 1 used 32, too few to label smollm2's L24H4).
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -25,7 +26,7 @@ import numpy as np
 from ... import stats
 from ...atlas.records import CausalCheck
 from ..base import Detector, DetectorResult, LabelRule, ScanConfig, register
-from .name_mover import IOI_PASS, MIN_DLA, attends_io, ioi_check
+from .name_mover import IOI_PASS, MIN_DLA, attends_io, ioi_behaviour, ioi_check
 
 if TYPE_CHECKING:
     from ...models import LoadedModel
@@ -70,5 +71,5 @@ NEGATIVE = register(Detector(
     name="negative_name_mover", evidence="dla", metric="IOI logit difference", stage="ICI", method="direct logit attribution + attention (IOI)",
     summary="END attends to the indirect object and the head's output lowers logit(IO) - logit(S) (copy suppression)",
     citation="Wang et al. 2022, arXiv 2211.00593; McDougall et al. 2023, arXiv 2310.04625", run=run_negative,
-    uses=(IOI_PASS,), causal=negative_check, version=2,
+    uses=(IOI_PASS,), causal=negative_check, behaviour=partial(ioi_behaviour, expected="increase"), version=2,
 ))

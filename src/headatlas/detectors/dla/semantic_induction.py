@@ -40,7 +40,8 @@ from ...errors import InputError
 from ...methods.dla import dla_by_source
 from ...tasks.relations import RelationBatch, relation_batch, split_pairs, TEMPLATES
 from ..base import NOT_FOUND, Detector, DetectorResult, LabelRule, ScanConfig, register
-from ..causal import ablation_check
+from ..behaviours import Behaviour, HeadOp, at_positions, per_prompt
+from ..causal import set_check
 
 if TYPE_CHECKING:
     from ...models import LoadedModel
@@ -131,25 +132,31 @@ def run(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
                            details={"relations": sorted(set(relations)), "n_pairs": len(det_rows)})
 
 
-def semantic_check(m: LoadedModel, cfg: ScanConfig, result: DetectorResult, *, kind: str = "mean") -> CausalCheck:
-    """Ablate the labelled heads on the held-out pairs: does log p(tail) - mean log p(control tails) fall?"""
+def semantic_behaviour(m: LoadedModel, cfg: ScanConfig, result: DetectorResult | None = None, *,
+                       kind: str = "mean") -> Behaviour:
+    """log p(tail) - mean log p(control tails of the same relation) on held-out (head, tail) pairs in one carrier
+    (``result`` is not read)."""
     _, ev_rows = split_pairs(m.tokenizer, seed=cfg.seed)
     bs = batches(m, ev_rows, cfg.seed + 1000)
     b = bs[0]        # one carrier (its prompts differ only in the head word): mean ablation per position
-    keep = int(b.ids.shape[1] - b.query.min())
-    last = b.query - (b.ids.shape[1] - keep)
+    S = b.ids.shape[1]
+    keep = int(S - b.query.min())
 
-    def contrast(logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        r = rows.cpu()
-        lp = torch.log_softmax(logits[torch.arange(len(r)), last[r].to(logits.device)].float(), -1)
-        return (lp.gather(1, b.tail[r].to(lp.device)[:, None])[:, 0]
-                - lp.gather(1, b.controls[r].to(lp.device)).mean(1))
+    def contrast(lg: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        lp = torch.log_softmax(lg, -1)
+        return lp.gather(1, b.tail[p].to(lp.device)[:, None])[:, 0] - lp.gather(1, b.controls[p].to(lp.device)).mean(1)
 
-    return ablation_check(m, result.labelled, b.ids, contrast, metric="log p(tail) - mean log p(control tails)",
-                          expected="decrease", seed=cfg.seed, kind=kind, batch_size=max(cfg.batch_size, 16), keep_last=keep,
-                          description=(f"{b.ids.shape[0]} held-out (head, tail) pairs in carrier {TEMPLATES[0]!r}, "
-                                       f"controls = {K_CONTROLS} tails of the same relation (seed {cfg.seed + 1000}); "
-                                       f"{kind} ablation per position"))
+    return Behaviour(family="relation tail log-prob", metric="log p(tail) - mean log p(control tails)",
+                     expected="decrease", ids=b.ids, score=per_prompt(at_positions(b.query, S, keep, contrast)),
+                     keep=keep, intervention=HeadOp(kind),
+                     description=(f"{b.ids.shape[0]} held-out (head, tail) pairs in carrier {TEMPLATES[0]!r}, controls = "
+                                  f"{K_CONTROLS} tails of the same relation (seed {cfg.seed + 1000}); {kind} ablation per "
+                                  "position"))
+
+
+def semantic_check(m: LoadedModel, cfg: ScanConfig, result: DetectorResult, *, kind: str = "mean") -> CausalCheck:
+    """Ablate the labelled heads on the held-out pairs: does log p(tail) - mean log p(control tails) fall?"""
+    return set_check(m, cfg, result, semantic_behaviour(m, cfg, kind=kind))
 
 
 def _example(m: LoadedModel, cfg: ScanConfig) -> torch.Tensor:
@@ -159,6 +166,6 @@ def _example(m: LoadedModel, cfg: ScanConfig) -> torch.Tensor:
 DETECTOR = register(Detector(
     name="semantic_induction", evidence="dla", metric="relation tail log-prob", stage="ICI", method="direct logit attribution from the head word (relation index)",
     summary="attending back to a relation's head word (wheel, Paris, hot), the head raises its tail (car, France, cold)",
-    citation="Ren et al. 2024, arXiv 2402.13055", run=run, causal=semantic_check, example=_example, default=False,
+    citation="Ren et al. 2024, arXiv 2402.13055", run=run, causal=semantic_check, behaviour=semantic_behaviour, example=_example, default=False,
     version=3,
 ))

@@ -37,7 +37,8 @@ from ...methods.ov_circuit import effective_embeddings, ov_logits, ov_outputs, o
 from ...tasks.ordinal import Family, drop_report, ordinal_families, sequence_prompts
 from ...tasks.vocab import bos_id
 from ..base import Detector, DetectorResult, LabelRule, ScanConfig, register
-from ..causal import ablation_check
+from ..behaviours import Behaviour, HeadOp, at_positions, per_prompt, token_logprob
+from ..causal import set_check
 
 if TYPE_CHECKING:
     from ...models import LoadedModel
@@ -129,20 +130,24 @@ def _prompts(m: LoadedModel, n: int, seed: int) -> tuple[torch.Tensor, torch.Ten
     return ids, torch.tensor(targets)
 
 
-def successor_check(m: LoadedModel, cfg: ScanConfig, result: DetectorResult, *, kind: str = "mean") -> CausalCheck:
-    """Ablate the labelled heads: does log p(next item) of held-out ordinal prompts fall more than for random heads?"""
+def successor_behaviour(m: LoadedModel, cfg: ScanConfig, result: DetectorResult | None = None, *,
+                        kind: str = "mean") -> Behaviour:
+    """log p(next item) after consecutive items of an ordinal family, on held-out prompts (seed + 1000; ``result``
+    is not read)."""
     seed = cfg.seed + EVAL_SEED_OFFSET
     ids, targets = _prompts(m, 16 if cfg.quick else 48, seed)
+    S = ids.shape[1]
+    fn = at_positions(torch.full((ids.shape[0],), S - 1), S, 1, token_logprob(targets))
+    return Behaviour(family="successor log-prob", metric="log p(next ordinal item)", expected="decrease", ids=ids,
+                     score=per_prompt(fn), keep=1, intervention=HeadOp(kind),
+                     description=(f"log p of the next item after {PROMPT_LEN} consecutive items of an ordinal family "
+                                  f"(e.g. ' Monday Tuesday Wednesday' -> ' Thursday'), {ids.shape[0]} held-out prompts "
+                                  f"(seed {seed}), {kind} ablation per position"))
 
-    def logp_next(logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        lp = torch.log_softmax(logits[:, -1].float(), -1)
-        return lp.gather(1, targets[rows.cpu()].to(lp.device)[:, None])[:, 0]
 
-    return ablation_check(m, result.labelled, ids, logp_next, metric="log p(next ordinal item)", expected="decrease",
-                          seed=cfg.seed, kind=kind, batch_size=max(cfg.batch_size, 16), keep_last=1,
-                          description=(f"log p of the next item after {PROMPT_LEN} consecutive items of an ordinal "
-                                       f"family (e.g. ' Monday Tuesday Wednesday' -> ' Thursday'), {ids.shape[0]} "
-                                       f"held-out prompts (seed {seed}), {kind} ablation per position"))
+def successor_check(m: LoadedModel, cfg: ScanConfig, result: DetectorResult, *, kind: str = "mean") -> CausalCheck:
+    """Ablate the labelled heads: does log p(next item) of held-out ordinal prompts fall more than for random heads?"""
+    return set_check(m, cfg, result, successor_behaviour(m, cfg, kind=kind))
 
 
 def _example(m: LoadedModel, cfg: ScanConfig) -> torch.Tensor:
@@ -155,7 +160,7 @@ def _example(m: LoadedModel, cfg: ScanConfig) -> torch.Tensor:
 DETECTOR = register(Detector(
     name="successor", evidence="dla", metric="successor log-prob", stage="LR", method="weights-only OV circuit scoring (succession score)",
     summary="the head's OV circuit maps an ordinal item (Monday, 3, C) to its successor (Tuesday, 4, D)",
-    citation="Gould et al. 2024, arXiv 2312.09230", run=run, causal=successor_check, example=_example,
+    citation="Gould et al. 2024, arXiv 2312.09230", run=run, causal=successor_check, behaviour=successor_behaviour, example=_example,
 ))
 
 __all__ = ["DETECTOR", "family_argmax", "shuffled_null", "successes", "successor_result"]

@@ -36,8 +36,9 @@ single token):
 4. Causal check (:func:`fv_check`): the function vector = sum over the top-:data:`FV_HEADS` labelled heads
    of their mean output through ``W_O`` (per task), added to the residual stream at the last position
    entering layer ``n_layers // 3`` (scale 1, Todd's choice; fixed, not tuned) of ZERO-SHOT prompts of
-   held-out items; effect = mean change of p(answer). The same layer and scale for >= 20 layer-matched
-   random sets (their own mean outputs). ``kind="add"`` (an addition, not an ablation), expected increase.
+   held-out items; effect = mean change of p(answer). The same layer and scale for 99 layer-matched
+   random sets from a pool without any labelled function-vector or in-context head (their own mean outputs).
+   ``kind="add"`` (an addition, not an ablation), expected increase.
 
 In-context heads (``in_context``): :mod:`headatlas.detectors.dla.in_context`.
 """
@@ -46,7 +47,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
@@ -59,10 +60,11 @@ from ...errors import InputError
 from ...instrument import RowHeadPatch, Taps, instrumented
 from ...methods import engine
 from ...methods.metrics import prob
-from ...models.suffix import decoder_layers
-from ...tasks.icl import ICLBatch, icl_batch, icl_tasks
+from ...tasks.icl import icl_batch, icl_tasks
+from ...tasks.text import pad_id
 from ..base import NOT_FOUND, Detector, DetectorResult, LabelRule, ScanConfig, SharedPass, register
-from ..causal import matched_random_sets
+from ..behaviours import Behaviour, ResidualAdd, at_positions, per_prompt
+from ..causal import set_check
 
 if TYPE_CHECKING:
     from ...models import LoadedModel
@@ -320,23 +322,6 @@ def run_function_vector(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
                  "p_values_from": "exact patching for the candidates; attribution patching for the other heads"})
 
 
-def _add_at_layer(m: LoadedModel, layer: int, vec: torch.Tensor):
-    """Context: add ``vec [B, d_model]`` to the residual stream at the last position entering ``layer``."""
-    layers = decoder_layers(m)
-    if layers is None:
-        raise InputError("the function-vector check needs the model's decoder layers (not found for this model)")
-
-    def hook(_mod, args, kwargs):
-        if args:
-            h = args[0].clone()
-            h[:, -1] += vec.to(device=h.device, dtype=h.dtype)
-            return (h,) + tuple(args[1:]), kwargs
-        h = kwargs["hidden_states"].clone()
-        h[:, -1] += vec.to(device=h.device, dtype=h.dtype)
-        return args, {**kwargs, "hidden_states": h}
-    return layers[layer].register_forward_pre_hook(hook, with_kwargs=True)
-
-
 def function_vector_of(m: LoadedModel, mean: torch.Tensor, heads: list[tuple[int, int]]) -> torch.Tensor:
     """Sum over ``heads`` of their mean output through ``W_O``: ``[d_model]`` (``mean [L, H, d_head]``)."""
     out = None
@@ -346,55 +331,53 @@ def function_vector_of(m: LoadedModel, mean: torch.Tensor, heads: list[tuple[int
     return out
 
 
-def fv_check(m: LoadedModel, cfg: ScanConfig, result: DetectorResult) -> CausalCheck:
-    """Add the labelled heads' function vector to zero-shot prompts of held-out items: does p(answer) rise
-    more than with the function vectors of layer-matched random head sets?"""
-    metric = "p(answer) on zero-shot held-out prompts"
-    order = sorted(result.labelled, key=lambda lh: -float(result.scores[lh[0], lh[1]]))
-    heads = [(int(a), int(b)) for a, b in order[:FV_HEADS]]
-    if not heads:
-        return CausalCheck(metric=metric, kind="none", note="no heads were labelled: no function vector to add")
+def fv_behaviour(m: LoadedModel, cfg: ScanConfig, result: DetectorResult | None = None) -> Behaviour:
+    """p(answer) on zero-shot prompts of held-out items of every kept task (seed + 1000), with a head set's function
+    vector (per task: the sum of its heads' mean last-token outputs through ``W_O``) added at the last position of
+    the residual stream entering layer ``n_layers // 3``."""
     st = cfg.shared(FV_PASS, m)
     layer = m.info.n_layers // 3
     n = _n(cfg, 4, 12)
     seed = cfg.seed + EVAL_SEED_OFFSET
-    zb: dict[str, ICLBatch] = {t: icl_batch(m.tokenizer, st.tasks[t], n, K_SHOT if not cfg.quick else 4, seed=seed,
-                                            split="heldout") for t in st.kept}
+    batches = [icl_batch(m.tokenizer, st.tasks[t], n, K_SHOT if not cfg.quick else 4, seed=seed, split="heldout")
+               for t in st.kept]
+    W = max(b.zero.shape[1] for b in batches)
+    ids = torch.cat([torch.nn.functional.pad(b.zero, (0, W - b.zero.shape[1]), value=pad_id(m.tokenizer))
+                     for b in batches])
+    last = torch.cat([torch.full((b.zero.shape[0],), b.zero.shape[1] - 1) for b in batches])
+    task = torch.cat([torch.full((b.zero.shape[0],), i) for i, b in enumerate(batches)])
+    answer = torch.cat([b.answer for b in batches])
+    keep = W - int(last.min())
 
-    def run(hs: list[tuple[int, int]] | None) -> float:
-        vals = []
-        for t in st.kept:
-            b = zb[t]
-            if hs is None:
-                lg = last_logits(m, b.zero, cfg.batch_size)
-            else:
-                fv = function_vector_of(m, st.means[t], hs)
-                handle = _add_at_layer(m, layer, fv[None])
-                try:
-                    lg = last_logits(m, b.zero, cfg.batch_size)
-                finally:
-                    handle.remove()
-            vals.append(lg.softmax(-1).gather(1, b.answer[:, None])[:, 0])
-        return float(torch.cat(vals).mean())
+    def prob_answer(lg: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        return lg.softmax(-1).gather(1, answer[p].to(lg.device)[:, None])[:, 0]
 
-    base = run(None)
-    effect = run(heads) - base
-    rng = stats.rng_for(cfg.seed, "causal:function_vector")
-    sets = matched_random_sets(heads, m.info.n_layers, m.info.n_heads, 20, rng)
-    rand = [run(s) - base for s in sets]
-    hits = sum(1 for r in rand if r >= effect)
-    return CausalCheck(metric=metric, kind="add", heads=tuple(heads), effect=effect, random_effects=tuple(rand),
-                       p_value=(1 + hits) / (1 + len(rand)), n_prompts=n * len(st.kept), baseline=base,
-                       expected="increase",
-                       description=(f"function vector (sum of the top {len(heads)} labelled heads' mean last-token "
-                                    f"outputs through W_O, per task) ADDED at scale 1 to the residual stream entering "
-                                    f"layer {layer} at the last position of {n} zero-shot prompts per task of held-out "
-                                    f"items (seed {seed}); random sets: same layer and scale, their own mean outputs"))
+    def vector(heads: Sequence[tuple[int, int]]) -> torch.Tensor:
+        return torch.stack([function_vector_of(m, st.means[t], list(heads)) for t in st.kept])   # [n_tasks, d_model]
+
+    return Behaviour(family="in-context task", metric="p(answer) on zero-shot held-out prompts", expected="increase",
+                     ids=ids, score=per_prompt(at_positions(last, W, keep, prob_answer)), keep=keep,
+                     intervention=ResidualAdd(layer, vector, group=task, position=last),
+                     description=(f"function vector (sum of the tested heads' mean last-token outputs through W_O, per "
+                                  f"task) ADDED at scale 1 to the residual stream entering layer {layer} at the last "
+                                  f"position of {n} zero-shot prompts per task of held-out items (seed {seed}); random "
+                                  "sets: same layer and scale, their own mean outputs"))
+
+
+def fv_check(m: LoadedModel, cfg: ScanConfig, result: DetectorResult) -> CausalCheck:
+    """Add the labelled heads' function vector to zero-shot prompts of held-out items: does p(answer) rise
+    more than with the function vectors of layer-matched random head sets?"""
+    order = sorted(result.labelled, key=lambda lh: -float(result.scores[lh[0], lh[1]]))
+    heads = [(int(a), int(b)) for a, b in order[:FV_HEADS]]
+    if not heads:
+        return CausalCheck(metric="p(answer) on zero-shot held-out prompts", kind="none",
+                           note="no heads were labelled: no function vector to add")
+    return set_check(m, cfg, result, fv_behaviour(m, cfg, result), heads=heads)
 
 
 FUNCTION_VECTOR = register(Detector(
     name="function_vector", evidence="patching", metric="in-context task", stage="LR", method="activation patching (mean-activation replacement, AIE)",
     summary=("a head whose mean task output, patched into shuffled-label ICL prompts, restores the answer; the sum "
              "of the top heads' outputs is a function vector"),
-    citation="Todd et al. 2024, arXiv 2310.15213", run=run_function_vector, uses=(FV_PASS,), causal=fv_check,
+    citation="Todd et al. 2024, arXiv 2310.15213", run=run_function_vector, uses=(FV_PASS,), causal=fv_check, behaviour=fv_behaviour,
     default=False, version=3))

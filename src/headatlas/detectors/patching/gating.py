@@ -40,7 +40,7 @@ from ...methods.gating import CLASSES, closing_effects, first_target, gate, gate
 from ...tasks.repeats import fit_block_len, repeated_tokens, token_pool
 from ...tasks.vocab import bos_id
 from ..base import NOT_FOUND, Detector, DetectorResult, LabelRule, ScanConfig, register
-from ..behaviours import repeat_loss_check
+from ..behaviours import repeat_loss_behaviour, repeat_loss_check
 
 if TYPE_CHECKING:
     from ...models import LoadedModel
@@ -195,5 +195,5 @@ DETECTOR = register(Detector(
     summary="kept open by a gate fit pushed toward 0 on repeated tokens: closing it raises the repeat loss more than on "
             "unrepeated tokens",
     citation="Nam et al. 2025, Causal Head Gating, arXiv 2505.13737; Voita et al. 2019, arXiv 1905.09418",
-    run=run, causal=repeat_loss_check, places_stage=False, default=False,
+    run=run, causal=repeat_loss_check, behaviour=repeat_loss_behaviour, places_stage=False, default=False,
 ))

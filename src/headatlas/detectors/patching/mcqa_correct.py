@@ -14,7 +14,7 @@ import torch
 from ... import stats
 from ...tasks.mcqa import MCQABatch
 from ..base import Detector, DetectorResult, LabelRule, ScanConfig, register
-from ..dla.mcqa_ep import EP_OPTIONS, EP_PASS, MIN_PATCH, ep_check, ep_stats
+from ..dla.mcqa_ep import EP_OPTIONS, EP_PASS, MIN_PATCH, ep_behaviour, ep_check, ep_stats
 
 if TYPE_CHECKING:
     from ...models import LoadedModel
@@ -78,5 +78,5 @@ def run_correct(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
 CORRECT = register(Detector(
     name="correct", evidence="patching", metric="MCQA logit difference", stage="EP", method="activation patching (answer-swapped twins) + DLA (MCQA)",
     summary="its final-token output carries which option letter is correct and raises that letter",
-    citation="Wiegreffe et al. 2024, arXiv 2407.15018", run=run_correct, uses=(EP_PASS,), options=EP_OPTIONS, causal=ep_check,
+    citation="Wiegreffe et al. 2024, arXiv 2407.15018", run=run_correct, uses=(EP_PASS,), options=EP_OPTIONS, causal=ep_check, behaviour=ep_behaviour,
     default=False))

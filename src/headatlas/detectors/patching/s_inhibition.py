@@ -29,7 +29,7 @@ from ...methods.metrics import Metric
 from ...tasks.ioi import IOIBatch
 from ..base import NOT_FOUND, Detector, DetectorResult, LabelRule, ScanConfig, register
 from ..causal import effect_map_result
-from ..dla.name_mover import ioi_batches, ioi_check
+from ..dla.name_mover import ioi_batches, ioi_behaviour, ioi_check
 
 if TYPE_CHECKING:
     from ...models import LoadedModel
@@ -148,6 +148,6 @@ S_INHIBITION = register(Detector(
     name="s_inhibition", evidence="patching", metric="IOI logit difference", stage="LR", method="path patching (IOI)",
     summary="the head's output at END (from S2) steers the name movers' queries away from S: path patching to "
             "their queries lowers logit(IO) - logit(S)",
-    citation="Wang et al. 2022, arXiv 2211.00593", run=run_sinh, requires=("name_mover",), causal=sinh_check,
+    citation="Wang et al. 2022, arXiv 2211.00593", run=run_sinh, requires=("name_mover",), causal=sinh_check, behaviour=ioi_behaviour,
     version=2, default=False,
 ))

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..base import Detector, register
-from ..behaviours import repeat_loss_check
+from ..behaviours import repeat_loss_behaviour, repeat_loss_check
 from .synthetic import SYNTHETIC, SYNTHETIC_OPTIONS, check_synthetic_options, example_prompt
 
 NO_BEHAVIOUR = "no behaviour of the model is specific to them, so no ablation check is run"
@@ -27,7 +27,7 @@ def on_synthetic(**kw: Any) -> Detector:
 
 def repeat_loss_detector(**kw: Any) -> Detector:
     """Register a synthetic-pass detector whose causal check is the repeat loss (:func:`repeat_loss_check`)."""
-    return on_synthetic(metric="repeat loss", causal=repeat_loss_check, **kw)
+    return on_synthetic(metric="repeat loss", causal=repeat_loss_check, behaviour=repeat_loss_behaviour, **kw)
 
 
 def attention_defined(*, defined_by: str, why: str = NO_BEHAVIOUR, synthetic: bool = False, **kw: Any) -> Detector:

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -51,7 +52,8 @@ from ...tasks.needle import N_DISTRACTORS, NeedleCase, needle_cases
 from ...tasks.text import check_english, pad_id
 from ..base import Detector, ScanConfig, register
 from ..options import Option
-from ..causal import ablation_check
+from ..behaviours import Behaviour, HeadOp, per_prompt
+from ..causal import set_check
 
 if TYPE_CHECKING:
     from ...models import LoadedModel
@@ -326,9 +328,9 @@ def _answer_batch(cases: list[NeedleCase], prefixes: list[tuple[int, ...]], toke
     return ids, tgt
 
 
-def needle_logprob_check(m: LoadedModel, cfg: ScanConfig, result: DetectorResult, *, kind: str = "mean") -> CausalCheck:
-    """Ablate the labelled heads: does the needle code's log-prob fall more than for random head sets?
-    Also counts greedy exact answers with and without the labelled set ablated (``details["causal_greedy"]``)."""
+def needle_prompts(m: LoadedModel, cfg: ScanConfig, *, kind: str = "mean") -> tuple[Behaviour, list[NeedleCase], Any]:
+    """Teacher-forced log-prob of the needle's code on fresh needle prompts (seed + 1000); ablating retrieval heads
+    lowers it. Also returns the cases and their clean greedy decodes (for the greedy count)."""
     n, lengths, n_distr = _settings(m, cfg)
     n_eval = 4 if cfg.quick else 6
     length = min(lengths[0], EVAL_LENGTH)
@@ -340,18 +342,31 @@ def needle_logprob_check(m: LoadedModel, cfg: ScanConfig, result: DetectorResult
     T = tgt.shape[1]
 
     def code_logprob(logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        lp = torch.log_softmax(logits[:, -T:], -1)          # the positions that predict the answer's tokens
-        a = tgt[rows].to(lp.device)
+        lp = torch.log_softmax(logits[:, -T:].float(), -1)    # the positions that predict the answer's tokens
+        a = tgt[rows.cpu()].to(lp.device)
         got = lp.gather(-1, a.clamp(min=0)[..., None])[..., 0]
         return (got * (a >= 0)).sum(-1)
 
-    check = ablation_check(m, result.labelled, ids, code_logprob, metric="needle code log-prob (nats)",
-                           expected="decrease", seed=cfg.seed, kind=kind, batch_size=cfg.batch_size, keep_last=T,
-                           description=(f"teacher-forced log-prob of the needle's code on {len(cases)} fresh needle "
-                                        f"prompts of {S} tokens with {1 + n_distr} facts (seed "
-                                        f"{cfg.seed + EVAL_SEED_OFFSET}); forced before the code: {form}; {kind} "
-                                        "ablation"))
-    if result.labelled:
+    beh = Behaviour(family="needle log-prob", metric="needle code log-prob (nats)", expected="decrease", ids=ids,
+                    score=per_prompt(code_logprob), keep=T, intervention=HeadOp(kind),
+                    description=(f"teacher-forced log-prob of the needle's code on {len(cases)} fresh needle prompts of "
+                                 f"{S} tokens with {1 + n_distr} facts (seed {cfg.seed + EVAL_SEED_OFFSET}); forced "
+                                 f"before the code: {form}; {kind} ablation"))
+    return beh, cases, clean
+
+
+def needle_behaviour(m: LoadedModel, cfg: ScanConfig, result: DetectorResult | None = None) -> Behaviour:
+    """The retrieval check's behaviour (:func:`needle_prompts`; ``result`` is not read)."""
+    return needle_prompts(m, cfg)[0]
+
+
+def needle_logprob_check(m: LoadedModel, cfg: ScanConfig, result: DetectorResult, *, kind: str = "mean") -> CausalCheck:
+    """Ablate the labelled heads: does the needle code's log-prob fall more than for random head sets?
+    Also counts greedy exact answers with and without the labelled set ablated (``details["causal_greedy"]``)."""
+    beh, cases, clean = needle_prompts(m, cfg, kind=kind)
+    check = set_check(m, cfg, result, beh)
+    if result.labelled and check.ran:
+        ids = beh.ids
         # greedy decoding runs past the prompt, so a mean ablation here uses each head's mean over all positions
         edits = ablation_edits(m, list(result.labelled), ids.to(m.device), kind,  # type: ignore[arg-type]
                                reference=ids[:, :-1].to(m.device))
@@ -359,14 +374,14 @@ def needle_logprob_check(m: LoadedModel, cfg: ScanConfig, result: DetectorResult
         ok = [sum(_exact(g, c) for c, (g, _) in zip(cases, run_)) for run_ in (clean, ablated)]
         result.details["causal_greedy"] = {"n_prompts": len(cases), "exact_clean": int(ok[0]),
                                            "exact_ablated": int(ok[1]), "kind": kind}
-        check = CausalCheck(**{**check.__dict__, "note": (f"greedy exact answers: {ok[0]}/{len(cases)} clean, "
-                                                           f"{ok[1]}/{len(cases)} with the labelled heads ablated")})
+        check = replace(check, note=(f"greedy exact answers: {ok[0]}/{len(cases)} clean, "
+                                     f"{ok[1]}/{len(cases)} with the labelled heads ablated"))
     return check
 
 
 DETECTOR = register(Detector(
     name="retrieval", evidence="pattern", metric="needle log-prob", stage="ICI", method="retrieval score (needle in a haystack with distractor facts)",
     summary="during greedy answering, top-1 attention lands on the needle token being copied, more than on distractor facts",
-    citation="Wu et al. 2024, arXiv 2404.15574", run=run, requires=("induction",), causal=needle_logprob_check,
+    citation="Wu et al. 2024, arXiv 2404.15574", run=run, requires=("induction",), causal=needle_logprob_check, behaviour=needle_behaviour,
     options=OPTIONS,
 ))

@@ -30,7 +30,8 @@ from ...methods.probing import ProbeResult, capture_heads
 from ...tasks.text import check_english
 from ...tasks.vocab import bos_id
 from ..base import NOT_FOUND, Detector, DetectorResult, LabelRule, ScanConfig, SharedPass, register
-from ..causal import ablation_check
+from ..behaviours import Behaviour, HeadOp, per_prompt
+from ..causal import set_check
 from .common import fit_probes, probe_run
 
 if TYPE_CHECKING:
@@ -117,7 +118,8 @@ def _describe(ap: AccuracyPass, cfg: ScanConfig) -> tuple[str, dict]:
 run = probe_run("accuracy", ACC_PASS, RULE, _describe)
 
 
-def causal(m: "LoadedModel", cfg: ScanConfig, result: DetectorResult) -> CausalCheck:
+def accuracy_behaviour(m: "LoadedModel", cfg: ScanConfig, result: DetectorResult | None = None) -> Behaviour:
+    """Mean log-prob of the correct sum's tokens on 32 held-out two-digit sums (seed + 1000; ``result`` is not read)."""
     items = problems(32, cfg.seed + EVAL_SEED_OFFSET)
     enc = [encode_problem(m, a, b) for a, b in items]
     lengths = [(len(p), len(a)) for p, a in enc]
@@ -127,22 +129,22 @@ def causal(m: "LoadedModel", cfg: ScanConfig, result: DetectorResult) -> CausalC
     lp, la = modal
     targets = ids[:, lp:lp + la]
 
-    def fn(logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        logp = torch.log_softmax(logits, -1)            # [b, la, V] (positions lp-1 .. lp+la-2)
-        return logp.gather(-1, targets[rows].unsqueeze(-1).to(logp.device)).squeeze(-1).mean(-1)
-
     # the answer tokens are predicted at positions lp-1 .. lp+la-2: keep the last la + 1 positions, drop the final one
-    def fn_keep(logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        return fn(logits[:, :-1], rows)
+    def fn(logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        logp = torch.log_softmax(logits[:, :-1].float(), -1)            # [b, la, V]
+        return logp.gather(-1, targets[rows.cpu()].unsqueeze(-1).to(logp.device)).squeeze(-1).mean(-1)
 
-    return ablation_check(m, result.labelled, ids, fn_keep, metric="mean log-prob of the correct sum's tokens",
-                          expected="decrease", seed=cfg.seed + EVAL_SEED_OFFSET, keep_last=la + 1,
-                          description=(f"mean-ablate the labelled heads on {ids.shape[0]} held-out two-digit sums "
-                                       "(seed + 1000) vs 20 layer-matched random sets"))
+    return Behaviour(family="arithmetic answer log-prob", metric="mean log-prob of the correct sum's tokens",
+                     expected="decrease", ids=ids, score=per_prompt(fn), keep=la + 1, intervention=HeadOp("mean"),
+                     description=f"mean-ablate the labelled heads on {ids.shape[0]} held-out two-digit sums (seed + 1000)")
+
+
+def causal(m: "LoadedModel", cfg: ScanConfig, result: DetectorResult) -> CausalCheck:
+    return set_check(m, cfg, result, accuracy_behaviour(m, cfg, result))
 
 
 DETECTOR = register(Detector(
     name="accuracy", evidence="probing", metric="arithmetic answer log-prob", stage="LR", method="probing",
     summary="a linear probe on the head's output before the answer predicts whether the model's own answer is right",
     citation="Yin et al. 2024 LoFiT (arXiv 2406.01563); Guo et al. SIGIR 2024 (ASMR)",
-    run=run, uses=(ACC_PASS,), causal=causal, default=False, version=3))
+    run=run, uses=(ACC_PASS,), causal=causal, behaviour=accuracy_behaviour, default=False, version=3))

@@ -13,7 +13,7 @@ accuracy >= null mean + 0.1. Refuses ("not found: ...") with fewer than ``MIN_SE
 
 Causal check: on held-out sets (two-digit sums, seed + 1000), mean-ablating the labelled heads (each
 template's own position means) lowers the agreement of the three paraphrases' next-token distributions
-(mean pairwise Bhattacharyya coefficient) more than 20 layer-matched random head sets.
+(mean pairwise Bhattacharyya coefficient) more than 99 layer-matched random head sets from the clean pool.
 """
 
 from __future__ import annotations
@@ -25,14 +25,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ... import stats
 from ...atlas.records import CausalCheck
 from ...errors import InputError
 from ...methods.probing import ProbeResult, capture_heads, token_rows
 from ...tasks.statements import CAPITALS
-from ...tasks.text import check_english
+from ...tasks.text import check_english, pad_id
 from ..base import NOT_FOUND, Detector, DetectorResult, LabelRule, ScanConfig, SharedPass, register
-from ..causal import N_RANDOM, _edits, _position_means, matched_random_sets
+from ..behaviours import Behaviour, HeadOp
+from ..causal import set_check
 from .common import fit_probes, probe_run
 
 if TYPE_CHECKING:
@@ -103,49 +103,48 @@ def _describe(cp: ConsistencyPass, cfg: ScanConfig) -> tuple[str, dict]:
 run = probe_run("consistency", CONS_PASS, RULE, _describe)
 
 
-def _agreement(m: "LoadedModel", batches: list[torch.Tensor], means: list, heads: list[tuple[int, int]]) -> np.ndarray:
-    """``[n_sets]`` mean pairwise Bhattacharyya coefficient of the templates' next-token distributions."""
-    from ...instrument import instrumented
+def agreement_behaviour(m: "LoadedModel", cfg: ScanConfig, result: DetectorResult | None = None) -> Behaviour:
+    """Paraphrase agreement on 24 held-out two-digit sums (seed + 1000): per sum, the mean pairwise Bhattacharyya
+    coefficient of the three templates' next-token distributions; mean ablation uses each template's own
+    position means (``mean_groups``)."""
+    rng = random.Random(f"consistency:{cfg.seed + EVAL_SEED_OFFSET}")
+    pairs = [(rng.randint(10, 49), rng.randint(10, 49)) for _ in range(24)]
+    rows, group = [], []
+    for t_i, t in enumerate(SUM_TEMPLATES):
+        tr = token_rows(m, [t.format(a=a, b=b) for a, b in pairs])
+        if len({len(r) for r in tr}) != 1:
+            raise InputError("the held-out paraphrases of one template tokenize to different lengths for this tokenizer")
+        rows += tr
+        group += [t_i] * len(tr)
+    W = max(len(r) for r in rows)
+    ids = torch.full((len(rows), W), pad_id(m.tokenizer), dtype=torch.long)
+    for j, r in enumerate(rows):
+        ids[j, :len(r)] = torch.tensor(r)
+    last = torch.tensor([len(r) - 1 for r in rows])
+    keep = W - int(last.min())
+    n_t, n = len(SUM_TEMPLATES), len(pairs)
 
-    probs = []
-    for ids, mu in zip(batches, means):
-        edits = _edits(heads, "mean", mu) if heads else []
-        with torch.no_grad(), instrumented(m, edits=edits):
-            logits = m.model(input_ids=ids.to(m.device), use_cache=False, logits_to_keep=1).logits[:, -1].float()
-        probs.append(torch.softmax(logits, -1).cpu())
-    bc = [(probs[i].sqrt() * probs[j].sqrt()).sum(-1) for i in range(len(probs)) for j in range(i + 1, len(probs))]
-    return torch.stack(bc).mean(0).double().numpy()
+    def score(logits: torch.Tensor) -> torch.Tensor:             # [k, 3 * 24, keep, V] -> [k, 24]
+        r = torch.arange(len(rows), device=logits.device)
+        p = torch.softmax(logits[:, r, (last - (W - keep)).to(logits.device)].float(), -1)
+        root = p.sqrt().reshape(p.shape[0], n_t, n, -1)
+        bc = [(root[:, i] * root[:, j]).sum(-1) for i in range(n_t) for j in range(i + 1, n_t)]
+        return torch.stack(bc).mean(0)
+
+    return Behaviour(family="paraphrase agreement", metric=("paraphrase agreement (mean pairwise Bhattacharyya "
+                                                            "coefficient of next-token distributions)"),
+                     expected="decrease", ids=ids, score=score, keep=keep, intervention=HeadOp("mean"),
+                     mean_groups=torch.tensor(group),
+                     description=(f"mean-ablate the labelled heads (each template's own position means) on {n} held-out "
+                                  "two-digit sum paraphrase sets (seed + 1000)"))
 
 
 def causal(m: "LoadedModel", cfg: ScanConfig, result: DetectorResult) -> CausalCheck:
-    metric = "paraphrase agreement (mean pairwise Bhattacharyya coefficient of next-token distributions)"
-    heads = [(int(a), int(b)) for a, b in result.labelled]
-    desc = ("mean-ablate the labelled heads on 24 held-out two-digit sum paraphrase sets (seed + 1000) vs "
-            f"{N_RANDOM} layer-matched random sets")
-    if not heads:
-        return CausalCheck(metric=metric, kind="none", note="no heads were labelled: nothing to ablate", description=desc)
-    rng = random.Random(f"consistency:{cfg.seed + EVAL_SEED_OFFSET}")
-    pairs = [(rng.randint(10, 49), rng.randint(10, 49)) for _ in range(24)]
-    batches = []
-    for t in SUM_TEMPLATES:
-        rows = token_rows(m, [t.format(a=a, b=b) for a, b in pairs])
-        if len({len(r) for r in rows}) != 1:
-            raise InputError("the held-out paraphrases of one template tokenize to different lengths for this tokenizer")
-        batches.append(torch.tensor(rows))
-    means = [_position_means(m, ids, 16) for ids in batches]
-    clean = _agreement(m, batches, means, [])
-    effect = float(np.mean(_agreement(m, batches, means, heads) - clean))
-    sets = matched_random_sets(heads, m.info.n_layers, m.info.n_heads, N_RANDOM,
-                               stats.rng_for(cfg.seed + EVAL_SEED_OFFSET, "causal:consistency"))
-    rand = [float(np.mean(_agreement(m, batches, means, s) - clean)) for s in sets]
-    hits = sum(1 for r in rand if r <= effect)
-    return CausalCheck(metric=metric, kind="mean", heads=tuple(heads), effect=effect, random_effects=tuple(rand),
-                       p_value=(1 + hits) / (1 + len(rand)), n_prompts=len(pairs), baseline=float(np.mean(clean)),
-                       expected="decrease", description=desc)
+    return set_check(m, cfg, result, agreement_behaviour(m, cfg, result))
 
 
 DETECTOR = register(Detector(
     name="consistency", evidence="probing", metric="paraphrase agreement", stage="LR", method="probing",
     summary="a linear probe on the head's output predicts whether the model answers paraphrases of a question alike",
     citation="Yang et al. 2024, semantic consistency via model editing (arXiv 2501.11041)",
-    run=run, uses=(CONS_PASS,), causal=causal, default=False, version=3))
+    run=run, uses=(CONS_PASS,), causal=causal, behaviour=agreement_behaviour, default=False, version=3))

@@ -13,25 +13,27 @@ probe on ~230 items does not reach by noise, whose null std is ~0.03).
 
 Causal check (ITI): the top-``K_ITI`` labelled heads are shifted by ``ALPHA`` standard deviations along
 their mass-mean truth direction (probe split) at every position; on held-out facts the change in
-``log P(true completion | prefix) - log P(false completion | prefix)`` is compared with 20 layer-matched
-random head sets, each shifted along its own mass-mean direction with the same alpha.
+``log P(true completion | prefix) - log P(false completion | prefix)`` is compared with 99 layer-matched
+random head sets from a pool without any labelled (or significant) truthfulness head, each shifted along its
+own mass-mean direction with the same alpha (:func:`headatlas.detectors.causal.set_check`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
+import torch
 
-from ... import stats
 from ...atlas.records import CausalCheck
-from ...methods.probing import (ProbeResult, capture_heads, completion_logodds, iti, mass_mean_directions,
+from ...methods.probing import (ProbeResult, capture_heads, completion_rows, mass_mean_directions,
                                resolve_positions, token_rows)
 from ...tasks.statements import pairs_to_records, statement_pairs
-from ...tasks.text import check_english
-from ..base import CausalFn, Detector, DetectorResult, LabelRule, ScanConfig, SharedPass, register
-from ..causal import N_RANDOM, matched_random_sets
+from ...tasks.text import check_english, pad_id
+from ..base import Detector, DetectorResult, LabelRule, ScanConfig, SharedPass, register
+from ..behaviours import Behaviour, HeadOp
+from ..causal import set_check
 from .common import fit_probes, probe_run
 
 if TYPE_CHECKING:
@@ -88,48 +90,64 @@ def _describe(tp: TruthPass, cfg: ScanConfig) -> tuple[str, dict]:
 run = probe_run("truthfulness", TRUTH_PASS, RULE, _describe)
 
 
-def iti_check(m: "LoadedModel", heads: Sequence[tuple[int, int]], features: np.ndarray, labels: np.ndarray,
-              triples: Sequence[tuple[str, str, str]], *, alpha: float, seed: int, metric: str, description: str,
-              n_random: int = N_RANDOM) -> CausalCheck:
-    """ITI on ``heads`` vs ``n_random`` layer-matched random sets: each set is shifted by ``alpha`` sigmas along
-    its own mass-mean directions (from ``features``/``labels``); the metric is the held-out log-odds of the
-    good over the bad completion of ``triples``; effect = mean change (steered - unsteered), expected up."""
-    heads = [(int(a), int(b)) for a, b in heads]
-    if not heads:
-        return CausalCheck(metric=metric, kind="none", note="no heads were labelled: nothing to steer",
-                           description=description)
+def completion_behaviour(m: "LoadedModel", triples: Sequence[tuple[str, str, str]], *, family: str, metric: str,
+                         intervention: HeadOp, description: str) -> Behaviour:
+    """``log P(good | prefix) - log P(bad | prefix)`` of ``(prefix, good, bad)`` triples (teacher-forced sums over the
+    completion's tokens), one unit per triple; two right-padded rows per triple."""
+    rows, spans = completion_rows(m, triples)
+    W = max(len(r) for r in rows)
+    ids = torch.full((len(rows), W), pad_id(m.tokenizer), dtype=torch.long)
+    for j, r in enumerate(rows):
+        ids[j, :len(r)] = torch.tensor(r)
+    first = min(a for a, _ in spans) - 1                 # the first position that predicts a completion token
+    keep = W - first
+    T = max(b - a for a, b in spans)
+    pos = torch.zeros(len(rows), T, dtype=torch.long)
+    tok = torch.zeros(len(rows), T, dtype=torch.long)
+    mask = torch.zeros(len(rows), T)
+    for j, (a, b) in enumerate(spans):
+        pos[j, :b - a] = torch.arange(a - 1, b - 1) - first
+        tok[j, :b - a] = ids[j, a:b]
+        mask[j, :b - a] = 1.0
+
+    def score(logits: torch.Tensor) -> torch.Tensor:             # [k, 2N, keep, V] -> [k, N]
+        r = torch.arange(len(rows), device=logits.device)[:, None]
+        lp = torch.log_softmax(logits[:, r, pos.to(logits.device)].float(), -1)          # [k, 2N, T, V]
+        got = lp.gather(-1, tok.to(lp.device)[None, ..., None].expand(lp.shape[0], -1, -1, 1))[..., 0]
+        total = (got * mask.to(lp.device)).sum(-1)
+        return total[:, 0::2] - total[:, 1::2]
+
+    return Behaviour(family=family, metric=metric, expected="increase", ids=ids, score=score, keep=keep,
+                     intervention=intervention, description=description)
+
+
+def iti_intervention(features: np.ndarray, labels: np.ndarray, alpha: float) -> HeadOp:
+    """ITI as a head intervention: every head's output shifted by ``alpha`` sigmas along its mass-mean direction
+    (from ``features [N, L, H, D]`` / ``labels``), at every position."""
     unit, sigma = mass_mean_directions(features, labels)
-    clean = completion_logodds(m, triples)
-
-    def change(hs: list[tuple[int, int]]) -> float:
-        it = iti(m, hs, unit, alpha, sigma=sigma)
-        return float(np.mean(completion_logodds(m, triples, it.edits()) - clean))
-
-    effect = change(heads)
-    rng = stats.rng_for(seed, f"causal:{metric}")
-    sets = matched_random_sets(heads, m.info.n_layers, m.info.n_heads, n_random, rng)
-    rand = [change(s) for s in sets]
-    hits = sum(1 for r in rand if r >= effect)
-    return CausalCheck(metric=metric, kind=f"iti(alpha={alpha:g} sigma)", heads=tuple(heads), effect=effect,
-                       random_effects=tuple(rand), p_value=(1 + hits) / (1 + len(rand)), n_prompts=len(triples),
-                       baseline=float(np.mean(clean)), expected="increase", description=description)
+    vectors = torch.as_tensor(alpha * unit * sigma[..., None], dtype=torch.float32)
+    return HeadOp("add", vectors=vectors, kind=f"iti(alpha={alpha:g} sigma)")
 
 
-def iti_causal(name: str, shared: SharedPass[Any], *, metric: str, direction: str, items: str) -> CausalFn:
-    """The causal check of probing detector ``name``: :func:`iti_check` on its top-:data:`K_ITI` labelled heads
-    with the shared pass's ``features``, ``labels`` and held-out ``(prefix, good, bad)`` triples ``heldout``."""
-    def causal(m: "LoadedModel", cfg: ScanConfig, result: DetectorResult) -> CausalCheck:
-        p = cfg.shared(shared, m)
-        top = sorted(result.labelled, key=lambda lh: -float(result.scores[lh]))[:K_ITI]
-        return iti_check(m, top, p.features, p.labels, p.heldout, alpha=ALPHA, seed=cfg.seed + 1000, metric=metric,
-                         description=(f"ITI: top-{len(top)} {name} heads shifted {ALPHA:g} sigma along their mass-mean "
-                                      f"{direction} direction, on {len(p.heldout)} held-out {items}, vs {N_RANDOM} "
-                                      "layer-matched random head sets with their own directions"))
-    return causal
+def steered(result: DetectorResult, k: int = K_ITI) -> list[tuple[int, int]]:
+    """The heads an ITI check steers: the ``k`` labelled heads with the highest probe accuracy."""
+    return [(int(a), int(b)) for a, b in sorted(result.labelled, key=lambda lh: -float(result.scores[lh]))[:k]]
 
 
-causal = iti_causal("truthfulness", TRUTH_PASS, metric="log P(true completion) - log P(false completion)",
-                    direction="truth", items="facts")
+def truth_behaviour(m: "LoadedModel", cfg: ScanConfig, result: DetectorResult | None = None) -> Behaviour:
+    """ITI on held-out facts: ``log P(true completion) - log P(false completion)`` with the set's heads shifted
+    ``ALPHA`` sigmas along their mass-mean truth directions (``result`` is not read)."""
+    tp = cfg.shared(TRUTH_PASS, m)
+    return completion_behaviour(
+        m, tp.heldout, family="true vs false completion", metric="log P(true completion) - log P(false completion)",
+        intervention=iti_intervention(tp.features, tp.labels, ALPHA),
+        description=(f"ITI: the steered heads (the top {K_ITI} labelled by probe accuracy) shifted {ALPHA:g} sigma along "
+                     f"their mass-mean truth direction, on {len(tp.heldout)} held-out facts; random sets: their own "
+                     "directions, from a pool without any other labelled or significant head"))
+
+
+def causal(m: "LoadedModel", cfg: ScanConfig, result: DetectorResult) -> CausalCheck:
+    return set_check(m, cfg, result, truth_behaviour(m, cfg, result), heads=steered(result))
 
 
 def example(m: "LoadedModel", cfg: ScanConfig):
@@ -143,4 +161,5 @@ DETECTOR = register(Detector(
     name="truthfulness", evidence="probing", metric="true vs false completion", stage="LR", method="probing",
     summary="a linear probe on the head's output tells true from false statements (held-out, grouped CV)",
     citation="Li et al. 2023, Inference-Time Intervention (arXiv 2306.03341)",
-    run=run, uses=(TRUTH_PASS,), causal=causal, example=example, default=False, version=3))
+    run=run, uses=(TRUTH_PASS,), causal=causal, behaviour=truth_behaviour, example=example, default=False,
+    version=3))

@@ -1,0 +1,89 @@
+"""Resume files of a scan: the keys that fingerprint what a result depends on, and ``out/partial/*.json``.
+
+A detector's statistics are written to ``out/partial/<name>.json`` under a key of the model (name, sizes,
+dtype, device and a digest of its weights), the seed, the scan settings, the detector's version and the
+results it requires; its causal check to ``out/partial/<name>.causal.json`` under a key that adds what the
+check depends on: the labelled and significant heads of every detector of its metric family (the clean pool).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .atlas import DetectorMeta, schema
+from .atlas.records import DetectorResult
+from .errors import HeadAtlasError
+
+log = logging.getLogger(__name__)
+
+
+def model_fingerprint(m: Any) -> str:
+    """A digest of a loaded model's weights: per parameter its name, shape, dtype, sum, absolute sum and
+    a strided sample of values (cheap: one pass over the weights, no copies)."""
+    import torch
+
+    from .models.placement import named_weights
+
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, p in named_weights(m.model):  # offloaded (device_map) weights are read back one module at a time
+            flat = p.detach().reshape(-1)
+            step = max(1, flat.numel() // 256)
+            h.update(f"{name}|{tuple(p.shape)}|{p.dtype}".encode())
+            h.update(flat[::step][:256].float().cpu().numpy().tobytes())
+            h.update(np.array([flat.float().sum().item(), flat.float().abs().sum().item()]).tobytes())
+    return h.hexdigest()[:20]
+
+
+def _canonical(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray) or type(obj).__module__.startswith("torch"):
+        arr = np.asarray(obj.detach().cpu() if hasattr(obj, "detach") else obj)
+        return ["array", str(arr.dtype), list(arr.shape), hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()]
+    if isinstance(obj, dict):
+        return {str(k): _canonical(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(obj, (list, tuple)):
+        return [_canonical(v) for v in obj]
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return repr(obj)
+
+
+def digest(obj: Any) -> str:
+    """A stable hex digest of a JSON-like object (arrays and tensors by their bytes)."""
+    text = json.dumps(_canonical(obj), sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def partial_path(out: Path, name: str, phase: str = "") -> Path:
+    """``out/partial/<name>.json`` (statistics) or ``out/partial/<name>.<phase>.json`` (e.g. ``causal``)."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    return out / "partial" / (f"{safe}.{phase}.json" if phase else f"{safe}.json")
+
+
+def load_partial(path: Path, key: str, name: str) -> tuple[DetectorResult, float, str] | None:
+    if not path.is_file():
+        return None
+    try:
+        doc = schema.read_json(path)
+        if not isinstance(doc, dict) or doc.get("schema") != schema.PARTIAL_SCHEMA or doc.get("key") != key:
+            return None
+        result = schema.result_from_dict(doc["result"], str(path))
+        if result.name != name:
+            return None
+        return result, float(doc.get("seconds", float("nan"))), str(doc.get("shared", ""))
+    except (HeadAtlasError, KeyError, TypeError, ValueError) as exc:
+        log.warning("ignoring unreadable partial result %s (%s); recomputing", path, exc)
+        return None
+
+
+def write_partial(path: Path, key: str, meta: DetectorMeta, result: DetectorResult, seconds: float,
+                   shared: str) -> None:
+    doc = {"schema": schema.PARTIAL_SCHEMA, "key": key, "detector": meta.to_dict(), "seconds": seconds,
+           "shared": shared, "result": schema.result_to_dict(result)}
+    schema.atomic_write_text(path, schema.dumps(doc))
