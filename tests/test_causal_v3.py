@@ -299,7 +299,7 @@ def test_a_set_carried_by_one_head_confirms_that_head_only(wide):
 def test_the_scan_runs_statistics_then_checks_with_clean_family_pools_and_resumes_both(monkeypatch, tmp_path):
     from collections import Counter
 
-    from atlas_fakes import FAKES, _planted
+    from atlas_fakes import FAKES, _planted, _scores_option
     from headatlas.detectors import base
     from headatlas.detectors.causal import behaviour_check
 
@@ -311,7 +311,8 @@ def test_the_scan_runs_statistics_then_checks_with_clean_family_pools_and_resume
 
     fam = "memory vs context"
     dets = {n: base.Detector(n, "KR", "planted", "s", "test", _planted(n), metric=fam, evidence="dla",
-                             causal=behaviour_check(make), behaviour=make) for n in ("fake_a", "fake_b", "fake_d")}
+                             causal=behaviour_check(make), behaviour=make, options=(_scores_option(n),))
+            for n in ("fake_a", "fake_b", "fake_d")}
     dets["fake_prev"] = FAKES["fake_prev"]
     monkeypatch.setattr(base, "_REGISTRY", dets)
     m = headatlas.load(tiny_model("llama"), device="cpu")
