@@ -44,7 +44,15 @@ from ...methods import engine
 from ...methods.metrics import prob
 from ...models.suffix import decoder_layers
 from ...tasks.icl import ICLBatch, icl_batch, icl_tasks
-from ..base import NOT_FOUND, Detector, DetectorResult, LabelRule, ScanConfig, SharedPass, register
+from ..base import (
+    NOT_FOUND,
+    Detector,
+    DetectorResult,
+    LabelRule,
+    ScanConfig,
+    SharedPass,
+    register,
+)
 from ..causal import effect_map_result, matched_random_sets
 
 if TYPE_CHECKING:
