@@ -13,12 +13,14 @@ from headatlas.detectors import ScanConfig, get
 from headatlas.detectors.base import ScanCache
 from headatlas.detectors.dla.mcqa import (MCQA_PASS, _best, evenness, letter_contrast_excluding, mcqa_stats, output_test,
                                       permuted_best_null)
+from headatlas.detectors.dla.mcqa_ep import EP_PASS
 from headatlas.detectors.dla.name_mover import mover_result
 from headatlas.instrument import Taps, instrumented
 from headatlas.methods.dla import capture_final_residual, direct_logit_effect, dla_by_source
 
 MCQA = ("constant", "single_letter", "correct_letter")
 MINE = MCQA + ("name_mover",)
+NOSKILL = {"mcqa_require_skill": False}      # the tiny models are at chance: run the MCQA statistics anyway
 
 
 # ---------------------------------------------------------------- dla_by_source
@@ -110,10 +112,10 @@ def test_mcqa_output_heads_planted_dla():
 
 
 def test_mcqa_patching_agreement_runs_when_asked(english):
-    cfg = ScanConfig(seed=2, quick=True, options={"mcqa_patching_always": True})
+    cfg = ScanConfig(seed=2, quick=True, options={"mcqa_patching_always": True} | NOSKILL)
     p = mcqa_stats(english, cfg).patching
     assert np.isfinite(p["spearman_with_output_effect"]) and 0 <= p["top_overlap"] <= p["top"]
-    quiet = mcqa_stats(english, ScanConfig(seed=2, quick=True)).patching
+    quiet = mcqa_stats(english, ScanConfig(seed=2, quick=True, options=NOSKILL)).patching
     assert "no output heads" in quiet["skipped"]
 
 
@@ -169,7 +171,7 @@ def test_random_weights_label_nothing(seed):
     from english_tiny import english_tiny_model
 
     m = headatlas.load(english_tiny_model(n_ctx=512, seed=seed), device="cpu")
-    cfg = ScanConfig(seed=seed, quick=True)
+    cfg = ScanConfig(seed=seed, quick=True, options=NOSKILL)
     for name in MINE:
         r = get(name).run(m, cfg)
         assert r.labelled == [], (name, seed, r.labelled)
@@ -179,12 +181,15 @@ def test_random_weights_label_nothing(seed):
 
 def test_same_seed_bit_identical_and_shared_pass(english):
     cache = ScanCache()
-    cfg = ScanConfig(seed=3, quick=True, cache=cache)
+    cfg = ScanConfig(seed=3, quick=True, cache=cache, options=NOSKILL)
     first = {name: get(name).run(english, cfg) for name in MINE}
     assert len([k for k in cache.values if k[0] == MCQA_PASS.name]) == 1      # one MCQA pass for three detectors
+    assert len([k for k in cache.values if k[0] == EP_PASS.name]) == 1        # on the family's one data pass
     assert cache.computed_by[MCQA_PASS.name] == "(direct call)"
+    assert mcqa_stats(english, cfg).batch is cfg.shared(EP_PASS, english).batch               # the same prompts
+    assert "colors" in first["correct_letter"].data_description                                # the scan's format
     assert not hasattr(english, "_cache") or not any("mcqa" in str(k) for k in english._cache)
-    again = ScanConfig(seed=3, quick=True)                                     # a fresh scan cache
+    again = ScanConfig(seed=3, quick=True, options=NOSKILL)                    # a fresh scan cache
     L, H = english.info.n_layers, english.info.n_heads
     for name in MINE:
         r1, r2 = first[name], get(name).run(english, again)
@@ -199,6 +204,7 @@ def test_same_seed_bit_identical_and_shared_pass(english):
 def test_causal_checks_run_on_a_given_set(english):
     from headatlas.atlas.records import LabelRule
     from headatlas.detectors.dla.mcqa import mcqa_check
+    from headatlas.detectors.dla.mcqa_ep import ep_check
     from headatlas.detectors.dla.name_mover import ioi_check
 
     cfg = ScanConfig(seed=0, quick=True)
@@ -208,7 +214,7 @@ def test_causal_checks_run_on_a_given_set(english):
         c = fn(english, cfg, r)
         assert c.kind == "mean" and len(c.random_effects) == 20 and 0 < c.p_value <= 1 and c.expected == "decrease"
         assert np.isfinite(c.effect) and c.n_prompts == 8
-    assert get("constant").causal is mcqa_check and get("name_mover").causal is ioi_check
+    assert get("constant").causal is ep_check and get("name_mover").causal is ioi_check
     assert isinstance(get("single_letter").causal, type(mcqa_check)) and LabelRule
 
 

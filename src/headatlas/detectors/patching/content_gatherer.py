@@ -3,9 +3,10 @@ option's content to the final token, where the correct-letter heads' queries rea
 to. Found by path patching into the correct-letter heads (:mod:`headatlas.detectors.dla.mcqa`), as the
 S-inhibition heads are found by path patching into the name movers.
 
-Data: the MCQA pass's format (``tasks/mcqa.py``: arithmetic questions, 4 lettered options, correct letter
-balanced), ``CG_PROMPTS`` prompts (seed of the scan) and their answer-swapped twins (the same question and
-option values, rotated so that the answer sits under another letter; the same length). Receivers: the
+Data: the MCQA family's format (``options["mcqa_topic"/"mcqa_shots"/"mcqa_options"]``,
+:func:`headatlas.detectors.dla.mcqa_ep.mcqa_format`; correct letter balanced), ``CG_PROMPTS`` prompts (seed of
+the scan) and their answer-swapped twins (the same question and option values, rotated so that the answer
+sits under another letter; the same length). Receivers: the
 heads ``correct_letter`` labels; senders: every head in a layer before the last receiver's.
 
 Per prompt ``P`` (answer letter ``k``), its twin ``T`` (answer ``k2``) and sender ``s``:
@@ -24,7 +25,7 @@ Non-senders get effect 0 with a degenerate null (never labelled; ``extras["sende
 
 Requires ``correct_letter``; when it labels nothing the detector skips ("not found: ..."). Causal check:
 mean-ablating the gatherers lowers the MCQA logit difference on held-out prompts more than layer-matched
-random head sets (:func:`headatlas.detectors.dla.mcqa.mcqa_check`, the check of ``correct_letter``).
+random head sets (:func:`headatlas.detectors.dla.mcqa_ep.ep_check`, the check of ``correct_letter``).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from ...methods.metrics import Metric
 from ...tasks.mcqa import MCQABatch, mcqa_batch
 from ..base import Detector, DetectorResult, LabelRule, ScanConfig, register
 from ..causal import effect_map_result
-from ..dla.mcqa import answer_letter_ids, mcqa_check, swap_contrast
+from ..dla.mcqa_ep import answer_letter_ids, ep_check, mcqa_format, swap_contrast
 from .receivers import labelled_receivers, senders_before
 
 if TYPE_CHECKING:
@@ -121,7 +122,8 @@ def run_content_gatherer(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
     senders, sender = senders_before(receivers, m.info.n_layers, m.info.n_heads)
     L, H, last = m.info.n_layers, m.info.n_heads, max(layer for layer, _ in receivers)
     tok = m.tokenizer
-    batch = mcqa_batch(tok, n, seed=cfg.seed)
+    topic, shots, n_options = mcqa_format(cfg)
+    batch = mcqa_batch(tok, n, seed=cfg.seed, topic=topic, shots=shots, n_options=n_options)
     answers = answer_letter_ids(tok, batch)
     drops = np.zeros((L, n, H))
     pairs = []
@@ -140,8 +142,9 @@ def run_content_gatherer(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
                             content_attention(att_t, content_spans(batch, newline, twin=True)),
                             batch.correct.numpy(), batch.swapped_correct.numpy())
     res = gatherer_result(drops, sender, content, seed=cfg.seed,
-                          data_description=(f"{n} arithmetic multiple-choice prompts (seed {cfg.seed}) with 4 lettered "
-                                            "options and their answer-swapped twins; senders: every head before layer "
+                          data_description=(f"{n} {topic} multiple-choice prompts after {shots} solved examples (seed "
+                                            f"{cfg.seed}) with {n_options} lettered options and their answer-swapped "
+                                            "twins; senders: every head before layer "
                                             f"{last}; receivers: the correct-letter heads' queries at the final "
                                             "token; content attention: the final token's attention on the options' "
                                             "values, answer-swap contrast"),
@@ -173,5 +176,5 @@ CONTENT_GATHERER = register(Detector(
     summary="moves the correct option's content to the final token, where the correct-letter heads' queries read "
             "it: path patching its final-token output into their queries lowers logit(answer) - logit(other)",
     citation="Lieberum et al. 2023, arXiv 2307.09458", run=run_content_gatherer, requires=("correct_letter",),
-    causal=mcqa_check, version=1, default=False,
+    causal=ep_check, version=1, default=False,
 ))
