@@ -94,6 +94,32 @@ def test_mcqa_attention_statistics_on_planted_patterns():
     assert p[1] < 0.01 and p[4] > 0.05 and p[2] > 0.05
 
 
+def test_constant_needs_even_letters_not_a_correct_or_single_letter_head():
+    """A head with 60% on the answer and 10% on each other letter has a high m x H / log K, but it follows the
+    answer: not constant. Nor is a head that sits on letter D. Only the evenly spread head is even."""
+    from types import SimpleNamespace
+
+    from headatlas.detectors.dla.mcqa import _shape
+
+    B, K = 16, 4
+    correct = np.arange(B) % K
+    twin = (correct + 1) % K
+    def planted(ans):
+        a = np.full((1, B, 3, K), 0.2)                       # head 0: even
+        a[0, :, 1] = 0.1
+        a[0, np.arange(B), 1, ans] = 0.6                     # head 1: the answer
+        a[0, :, 2] = 0.1
+        a[0, :, 2, 3] = 0.6                                  # head 2: letter D
+        return a
+    st = SimpleNamespace(attn=planted(correct), attn_twin=planted(twin), correct_np=lambda: correct,
+                         batch=SimpleNamespace(swapped_correct=torch.tensor(twin)))
+    ev = evenness(st.attn).mean(1)[0]
+    assert ev[1] > 0.6 and ev[2] > 0.6                       # the entropy alone would call all three even
+    shape = _shape(st)
+    assert shape["even_letters"][0].tolist() == [1.0, 0.0, 0.0]
+    assert shape["answer_following"][0, 1] == pytest.approx(0.5) and shape["letter_preference"][0, 2] > 0.4
+
+
 def test_mcqa_output_heads_planted_dla():
     """Head (1, 0) raises the correct letter's logit; (1, 1) always raises letter A (a bias, not an
     output head); (0, 2) lowers the correct letter; the rest is noise."""

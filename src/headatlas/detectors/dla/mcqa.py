@@ -24,7 +24,11 @@ letter, so a model at chance on the format is "not found" for all of them (the s
 2. Attention over the K letters ``a`` from the final token (``m = sum(a)``), for output heads only:
    - ``constant``: per prompt ``m * H(a / m) / log K`` (mass on the letters, spread evenly) minus the
      same on K random non-letter positions of the options block (mean of ``N_DRAWS`` draws); null:
-     sign flips of the per-prompt differences; label also needs letter mass >= ``MIN_MASS``.
+     sign flips of the per-prompt differences; label also needs letter mass >= ``MIN_MASS`` and (v3) even
+     letters: the head's ``correct_letter`` score (answer-swap contrast, absolute) and ``single_letter``
+     score (best letter's preference) both below those rules' floors (0.1). ``m * H / log K`` alone is high
+     for a head with 60% of its attention on the answer and 10% on each other letter; on
+     qwen2.5-coder-1.5b v2 labelled the correct-letter head L22H7 constant.
    - ``single_letter``: per prompt and letter, attention on the letter minus the mean over the other
      letters, left out where the letter is the answer; statistic: the best letter's mean over prompts
      (``extras["letter"]``). Null: the letter labels permuted within each prompt, best letter taken in
@@ -74,16 +78,17 @@ TOP = 10                # top heads compared between DLA and patching
 OUTPUT_RULE = LabelRule(statistic=("direct logit attribution at the final token to logit(correct letter) - mean "
                                    "logit(other letters), minus the same for a letter drawn at random"),
                         direction="greater", min_effect=MIN_OUTPUT)
-CONSTANT_RULE = LabelRule(statistic=("letter mass x normalised entropy over the letters, minus the same on random "
-                                     "non-letter option positions (output heads only)"),
-                          direction="greater", min_effect=0.2,
-                          extra_min=(("output_head", 1.0), ("letter_mass", MIN_MASS)))
 SINGLE_RULE = LabelRule(statistic=("best letter's attention minus the mean over the other letters, on prompts whose "
                                    "answer is another letter (output heads only)"),
                         direction="greater", min_effect=0.1, extra_min=(("output_head", 1.0),))
 CORRECT_RULE = LabelRule(statistic=("attention on a letter when it is the answer minus on the same letter of the "
                                     "answer-swapped twin when it is not (output heads only)"),
                          direction="greater", min_effect=0.1, extra_min=(("output_head", 1.0),))
+CONSTANT_RULE = LabelRule(statistic=("letter mass x normalised entropy over the letters, minus the same on random "
+                                     "non-letter option positions (output heads whose letter attention neither "
+                                     "follows the answer nor prefers one letter)"),
+                          direction="greater", min_effect=0.2,
+                          extra_min=(("output_head", 1.0), ("letter_mass", MIN_MASS), ("even_letters", 1.0)))
 
 
 def evenness(a: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -292,13 +297,25 @@ def _result(name: str, st: MCQAStats, per_prompt: np.ndarray, draws: np.ndarray,
                         seed=cfg.seed, extras=ex, details=st.common_details() | (details or {}))
 
 
+def _shape(st: MCQAStats) -> dict[str, np.ndarray]:
+    """``[L, H]`` what keeps a correct-letter or single-letter head from counting as even: its answer-swap
+    contrast (``answer_following``, the ``correct_letter`` score), its best letter's preference
+    (``letter_preference``, the ``single_letter`` score) and ``even_letters``: 1 when both are below their
+    rules' floors (a head can spread its attention over the letters and still put most of it on the answer:
+    ``m x H / log K`` alone does not tell them apart)."""
+    follow = swap_contrast(st.attn, st.attn_twin, st.correct_np(), st.batch.swapped_correct.numpy()).mean(1)
+    pref = _best(letter_contrast_excluding(st.attn, st.correct_np()))
+    even = (np.abs(follow) < CORRECT_RULE.min_effect) & (pref < SINGLE_RULE.min_effect)
+    return {"answer_following": follow, "letter_preference": pref, "even_letters": even.astype(float)}
+
+
 def run_constant(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
     st = mcqa_stats(m, cfg)
     target = evenness(st.attn)                                          # [L, B, H]
     control = np.mean([evenness(c) for c in st.attn_control], axis=0)
     diff = target - control
     draws = stats.signflip_null(diff, rng=stats.rng_for(cfg.seed, "constant:null"))
-    return _result("constant", st, diff, draws, CONSTANT_RULE, cfg, extras={"evenness": target.mean(1)},
+    return _result("constant", st, diff, draws, CONSTANT_RULE, cfg, extras={"evenness": target.mean(1)} | _shape(st),
                    data="score = mean over prompts of m x normalised entropy over the letters minus the same on K "
                         "random non-letter option positions",
                    null=f"sign flips of the per-prompt differences (control: {N_DRAWS} draws of random non-letter "
