@@ -26,8 +26,7 @@ from pathlib import Path
 import torch
 
 import headatlas
-from headatlas.detectors.dla.mcqa import answer_letter_ids
-from headatlas.detectors.dla.mcqa_ep import binomial_above_chance, letter_logits
+from headatlas.detectors.dla.mcqa_ep import answer_letter_ids, binomial_above_chance, letter_logits
 from headatlas.models import BUNDLED
 from headatlas.models.loading import _gguf_cache_folder
 from headatlas.tasks.icl import icl_batch, icl_tasks

@@ -16,6 +16,7 @@ from headatlas.instrument import HeadEdit, Taps, instrumented
 from headatlas.tasks.mcqa import COLOR_ITEMS, mcqa_batch
 
 NOSKILL = {"mcqa_require_skill": False}
+FAMILY = ("amplification", "correct", "constant", "single_letter", "correct_letter")
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +188,7 @@ def test_random_weights_skip_or_label_nothing(seed):
     from headatlas.detectors.base import ScanCache
 
     gated = ScanConfig(seed=seed, quick=True, cache=ScanCache())
-    for name in ("amplification", "correct"):                # one gate pass for both
+    for name in FAMILY:                                      # one gate pass for the whole family
         with pytest.raises(InputError, match=f"^{NOT_FOUND}the model answers"):
             get(name).run(m, gated)
     assert len([k for k in gated.cache.values if k[0] == EP_PASS.name]) == 1
@@ -233,7 +234,7 @@ def test_correct_letter_v3_scores_the_answer_swap_contrast_of_attention(english)
     from headatlas.detectors.dla.mcqa import mcqa_stats, swap_contrast as swap_mcqa
     from headatlas.methods.dla import dla_by_source
 
-    cfg = ScanConfig(seed=5, quick=True)
+    cfg = ScanConfig(seed=5, quick=True, options=NOSKILL)
     st = mcqa_stats(english, cfg)
     b = st.batch
     att = dla_by_source(english, b.swapped_ids[:3], b.final_pos[:3], {}).attention        # [3, L, H, S]
@@ -241,7 +242,7 @@ def test_correct_letter_v3_scores_the_answer_swap_contrast_of_attention(english)
         ref = att[r][:, :, b.swapped_letter_pos[r]].double().numpy()                      # [L, H, K]
         assert np.allclose(st.attn_twin[:, r], ref, atol=1e-6)
     res = get("correct_letter").run(english, cfg)
-    assert get("correct_letter").version == 3
+    assert get("correct_letter").version == 4
     per = swap_mcqa(st.attn, st.attn_twin, b.correct.numpy(), b.swapped_correct.numpy())
     assert np.allclose(res.scores, per.mean(1)) and "letter_contrast" in res.extras
     assert swap_contrast is swap_mcqa

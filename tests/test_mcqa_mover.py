@@ -13,12 +13,14 @@ from headatlas.detectors import ScanConfig, get
 from headatlas.detectors.base import ScanCache
 from headatlas.detectors.dla.mcqa import (MCQA_PASS, _best, evenness, letter_contrast_excluding, mcqa_stats, output_test,
                                       permuted_best_null)
+from headatlas.detectors.dla.mcqa_ep import EP_PASS
 from headatlas.detectors.dla.name_mover import mover_result
 from headatlas.instrument import Taps, instrumented
 from headatlas.methods.dla import capture_final_residual, direct_logit_effect, dla_by_source
 
 MCQA = ("constant", "single_letter", "correct_letter")
 MINE = MCQA + ("name_mover",)
+NOSKILL = {"mcqa_require_skill": False}      # the tiny models are at chance: run the MCQA statistics anyway
 
 
 # ---------------------------------------------------------------- dla_by_source
@@ -92,6 +94,32 @@ def test_mcqa_attention_statistics_on_planted_patterns():
     assert p[1] < 0.01 and p[4] > 0.05 and p[2] > 0.05
 
 
+def test_constant_needs_even_letters_not_a_correct_or_single_letter_head():
+    """A head with 60% on the answer and 10% on each other letter has a high m x H / log K, but it follows the
+    answer: not constant. Nor is a head that sits on letter D. Only the evenly spread head is even."""
+    from types import SimpleNamespace
+
+    from headatlas.detectors.dla.mcqa import _shape
+
+    B, K = 16, 4
+    correct = np.arange(B) % K
+    twin = (correct + 1) % K
+    def planted(ans):
+        a = np.full((1, B, 3, K), 0.2)                       # head 0: even
+        a[0, :, 1] = 0.1
+        a[0, np.arange(B), 1, ans] = 0.6                     # head 1: the answer
+        a[0, :, 2] = 0.1
+        a[0, :, 2, 3] = 0.6                                  # head 2: letter D
+        return a
+    st = SimpleNamespace(attn=planted(correct), attn_twin=planted(twin), correct_np=lambda: correct,
+                         batch=SimpleNamespace(swapped_correct=torch.tensor(twin)))
+    ev = evenness(st.attn).mean(1)[0]
+    assert ev[1] > 0.6 and ev[2] > 0.6                       # the entropy alone would call all three even
+    shape = _shape(st)
+    assert shape["even_letters"][0].tolist() == [1.0, 0.0, 0.0]
+    assert shape["answer_following"][0, 1] == pytest.approx(0.5) and shape["letter_preference"][0, 2] > 0.4
+
+
 def test_mcqa_output_heads_planted_dla():
     """Head (1, 0) raises the correct letter's logit; (1, 1) always raises letter A (a bias, not an
     output head); (0, 2) lowers the correct letter; the rest is noise."""
@@ -110,10 +138,10 @@ def test_mcqa_output_heads_planted_dla():
 
 
 def test_mcqa_patching_agreement_runs_when_asked(english):
-    cfg = ScanConfig(seed=2, quick=True, options={"mcqa_patching_always": True})
+    cfg = ScanConfig(seed=2, quick=True, options={"mcqa_patching_always": True} | NOSKILL)
     p = mcqa_stats(english, cfg).patching
     assert np.isfinite(p["spearman_with_output_effect"]) and 0 <= p["top_overlap"] <= p["top"]
-    quiet = mcqa_stats(english, ScanConfig(seed=2, quick=True)).patching
+    quiet = mcqa_stats(english, ScanConfig(seed=2, quick=True, options=NOSKILL)).patching
     assert "no output heads" in quiet["skipped"]
 
 
@@ -169,7 +197,7 @@ def test_random_weights_label_nothing(seed):
     from english_tiny import english_tiny_model
 
     m = headatlas.load(english_tiny_model(n_ctx=512, seed=seed), device="cpu")
-    cfg = ScanConfig(seed=seed, quick=True)
+    cfg = ScanConfig(seed=seed, quick=True, options=NOSKILL)
     for name in MINE:
         r = get(name).run(m, cfg)
         assert r.labelled == [], (name, seed, r.labelled)
@@ -179,12 +207,15 @@ def test_random_weights_label_nothing(seed):
 
 def test_same_seed_bit_identical_and_shared_pass(english):
     cache = ScanCache()
-    cfg = ScanConfig(seed=3, quick=True, cache=cache)
+    cfg = ScanConfig(seed=3, quick=True, cache=cache, options=NOSKILL)
     first = {name: get(name).run(english, cfg) for name in MINE}
     assert len([k for k in cache.values if k[0] == MCQA_PASS.name]) == 1      # one MCQA pass for three detectors
+    assert len([k for k in cache.values if k[0] == EP_PASS.name]) == 1        # on the family's one data pass
     assert cache.computed_by[MCQA_PASS.name] == "(direct call)"
+    assert mcqa_stats(english, cfg).batch is cfg.shared(EP_PASS, english).batch               # the same prompts
+    assert "colors" in first["correct_letter"].data_description                                # the scan's format
     assert not hasattr(english, "_cache") or not any("mcqa" in str(k) for k in english._cache)
-    again = ScanConfig(seed=3, quick=True)                                     # a fresh scan cache
+    again = ScanConfig(seed=3, quick=True, options=NOSKILL)                    # a fresh scan cache
     L, H = english.info.n_layers, english.info.n_heads
     for name in MINE:
         r1, r2 = first[name], get(name).run(english, again)
@@ -199,6 +230,7 @@ def test_same_seed_bit_identical_and_shared_pass(english):
 def test_causal_checks_run_on_a_given_set(english):
     from headatlas.atlas.records import LabelRule
     from headatlas.detectors.dla.mcqa import mcqa_check
+    from headatlas.detectors.dla.mcqa_ep import ep_check
     from headatlas.detectors.dla.name_mover import ioi_check
 
     cfg = ScanConfig(seed=0, quick=True)
@@ -209,7 +241,7 @@ def test_causal_checks_run_on_a_given_set(english):
         assert c.kind == "mean" and len(c.random_effects) == 3 and c.exhaustive and 0 < c.p_value <= 1
         assert c.expected == "decrease" and c.p_floor == 0.25
         assert np.isfinite(c.effect) and c.n_prompts == 8
-    assert get("constant").causal is mcqa_check and get("name_mover").causal is ioi_check
+    assert get("constant").causal is ep_check and get("name_mover").causal is ioi_check
     assert isinstance(get("single_letter").causal, type(mcqa_check)) and LabelRule
 
 

@@ -9,8 +9,7 @@ import pytest
 import torch
 
 import headatlas
-from headatlas.detectors.dla.mcqa import answer_letter_ids
-from headatlas.detectors.dla.mcqa_ep import binomial_above_chance, letter_logits
+from headatlas.detectors.dla.mcqa_ep import answer_letter_ids, binomial_above_chance, letter_logits
 from headatlas.models import bundled, chunked
 from headatlas.tasks.ioi import ioi_batch
 from headatlas.tasks.mcqa import mcqa_batch

@@ -29,6 +29,7 @@ from .dla import semantic_induction  # noqa: F401
 from .patching import s_inhibition  # noqa: F401
 from .patching import function_vector  # noqa: F401
 from .patching import mcqa_correct  # noqa: F401  (correct)
+from .patching import content_gatherer  # noqa: F401
 from .dla import in_context  # noqa: F401
 from .patching import gating  # noqa: F401
 # --- probes

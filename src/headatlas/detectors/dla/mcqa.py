@@ -1,11 +1,15 @@
 """Multiple-choice heads of Lieberum et al. 2023 (arXiv 2307.09458), in the paper's order: first the
 *output heads* of a multiple-choice prompt, then how their attention over the option letters is shaped.
 
-Data: ``tasks/mcqa.py`` (arithmetic questions, four lettered options, correct letter balanced; each
-prompt has an answer-swapped twin). All statistics come from one declared shared pass
-(:data:`MCQA_PASS`: one forward per batch with values and the final position's attention rows,
-:func:`headatlas.methods.dla.dla_by_source`, and one attribution-patching run), shared by ``constant``,
-``single_letter`` and ``correct_letter`` within a scan.
+Data: the MCQA family's one data pass (:data:`headatlas.detectors.dla.mcqa_ep.EP_PASS`: the scan's MCQA
+format, ``tasks/mcqa.py``, by default prototypical colours with 4 lettered options, correct letter balanced,
+each prompt with an answer-swapped twin; the skill gate; one :func:`headatlas.methods.dla.dla_by_source`
+pass over the prompts and one over the twins). On it :data:`MCQA_PASS` adds the output-head test and,
+when output heads were found, attribution patching; both are shared by ``constant``, ``single_letter`` and
+``correct_letter`` (and ``amplification``, ``correct``) within a scan. The heads are defined by the correct
+letter, so a model at chance on the format is "not found" for all of them (the skill gate, see
+:mod:`headatlas.detectors.dla.mcqa_ep`). (Up to v2/v3 these three read their own pass over arithmetic
+0-shot prompts, where even a model that answers the colour questions can be at chance, and had no gate.)
 
 1. Output heads: per prompt, the head's direct logit attribution (DLA) at the final token to
    ``logit(correct letter) - mean logit(other letters)`` (the answer letters as the model would write
@@ -13,19 +17,23 @@ prompt has an answer-swapped twin). All statistics come from one declared shared
    prompt (shared by all heads), i.e. the head's DLA contrast for a letter that is not the answer;
    p add-one over ``N_PERM`` draws, BH q over all heads; an output head needs q <= 0.05 and an effect
    >= ``MIN_OUTPUT`` logits (``extras["output_effect"]``, ``extras["output_q"]``, ``extras["output_head"]``).
-   Confirmation by patching (when output heads were found): attribution patching of every head
-   (answer-swapped twin -> prompt, ``logit(correct) - logit(twin's correct)``); ``details["patching"]``
-   gives the rank correlation with the output effect, the overlap of the top heads and each output
-   head's patching effect.
+   Confirmation by patching (when output heads were found): attribution patching of every head (each
+   prompt's head output patched into its answer-swapped twin, ``logit(correct) - logit(twin's correct)``,
+   in chunks of ``batch_size`` prompts); ``details["patching"]`` gives the rank correlation with the
+   output effect, the overlap of the top heads and each output head's patching effect.
 2. Attention over the K letters ``a`` from the final token (``m = sum(a)``), for output heads only:
    - ``constant``: per prompt ``m * H(a / m) / log K`` (mass on the letters, spread evenly) minus the
      same on K random non-letter positions of the options block (mean of ``N_DRAWS`` draws); null:
-     sign flips of the per-prompt differences; label also needs letter mass >= ``MIN_MASS``.
+     sign flips of the per-prompt differences; label also needs letter mass >= ``MIN_MASS`` and (v3) even
+     letters: the head's ``correct_letter`` score (answer-swap contrast, absolute) and ``single_letter``
+     score (best letter's preference) both below those rules' floors (0.1). ``m * H / log K`` alone is high
+     for a head with 60% of its attention on the answer and 10% on each other letter; on
+     qwen2.5-coder-1.5b v2 labelled the correct-letter head L22H7 constant.
    - ``single_letter``: per prompt and letter, attention on the letter minus the mean over the other
      letters, left out where the letter is the answer; statistic: the best letter's mean over prompts
      (``extras["letter"]``). Null: the letter labels permuted within each prompt, best letter taken in
      every draw (max-statistic null).
-   - ``correct_letter`` (v3): the answer-swap contrast of the attention on the letters,
+   - ``correct_letter``: the answer-swap contrast of the attention on the letters,
      ``((a_P[k] - a_T[k]) + (a_T[k2] - a_P[k2])) / 2`` for a prompt ``P`` with answer letter ``k`` and its
      twin ``T`` (answer ``k2``, the same question and values rotated): how much more the head attends to
      a letter when it is the answer than to the same letter, in the same prompt layout, when it is not.
@@ -33,11 +41,11 @@ prompt has an answer-swapped twin). All statistics come from one declared shared
      the pair is the prompt is a coin flip of the generator). (v2 scored the correct letter against the
      other letters of the same prompt with a random-letter null; that contrast is ``extras
      ["letter_contrast"]``.)
-Every label also needs ``output_head == 1``. Causal check (all three): mean-ablating the labelled
-heads lowers the MCQA logit difference (correct letter minus mean other letters) on held-out prompts
-(seed + 1000) more than layer-matched random head sets.
+Every label also needs ``output_head == 1``. Causal check (all three):
+:func:`headatlas.detectors.dla.mcqa_ep.ep_check`, mean-ablating the labelled heads lowers the MCQA logit
+difference (correct letter minus mean other letters) on held-out prompts of the same format (seed + 1000)
+more than layer-matched random head sets.
 """
-
 from __future__ import annotations
 
 import random
@@ -49,14 +57,16 @@ import torch
 
 from ... import stats
 from ...atlas.records import CausalCheck
-from ...errors import InputError
-from ...methods.dla import dla_by_source
-from ...tasks.mcqa import MCQABatch, mcqa_batch
-from ...tasks.text import check_english
+from ...tasks.mcqa import MCQABatch
 from ..base import Detector, DetectorResult, LabelRule, ScanConfig, SharedPass, register
-from ..behaviours import Behaviour, HeadOp, at_positions, per_prompt
+from ..behaviours import Behaviour
 from ..causal import set_check
 from ..options import Option
+from .mcqa_ep import (EP_OPTIONS, EP_PASS, _letter_logits, answer_letter_ids, at_slot, ep_behaviour, ep_check, ep_stats,
+                      format_behaviour, mcqa_logit_diff, swap_contrast)
+
+__all__ = ["CONSTANT", "CORRECT_LETTER", "MCQA_PASS", "SINGLE_LETTER", "answer_letter_ids", "at_slot", "mcqa_check",
+           "mcqa_logit_diff", "mcqa_stats", "swap_contrast"]
 
 if TYPE_CHECKING:
     from ...models import LoadedModel
@@ -64,33 +74,23 @@ if TYPE_CHECKING:
 N_DRAWS = 8
 MIN_OUTPUT = 0.05       # logits: the smallest output-head effect worth a label
 MIN_MASS = 0.3          # constant heads: mass on the letters
-EVAL_SEED_OFFSET = 1000
 CHECK_FORMAT = ("arithmetic", 0, 4)     # (topic, shots, n_options) of mcqa_batch's defaults: the letter heads' prompts
 TOP = 10                # top heads compared between DLA and patching
 
 OUTPUT_RULE = LabelRule(statistic=("direct logit attribution at the final token to logit(correct letter) - mean "
                                    "logit(other letters), minus the same for a letter drawn at random"),
                         direction="greater", min_effect=MIN_OUTPUT)
-CONSTANT_RULE = LabelRule(statistic=("letter mass x normalised entropy over the letters, minus the same on random "
-                                     "non-letter option positions (output heads only)"),
-                          direction="greater", min_effect=0.2,
-                          extra_min=(("output_head", 1.0), ("letter_mass", MIN_MASS)))
 SINGLE_RULE = LabelRule(statistic=("best letter's attention minus the mean over the other letters, on prompts whose "
                                    "answer is another letter (output heads only)"),
                         direction="greater", min_effect=0.1, extra_min=(("output_head", 1.0),))
 CORRECT_RULE = LabelRule(statistic=("attention on a letter when it is the answer minus on the same letter of the "
                                     "answer-swapped twin when it is not (output heads only)"),
                          direction="greater", min_effect=0.1, extra_min=(("output_head", 1.0),))
-
-
-def answer_letter_ids(tokenizer: Any, batch: MCQABatch) -> torch.Tensor:
-    """``[K]`` the tokens the model writes as its answer after ``Answer:``: " A" when that is one token
-    (GPT-style vocabularies), else the bare letter."""
-    out = []
-    for j, tid in enumerate(batch.letter_ids.tolist()):
-        t = tokenizer.encode(" " + tokenizer.decode([tid]), add_special_tokens=False)
-        out.append(t[0] if len(t) == 1 else tid)
-    return torch.tensor(out)
+CONSTANT_RULE = LabelRule(statistic=("letter mass x normalised entropy over the letters, minus the same on random "
+                                     "non-letter option positions (output heads whose letter attention neither "
+                                     "follows the answer nor prefers one letter)"),
+                          direction="greater", min_effect=0.2,
+                          extra_min=(("output_head", 1.0), ("letter_mass", MIN_MASS), ("even_letters", 1.0)))
 
 
 def evenness(a: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -152,6 +152,7 @@ class MCQAStats:
     clean_metric: float          # model's mean logit(correct) - mean logit(others)
     accuracy: float
     seed: int
+    data: str                    # the shared EP pass's description of the prompts
 
     @property
     def output_head(self) -> np.ndarray:
@@ -176,23 +177,7 @@ class MCQAStats:
                 "letters": "ABCD"[:self.attn.shape[-1]]}
 
     def describe(self) -> str:
-        B, K = self.attn.shape[1], self.attn.shape[-1]
-        return (f"{B} arithmetic multiple-choice prompts (seed {self.seed}) with {K} lettered options, correct letter "
-                f"balanced; final token ('Answer:'); model accuracy {self.accuracy:.2f}, mean logit difference "
-                f"{self.clean_metric:+.3f}; {len(self.output.labelled)} output heads")
-
-
-def _n_prompts(cfg: ScanConfig) -> int:
-    n = cfg.n_prompts or (16 if cfg.quick else 32)
-    if n < 12:
-        raise InputError("the MCQA detectors need at least 12 prompts (the resampling unit of their nulls)")
-    return n
-
-
-def at_slot(x: np.ndarray, slot: np.ndarray) -> np.ndarray:
-    """``x [L, B, H, K]``, ``slot [B]`` -> ``[L, B, H]`` the entry of each prompt's slot."""
-    pick = np.broadcast_to(slot[None, :, None, None], x.shape[:3] + (1,))
-    return np.take_along_axis(x, pick, axis=3)[..., 0]
+        return f"{self.data}; correct letter balanced; {len(self.output.labelled)} output heads"
 
 
 def output_test(letter_dla: np.ndarray, correct: np.ndarray, *, seed: int,
@@ -207,23 +192,15 @@ def output_test(letter_dla: np.ndarray, correct: np.ndarray, *, seed: int,
 
 
 def compute_mcqa(m: LoadedModel, cfg: ScanConfig) -> MCQAStats:
-    tok = m.tokenizer
-    check_english(tok)
-    n = _n_prompts(cfg)
-    batch = mcqa_batch(tok, n, seed=cfg.seed)
-    if batch.ids.shape[1] > m.info.n_ctx:
-        raise InputError(f"MCQA prompts need {batch.ids.shape[1]} positions; the model has {m.info.n_ctx}")
-    answers = answer_letter_ids(tok, batch)
-    K = answers.numel()
-    d = dla_by_source(m, batch.ids, batch.final_pos, {str(j): answers[j].repeat(n) for j in range(K)},
-                      batch_size=cfg.batch_size)
-    letter_dla = torch.stack([d.total(str(j)) for j in range(K)], -1).permute(1, 0, 2, 3).double().numpy()
+    """The output-head test and the letter attention, from the MCQA family's one data pass
+    (:data:`headatlas.detectors.dla.mcqa_ep.EP_PASS`: the scan's format, its skill gate, one DLA pass over
+    the prompts and one over their twins), plus attribution patching when output heads were found."""
+    ep = ep_stats(m, cfg)
+    batch, answers = ep.batch, ep.answers
+    n, K = batch.ids.shape[0], answers.numel()
     rows = torch.arange(n)
     lp = batch.letter_pos                                                   # [B, K]
-    # the output contrast carried by the letter positions alone
-    at_letters = torch.stack([d.values[str(j)][rows[:, None], :, :, lp].sum(1) for j in range(K)], -1)  # [B, L, H, K]
-    at_letters = at_letters.permute(1, 0, 2, 3).double().numpy()
-    attn = d.attention[rows[:, None], :, :, lp].permute(2, 0, 3, 1).double().numpy()          # [L, B, H, K]
+    attn = ep.attn[rows[:, None], :, :, lp].permute(2, 0, 3, 1).double().numpy()          # [L, B, H, K]
     rng = random.Random(cfg.seed + 1)
     ctrl = []
     for _ in range(N_DRAWS):
@@ -232,45 +209,45 @@ def compute_mcqa(m: LoadedModel, cfg: ScanConfig) -> MCQAStats:
             lo, hi = (int(x) for x in batch.option_region[r])
             pool = sorted(set(range(lo, hi)) - set(lp[r].tolist()))
             pos.append(sorted(rng.sample(pool, K)))
-        ctrl.append(d.attention[rows[:, None], :, :, torch.tensor(pos)].permute(2, 0, 3, 1).double().numpy())
-    tw = dla_by_source(m, batch.swapped_ids, batch.final_pos, {}, batch_size=cfg.batch_size).attention
-    attn_twin = tw[rows[:, None], :, :, batch.swapped_letter_pos].permute(2, 0, 3, 1).double().numpy()
+        ctrl.append(ep.attn[rows[:, None], :, :, torch.tensor(pos)].permute(2, 0, 3, 1).double().numpy())
+    attn_twin = ep.attn_twin[rows[:, None], :, :, batch.swapped_letter_pos].permute(2, 0, 3, 1).double().numpy()
     correct = batch.correct.numpy()
-    tested, scores = output_test(letter_dla, correct, seed=cfg.seed)
-    from_letters = at_slot(stats.slot_contrast(at_letters), correct)
-    clean, acc = _model_metric(m, batch, answers, cfg)
+    tested, scores = output_test(ep.letter_dla, correct, seed=cfg.seed)
+    from_letters = at_slot(stats.slot_contrast(ep.from_letters), correct)
     patching = _patching_agreement(m, batch, answers, tested, cfg)
-    return MCQAStats(batch=batch, letter_dla=letter_dla, from_letters=from_letters, attn=attn, attn_twin=attn_twin,
+    return MCQAStats(batch=batch, letter_dla=ep.letter_dla, from_letters=from_letters, attn=attn, attn_twin=attn_twin,
                      attn_control=np.stack(ctrl), output=tested, output_scores=scores, patching=patching,
-                     clean_metric=clean, accuracy=acc, seed=cfg.seed)
+                     clean_metric=ep.logit_diff, accuracy=ep.accuracy, seed=cfg.seed, data=ep.describe())
 
 
-def _letter_logits(logits: torch.Tensor, final_pos: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
-    """``[b, K]`` the answer letters' logits at each prompt's final position."""
-    rows = torch.arange(logits.shape[0], device=logits.device)
-    return logits[rows, final_pos.to(logits.device)][:, answers.to(logits.device)]
+def attribution_effects(m: LoadedModel, batch: MCQABatch, answers: torch.Tensor, batch_size: int
+                        ) -> tuple[np.ndarray, float, float]:
+    """Attribution patching of every head from each prompt into its answer-swapped twin (denoising), metric
+    ``logit(correct) - logit(twin's correct)`` at the final token, over chunks of ``batch_size`` prompts
+    (one forward and one backward each: a 1.5B model on all prompts at once does not fit in memory).
+    Returns ``(effect [L, H], clean, corrupted)``: the estimated rise of the prompt-mean metric when the
+    head takes the prompt's output, and the prompt-mean metric of prompts and twins."""
+    from ...methods.metrics import user_metric
+    from ...methods.patching import patching_map
 
+    corr, twin = batch.correct, batch.swapped_correct
+    n = batch.ids.shape[0]
+    total, clean, corrupted = 0.0, 0.0, 0.0
+    for s in range(0, n, batch_size):
+        e = min(s + batch_size, n)
+        width = int(batch.final_pos[s:e].max()) + 1
 
-def mcqa_logit_diff(batch: MCQABatch, answers: torch.Tensor):
-    """Behaviour fn ``(logits [b, S, V], rows [b]) -> [b]``: logit(correct) - mean logit(other letters)."""
-    def fn(logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        ll = _letter_logits(logits, batch.final_pos[rows.cpu()], answers)
-        c = ll.gather(1, batch.correct[rows.cpu()].to(ll.device)[:, None])[:, 0]
-        return c - (ll.sum(1) - c) / (ll.shape[1] - 1)
-    return fn
+        def metric(logits: torch.Tensor, rows: torch.Tensor, s: int = s) -> torch.Tensor:
+            r = rows.cpu() + s
+            ll = _letter_logits(logits, batch.final_pos[r], answers)
+            return (ll.gather(1, corr[r].to(ll.device)[:, None]) - ll.gather(1, twin[r].to(ll.device)[:, None]))[:, 0]
 
-
-def _model_metric(m: LoadedModel, batch: MCQABatch, answers: torch.Tensor, cfg: ScanConfig) -> tuple[float, float]:
-    diffs, hits = [], []
-    fn = mcqa_logit_diff(batch, answers)
-    for s in range(0, batch.ids.shape[0], cfg.batch_size):
-        e = min(s + cfg.batch_size, batch.ids.shape[0])
-        with torch.no_grad():
-            logits = m.model(input_ids=batch.ids[s:e].to(m.device), use_cache=False).logits.float()
-        rows = torch.arange(s, e)
-        diffs.append(fn(logits, rows).cpu())
-        hits.append(_letter_logits(logits, batch.final_pos[s:e], answers).argmax(1).cpu() == batch.correct[s:e])
-    return float(torch.cat(diffs).mean()), float(torch.cat(hits).float().mean())
+        pm = patching_map(m, batch.ids[s:e, :width].to(m.device), batch.swapped_ids[s:e, :width].to(m.device),
+                          metric=user_metric(metric, name="mcqa_swap", last_only=False), method="attribution")
+        total = total + (pm.values - pm.corrupted_metric) * (e - s)
+        clean += pm.clean_metric * (e - s)
+        corrupted += pm.corrupted_metric * (e - s)
+    return np.asarray(total) / n, clean / n, corrupted / n
 
 
 def _patching_agreement(m: LoadedModel, batch: MCQABatch, answers: torch.Tensor, tested: stats.Tested,
@@ -278,32 +255,22 @@ def _patching_agreement(m: LoadedModel, batch: MCQABatch, answers: torch.Tensor,
     """Attribution patching of every head (twin -> prompt) against the output effect."""
     from scipy.stats import spearmanr
 
-    from ...methods.metrics import user_metric
-    from ...methods.patching import patching_map
 
     if cfg.options.get("mcqa_patching", True) is False:
         return {"skipped": "mcqa_patching=False"}
     if not tested.labelled and not cfg.options.get("mcqa_patching_always", False):
         return {"skipped": "no output heads to confirm (patching runs when the DLA test finds output heads, or with "
                            "options['mcqa_patching_always'])"}
-    corr, twin = batch.correct, batch.swapped_correct
-
-    def metric(logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        ll = _letter_logits(logits, batch.final_pos[rows.cpu()], answers)
-        r = rows.cpu()
-        return (ll.gather(1, corr[r].to(ll.device)[:, None]) - ll.gather(1, twin[r].to(ll.device)[:, None]))[:, 0]
-
-    pm = patching_map(m, batch.ids.to(m.device), batch.swapped_ids.to(m.device),
-                      metric=user_metric(metric, name="mcqa_swap", last_only=False), method="attribution")
-    effect = pm.values - pm.corrupted_metric
+    effect, clean, corrupted = attribution_effects(m, batch, answers, cfg.batch_size)
     eff = tested.effect
     ok = np.isfinite(eff) & np.isfinite(effect)
     rho = float(spearmanr(eff[ok], effect[ok]).statistic) if ok.sum() > 2 else float("nan")
     top = lambda x: {(int(i // x.shape[1]), int(i % x.shape[1])) for i in np.argsort(-x, axis=None)[:TOP]}  # noqa: E731
     out_set = set(tested.labelled)
-    return {"method": "attribution (first-order) patching, answer-swapped twin -> prompt, metric logit(correct) - "
-                      "logit(twin's correct) at the final token",
-            "clean_metric": pm.clean_metric, "corrupted_metric": pm.corrupted_metric,
+    return {"method": "attribution (first-order) patching, each head's output from the prompt patched into its "
+                      "answer-swapped twin (denoising), metric logit(correct) - logit(twin's correct) at the final "
+                      "token",
+            "clean_metric": clean, "corrupted_metric": corrupted,
             "spearman_with_output_effect": rho, "top": TOP,
             "top_overlap": len(top(np.nan_to_num(eff, nan=-np.inf)) & top(effect)),
             "output_heads_patching_effect": {f"L{a}H{b}": float(effect[a, b]) for a, b in sorted(out_set)},
@@ -318,8 +285,8 @@ MCQA_OPTIONS = (
 
 MCQA_PASS: SharedPass[MCQAStats] = SharedPass(
     name="mcqa", compute=compute_mcqa,
-    key=lambda m, cfg: (cfg.seed, _n_prompts(cfg), cfg.batch_size, bool(cfg.options.get("mcqa_patching", True)),
-                        bool(cfg.options.get("mcqa_patching_always", False)), str(m.dtype), str(m.device)))
+    key=lambda m, cfg: (EP_PASS.key(m, cfg), bool(cfg.options.get("mcqa_patching", True)),
+                        bool(cfg.options.get("mcqa_patching_always", False))))
 
 
 def mcqa_stats(m: LoadedModel, cfg: ScanConfig) -> MCQAStats:
@@ -338,13 +305,25 @@ def _result(name: str, st: MCQAStats, per_prompt: np.ndarray, draws: np.ndarray,
                         seed=cfg.seed, extras=ex, details=st.common_details() | (details or {}))
 
 
+def _shape(st: MCQAStats) -> dict[str, np.ndarray]:
+    """``[L, H]`` what keeps a correct-letter or single-letter head from counting as even: its answer-swap
+    contrast (``answer_following``, the ``correct_letter`` score), its best letter's preference
+    (``letter_preference``, the ``single_letter`` score) and ``even_letters``: 1 when both are below their
+    rules' floors (a head can spread its attention over the letters and still put most of it on the answer:
+    ``m x H / log K`` alone does not tell them apart)."""
+    follow = swap_contrast(st.attn, st.attn_twin, st.correct_np(), st.batch.swapped_correct.numpy()).mean(1)
+    pref = _best(letter_contrast_excluding(st.attn, st.correct_np()))
+    even = (np.abs(follow) < CORRECT_RULE.min_effect) & (pref < SINGLE_RULE.min_effect)
+    return {"answer_following": follow, "letter_preference": pref, "even_letters": even.astype(float)}
+
+
 def run_constant(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
     st = mcqa_stats(m, cfg)
     target = evenness(st.attn)                                          # [L, B, H]
     control = np.mean([evenness(c) for c in st.attn_control], axis=0)
     diff = target - control
     draws = stats.signflip_null(diff, rng=stats.rng_for(cfg.seed, "constant:null"))
-    return _result("constant", st, diff, draws, CONSTANT_RULE, cfg, extras={"evenness": target.mean(1)},
+    return _result("constant", st, diff, draws, CONSTANT_RULE, cfg, extras={"evenness": target.mean(1)} | _shape(st),
                    data="score = mean over prompts of m x normalised entropy over the letters minus the same on K "
                         "random non-letter option positions",
                    null=f"sign flips of the per-prompt differences (control: {N_DRAWS} draws of random non-letter "
@@ -366,16 +345,6 @@ def run_single_letter(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
     return res
 
 
-def swap_contrast(x_prompt: np.ndarray, x_twin: np.ndarray, correct: np.ndarray, twin_correct: np.ndarray
-                  ) -> np.ndarray:
-    """``x_* [L, B, H, K]`` per-letter values of prompts and their answer-swapped twins, ``correct`` /
-    ``twin_correct [B]`` their answer letters -> ``[L, B, H]``:
-    ``((x_P[k] - x_T[k]) + (x_T[k2] - x_P[k2])) / 2`` (a letter when it is the answer minus the same
-    letter when it is not; 0 for any head whose values do not follow the answer)."""
-    return 0.5 * ((at_slot(x_prompt, correct) - at_slot(x_twin, correct))
-                  + (at_slot(x_twin, twin_correct) - at_slot(x_prompt, twin_correct)))
-
-
 def run_correct_letter(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
     st = mcqa_stats(m, cfg)
     per_prompt = swap_contrast(st.attn, st.attn_twin, st.correct_np(), st.batch.swapped_correct.numpy())
@@ -387,53 +356,30 @@ def run_correct_letter(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
                    null="sign flips of the per-prompt swap contrasts")
 
 
-def mcqa_behaviour(batch: MCQABatch, answers: torch.Tensor, *, kind: str, description: str) -> Behaviour:
-    """logit(correct letter) - mean logit(other letters) at each prompt's final position (the MCQA checks)."""
-    S = batch.ids.shape[1]
-    keep = S - int(batch.final_pos.min())
-
-    def letters(lg: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-        ll = lg[:, answers.to(lg.device)]
-        c = ll.gather(1, batch.correct[p].to(ll.device)[:, None])[:, 0]
-        return c - (ll.sum(1) - c) / (ll.shape[1] - 1)
-
-    return Behaviour(family="MCQA logit difference", metric="MCQA logit difference (correct letter - mean other letters)",
-                     expected="decrease", ids=batch.ids, score=per_prompt(at_positions(batch.final_pos, S, keep, letters)),
-                     keep=keep, intervention=HeadOp(kind), description=description)
-
-
 def letters_behaviour(m: LoadedModel, cfg: ScanConfig, result: DetectorResult | None = None, *,
-                      kind: str = "mean", fmt: tuple[str, int, int] | None = None) -> Behaviour:
-    """The MCQA logit difference on held-out prompts (seed + 1000) of format ``fmt`` = ``(topic, shots,
-    n_options)`` (default :data:`CHECK_FORMAT`, the letter heads' prompts; the EP heads pass their scan's format);
-    ``result`` is not read."""
-    n = 8 if cfg.quick else 16
-    seed = cfg.seed + EVAL_SEED_OFFSET
-    topic, shots, n_options = fmt or CHECK_FORMAT
-    batch = mcqa_batch(m.tokenizer, n, seed=seed, topic=topic, shots=shots, n_options=n_options)
-    return mcqa_behaviour(batch, answer_letter_ids(m.tokenizer, batch), kind=kind,
-                          description=(f"logit(correct letter) - mean logit(other letters) at the final token of {n} "
-                                       f"held-out {topic} MCQA prompts ({shots}-shot, {n_options} options, seed "
-                                       f"{seed}), {kind} ablation over those prompts per position"))
+                      kind: str = "mean") -> Behaviour:
+    """The MCQA logit difference on held-out prompts of :data:`CHECK_FORMAT` (0-shot arithmetic, the format
+    :func:`~headatlas.tasks.mcqa.mcqa_batch` defaults to; ``result`` is not read). The letter heads' own check uses
+    the scan's format (:func:`~.mcqa_ep.ep_behaviour`)."""
+    return format_behaviour(m, cfg, CHECK_FORMAT, kind=kind)
 
 
-def mcqa_check(m: LoadedModel, cfg: ScanConfig, result: DetectorResult, *, kind: str = "mean",
-               fmt: tuple[str, int, int] | None = None) -> CausalCheck:
-    """Ablate the labelled heads on held-out prompts of format ``fmt`` (:func:`letters_behaviour`): does the MCQA
-    logit difference fall more than for random heads?"""
-    return set_check(m, cfg, result, letters_behaviour(m, cfg, result, kind=kind, fmt=fmt))
+def mcqa_check(m: LoadedModel, cfg: ScanConfig, result: DetectorResult, *, kind: str = "mean") -> CausalCheck:
+    """Ablate the labelled heads on held-out 0-shot arithmetic prompts: does the MCQA logit difference fall more
+    than for random heads?"""
+    return set_check(m, cfg, result, letters_behaviour(m, cfg, result, kind=kind))
 
 
 _CITE = "Lieberum et al. 2023, arXiv 2307.09458"
 CONSTANT = register(Detector(
     name="constant", evidence="dla", metric="MCQA logit difference", stage="KR", method="DLA output heads + attention pattern (MCQA)",
     summary="an MCQA output head whose final-token attention is spread evenly over the option letters",
-    citation=_CITE, run=run_constant, uses=(MCQA_PASS,), options=MCQA_OPTIONS, causal=mcqa_check, behaviour=letters_behaviour))
+    citation=_CITE, run=run_constant, uses=(EP_PASS, MCQA_PASS), options=MCQA_OPTIONS + EP_OPTIONS, causal=ep_check, behaviour=ep_behaviour, version=3))
 SINGLE_LETTER = register(Detector(
     name="single_letter", evidence="dla", metric="MCQA logit difference", stage="KR", method="DLA output heads + attention pattern (MCQA)",
     summary="an MCQA output head whose final-token attention sits on one fixed option letter regardless of the answer",
-    citation=_CITE, run=run_single_letter, uses=(MCQA_PASS,), options=MCQA_OPTIONS, causal=mcqa_check, behaviour=letters_behaviour))
+    citation=_CITE, run=run_single_letter, uses=(EP_PASS, MCQA_PASS), options=MCQA_OPTIONS + EP_OPTIONS, causal=ep_check, behaviour=ep_behaviour, version=3))
 CORRECT_LETTER = register(Detector(
     name="correct_letter", evidence="dla", metric="MCQA logit difference", stage="LR", method="DLA output heads + attention pattern (MCQA)",
     summary="an MCQA output head whose final-token attention goes to the correct option letter",
-    citation=_CITE, run=run_correct_letter, uses=(MCQA_PASS,), options=MCQA_OPTIONS, causal=mcqa_check, behaviour=letters_behaviour, version=3))
+    citation=_CITE, run=run_correct_letter, uses=(EP_PASS, MCQA_PASS), options=MCQA_OPTIONS + EP_OPTIONS, causal=ep_check, behaviour=ep_behaviour, version=4))

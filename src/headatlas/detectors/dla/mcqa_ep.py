@@ -1,6 +1,8 @@
 """Answer-promoting multiple-choice heads (stage EP): ``amplification`` (Lieberum et al. 2023, arXiv
-2307.09458) here, and the shared pass of ``correct`` (Wiegreffe et al. 2024, arXiv 2407.15018), whose patching
-lives in :mod:`headatlas.detectors.patching.mcqa_correct`.
+2307.09458) here, and the data pass of the whole MCQA family (:data:`EP_PASS`): ``amplification``,
+``correct`` (Wiegreffe et al. 2024, arXiv 2407.15018; patching in
+:mod:`headatlas.detectors.patching.mcqa_correct`), ``constant``, ``single_letter``, ``correct_letter``
+(:mod:`headatlas.detectors.dla.mcqa`) and ``content_gatherer``'s receivers read these prompts.
 
 Data: ``tasks/mcqa.py`` lettered questions with answer-swapped twins (the same prefix, question and
 option values, rotated so that the answer sits under another letter). Default format: prototypical
@@ -8,11 +10,14 @@ colours after 3 solved examples, ``K = 4`` letters (``options["mcqa_topic"]`` = 
 ``"arithmetic"``, ``options["mcqa_shots"]`` = 0..8, ``options["mcqa_options"]`` = 2..4); the final token
 is ``:`` of ``Answer:``.
 
-Skill gate: both heads are defined by how they raise the *correct* letter, which only exists when the
-model knows the answer. The pass first reads the answer letters' logits on the prompts and their twins;
-when the accuracy on the prompts is not above chance (one-sided binomial test, p > 0.05) the detectors
-raise ``InputError("not found: the model answers N% ...")`` (``options["mcqa_require_skill"]=False``
-runs them anyway, e.g. in tests).
+Skill gate: every head of the family is defined by the *correct* letter (which letter it raises, attends
+to, or carries), which only exists when the model knows the answer. The pass first reads the answer
+letters' logits on the prompts; when the accuracy is not above chance (one-sided binomial test, p > 0.05)
+the detectors raise ``InputError("not found: the model answers N% ...")`` (``options
+["mcqa_require_skill"]=False`` runs them anyway, e.g. in tests). Otherwise it reads the twins' letter
+logits and runs one :func:`headatlas.methods.dla.dla_by_source` pass over the prompts and one over the
+twins, keeping each letter's DLA, its part read from the letter positions and the final token's attention
+rows (:class:`EPStats`).
 
 Per prompt ``b`` with answer letter ``k`` (its twin's answer ``k2``), ``c_X[j]`` = a head's direct logit
 attribution (DLA, :func:`headatlas.methods.dla.dla_by_source`) at the final token of prompt ``X`` to
@@ -54,9 +59,9 @@ from ...methods.dla import capture_final_residual, dla_by_source, readout
 from ...tasks.mcqa import LETTERS, TOPICS, MCQABatch, mcqa_batch
 from ...tasks.text import check_english
 from ..base import NOT_FOUND, Detector, DetectorResult, LabelRule, ScanConfig, SharedPass, register
-from ..behaviours import Behaviour
+from ..behaviours import Behaviour, HeadOp, at_positions, per_prompt
+from ..causal import set_check
 from ..options import Option
-from .mcqa import answer_letter_ids, letters_behaviour, mcqa_check, swap_contrast
 
 if TYPE_CHECKING:
     from ...models import LoadedModel
@@ -65,6 +70,7 @@ MIN_DLA = 0.05                 # logits: the smallest swap contrast worth an amp
 MAX_OPTION_ATTENTION = 0.1     # an amplifier reads (almost) nothing from the options block
 MIN_PATCH = 0.1                # logits of logit(k) - logit(k2): the smallest patching effect worth a label
 GATE_ALPHA = 0.05
+EVAL_SEED_OFFSET = 1000        # held-out check prompts: seed + this
 DEFAULT_TOPIC, DEFAULT_SHOTS, DEFAULT_OPTIONS = "colors", 3, 4
 EP_OPTIONS = (
     Option("mcqa_topic", "choice", DEFAULT_TOPIC, "what the questions ask", choices=TOPICS),
@@ -77,6 +83,47 @@ AMP_RULE = LabelRule(statistic=("DLA swap contrast at the final token: the head'
                                 "logit(other letters) when the letter is the answer minus when the same letter "
                                 "is not (answer-swapped twin), with little attention to the options"),
                      direction="greater", min_effect=MIN_DLA, extra_min=(("low_option_attention", 1.0),))
+
+def answer_letter_ids(tokenizer: Any, batch: MCQABatch) -> torch.Tensor:
+    """``[K]`` the tokens the model writes as its answer after ``Answer:``: " A" when that is one token
+    (GPT-style vocabularies), else the bare letter."""
+    out = []
+    for j, tid in enumerate(batch.letter_ids.tolist()):
+        t = tokenizer.encode(" " + tokenizer.decode([tid]), add_special_tokens=False)
+        out.append(t[0] if len(t) == 1 else tid)
+    return torch.tensor(out)
+
+
+def at_slot(x: np.ndarray, slot: np.ndarray) -> np.ndarray:
+    """``x [L, B, H, K]``, ``slot [B]`` -> ``[L, B, H]`` the entry of each prompt's slot."""
+    pick = np.broadcast_to(slot[None, :, None, None], x.shape[:3] + (1,))
+    return np.take_along_axis(x, pick, axis=3)[..., 0]
+
+
+def swap_contrast(x_prompt: np.ndarray, x_twin: np.ndarray, correct: np.ndarray, twin_correct: np.ndarray
+                  ) -> np.ndarray:
+    """``x_* [L, B, H, K]`` per-letter values of prompts and their answer-swapped twins, ``correct`` /
+    ``twin_correct [B]`` their answer letters -> ``[L, B, H]``:
+    ``((x_P[k] - x_T[k]) + (x_T[k2] - x_P[k2])) / 2`` (a letter when it is the answer minus the same
+    letter when it is not; 0 for any head whose values do not follow the answer)."""
+    return 0.5 * ((at_slot(x_prompt, correct) - at_slot(x_twin, correct))
+                  + (at_slot(x_twin, twin_correct) - at_slot(x_prompt, twin_correct)))
+
+
+def _letter_logits(logits: torch.Tensor, final_pos: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
+    """``[b, K]`` the answer letters' logits at each prompt's final position."""
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    return logits[rows, final_pos.to(logits.device)][:, answers.to(logits.device)]
+
+
+def mcqa_logit_diff(batch: MCQABatch, answers: torch.Tensor):
+    """Behaviour fn ``(logits [b, S, V], rows [b]) -> [b]``: logit(correct) - mean logit(other letters)."""
+    def fn(logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        ll = _letter_logits(logits, batch.final_pos[rows.cpu()], answers)
+        c = ll.gather(1, batch.correct[rows.cpu()].to(ll.device)[:, None])[:, 0]
+        return c - (ll.sum(1) - c) / (ll.shape[1] - 1)
+    return fn
+
 
 def mcqa_format(cfg: ScanConfig) -> tuple[str, int, int]:
     """``(topic, shots, n_options)`` of the prompts from the scan options."""
@@ -121,13 +168,18 @@ def letter_logits(m: LoadedModel, ids: torch.Tensor, final_pos: torch.Tensor, an
 
 @dataclass
 class EPStats:
-    """The shared pass (numpy float64; ``L`` layers, ``B`` prompts, ``H`` heads, ``K`` letters)."""
+    """The shared pass of the whole MCQA family (numpy float64 unless noted; ``L`` layers, ``B`` prompts,
+    ``H`` heads, ``K`` letters, ``S`` positions): the skill gate, then one :func:`dla_by_source` pass over
+    the prompts and one over their twins."""
 
     batch: MCQABatch
     answers: torch.Tensor        # [K] the answer tokens
-    dla_prompt: np.ndarray       # [L, B, H, K] DLA contrast per letter on the prompts
-    dla_twin: np.ndarray         # [L, B, H, K] the same on the twins
-    swap: np.ndarray             # [L, B, H] swap contrast
+    letter_dla: np.ndarray       # [L, B, H, K] direct effect on each answer letter's logit, prompts
+    letter_dla_twin: np.ndarray  # [L, B, H, K] the same on the twins
+    from_letters: np.ndarray     # [L, B, H, K] the part of letter_dla read from the K letter positions
+    attn: torch.Tensor           # [B, L, H, S] float32: the final token's attention rows, prompts
+    attn_twin: torch.Tensor      # [B, L, H, S] float32: the same on the twins
+    swap: np.ndarray             # [L, B, H] swap contrast of the DLA contrasts
     option_attention: np.ndarray  # [L, B, H] final-token attention on the options block (mean of prompt, twin)
     letter_attention: np.ndarray  # [L, B, H] final-token attention on the K letters (mean of prompt, twin)
     accuracy: float
@@ -138,8 +190,13 @@ class EPStats:
     seed: int
     not_found: str | None = None  # the skill gate's reason (kept in the pass, so a scan pays the gate once)
 
+    @property
+    def dla_prompt(self) -> np.ndarray:
+        """``[L, B, H, K]`` DLA to ``logit(letter) - mean logit(other letters)`` on the prompts."""
+        return stats.slot_contrast(self.letter_dla)
+
     def describe(self) -> str:
-        B, K = self.swap.shape[1], self.dla_prompt.shape[-1]
+        B, K = self.swap.shape[1], self.letter_dla.shape[-1]
         return (f"{B} {self.topic} multiple-choice prompts after {self.shots} solved examples (seed {self.seed}) with "
                 f"{K} lettered options and their answer-swapped twins; final token ('Answer:'); model accuracy "
                 f"{self.accuracy:.2f} (twins {self.twin_accuracy:.2f}, chance {1 / K:.2f}), mean logit(correct) - "
@@ -163,6 +220,18 @@ def _letters_on(attn: torch.Tensor, letter_pos: torch.Tensor) -> torch.Tensor:
     return attn[rows[:, None], :, :, letter_pos].sum(1)                  # [B, L, H]
 
 
+def _side(m: LoadedModel, ids: torch.Tensor, batch: MCQABatch, letter_pos: torch.Tensor, answers: torch.Tensor,
+          batch_size: int) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    """One :func:`dla_by_source` pass: ``(letter DLA [L, B, H, K], its part from the letter positions
+    [L, B, H, K], attention rows [B, L, H, S])``."""
+    n, K = ids.shape[0], answers.numel()
+    d = dla_by_source(m, ids, batch.final_pos, {str(j): answers[j].repeat(n) for j in range(K)}, batch_size=batch_size)
+    dla = torch.stack([d.total(str(j)) for j in range(K)], -1).permute(1, 0, 2, 3).double().numpy()
+    rows = torch.arange(n)
+    at = torch.stack([d.values[str(j)][rows[:, None], :, :, letter_pos].sum(1) for j in range(K)], -1)   # [B, L, H, K]
+    return dla, at.permute(1, 0, 2, 3).double().numpy(), d.attention
+
+
 def compute_ep(m: LoadedModel, cfg: ScanConfig) -> EPStats:
     tok = m.tokenizer
     check_english(tok)
@@ -184,25 +253,23 @@ def compute_ep(m: LoadedModel, cfg: ScanConfig) -> EPStats:
         reason = (f"{NOT_FOUND}the model answers {100 * acc:.0f}% of {n} {topic} MCQA prompts ({shots}-shot, {K} "
                   f"options; chance {100 / K:.0f}%, binomial p = {p_gate:.2g}; mean logit(correct) - mean "
                   f"logit(others) {diff:+.3f}): no correct letter to amplify")
-        empty = np.zeros((0,))
-        return EPStats(batch=batch, answers=answers, dla_prompt=empty, dla_twin=empty, swap=empty,
-                       option_attention=empty, letter_attention=empty, accuracy=acc, twin_accuracy=float("nan"),
-                       logit_diff=diff, topic=topic, shots=shots, seed=cfg.seed, not_found=reason)
+        empty, none = np.zeros((0,)), torch.zeros(0)
+        return EPStats(batch=batch, answers=answers, letter_dla=empty, letter_dla_twin=empty, from_letters=empty,
+                       attn=none, attn_twin=none, swap=empty, option_attention=empty, letter_attention=empty,
+                       accuracy=acc, twin_accuracy=float("nan"), logit_diff=diff, topic=topic, shots=shots,
+                       seed=cfg.seed, not_found=reason)
     ll_t = letter_logits(m, batch.swapped_ids, batch.final_pos, answers, bs)
     tacc = float((ll_t.argmax(1) == batch.swapped_correct).double().mean())
-
-    def side(ids: torch.Tensor, letter_pos: torch.Tensor) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
-        d = dla_by_source(m, ids, batch.final_pos, {str(j): answers[j].repeat(n) for j in range(K)}, batch_size=bs)
-        dla = torch.stack([d.total(str(j)) for j in range(K)], -1).permute(1, 0, 2, 3).double().numpy()
-        return (stats.slot_contrast(dla), _attention_on(d.attention, batch.option_region),
-                _letters_on(d.attention, letter_pos))
-
-    cp, op, lp = side(batch.ids, batch.letter_pos)
-    ct, ot, lt = side(batch.swapped_ids, batch.swapped_letter_pos)
+    dp, fp, ap = _side(m, batch.ids, batch, batch.letter_pos, answers, bs)
+    dt, _, at = _side(m, batch.swapped_ids, batch, batch.swapped_letter_pos, answers, bs)
     correct, twin = batch.correct.numpy(), batch.swapped_correct.numpy()
     to_np = lambda x: x.permute(1, 0, 2).double().numpy()       # noqa: E731  [B, L, H] -> [L, B, H]
-    return EPStats(batch=batch, answers=answers, dla_prompt=cp, dla_twin=ct, swap=swap_contrast(cp, ct, correct, twin),
-                   option_attention=0.5 * (to_np(op) + to_np(ot)), letter_attention=0.5 * (to_np(lp) + to_np(lt)),
+    region = batch.option_region
+    return EPStats(batch=batch, answers=answers, letter_dla=dp, letter_dla_twin=dt, from_letters=fp, attn=ap,
+                   attn_twin=at, swap=swap_contrast(stats.slot_contrast(dp), stats.slot_contrast(dt), correct, twin),
+                   option_attention=0.5 * (to_np(_attention_on(ap, region)) + to_np(_attention_on(at, region))),
+                   letter_attention=0.5 * (to_np(_letters_on(ap, batch.letter_pos))
+                                           + to_np(_letters_on(at, batch.swapped_letter_pos))),
                    accuracy=acc, twin_accuracy=tacc, logit_diff=diff, topic=topic, shots=shots, seed=cfg.seed)
 
 
@@ -251,17 +318,45 @@ def run_amplification(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
                                 details=st.common_details())
 
 
+def mcqa_behaviour(batch: MCQABatch, answers: torch.Tensor, *, kind: str, description: str) -> Behaviour:
+    """logit(correct letter) - mean logit(other letters) at each prompt's final position (the MCQA checks)."""
+    S = batch.ids.shape[1]
+    keep = S - int(batch.final_pos.min())
+
+    def letters(lg: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        ll = lg[:, answers.to(lg.device)]
+        c = ll.gather(1, batch.correct[p].to(ll.device)[:, None])[:, 0]
+        return c - (ll.sum(1) - c) / (ll.shape[1] - 1)
+
+    return Behaviour(family="MCQA logit difference", metric="MCQA logit difference (correct letter - mean other letters)",
+                     expected="decrease", ids=batch.ids, score=per_prompt(at_positions(batch.final_pos, S, keep, letters)),
+                     keep=keep, intervention=HeadOp(kind), description=description)
+
+
+def format_behaviour(m: LoadedModel, cfg: ScanConfig, fmt: tuple[str, int, int], *, kind: str = "mean") -> Behaviour:
+    """The MCQA logit difference on held-out prompts (seed + 1000) of format ``fmt`` = ``(topic, shots,
+    n_options)``."""
+    n = 8 if cfg.quick else 16
+    seed = cfg.seed + EVAL_SEED_OFFSET
+    topic, shots, n_options = fmt
+    batch = mcqa_batch(m.tokenizer, n, seed=seed, topic=topic, shots=shots, n_options=n_options)
+    return mcqa_behaviour(batch, answer_letter_ids(m.tokenizer, batch), kind=kind,
+                          description=(f"logit(correct letter) - mean logit(other letters) at the final token of {n} "
+                                       f"held-out {topic} MCQA prompts ({shots}-shot, {n_options} options, seed "
+                                       f"{seed}), {kind} ablation over those prompts per position"))
+
+
 def ep_behaviour(m: LoadedModel, cfg: ScanConfig, result: DetectorResult | None = None, *,
                  kind: str = "mean") -> Behaviour:
-    """The MCQA logit difference on held-out prompts of the scan's format (:func:`mcqa_format`; seed + 1000;
-    ``result`` is not read)."""
-    return letters_behaviour(m, cfg, result, kind=kind, fmt=mcqa_format(cfg))
+    """The MCQA logit difference on held-out prompts of the scan's format (:func:`mcqa_format`; ``result`` is not
+    read): the check of every MCQA detector."""
+    return format_behaviour(m, cfg, mcqa_format(cfg), kind=kind)
 
 
 def ep_check(m: LoadedModel, cfg: ScanConfig, result: DetectorResult, *, kind: str = "mean") -> CausalCheck:
-    """:func:`~headatlas.detectors.dla.mcqa.mcqa_check` on held-out prompts of the scan's format
-    (:func:`mcqa_format`)."""
-    return mcqa_check(m, cfg, result, kind=kind, fmt=mcqa_format(cfg))
+    """Ablate the labelled heads on held-out prompts of the scan's format: does the MCQA logit difference fall more
+    than for layer-matched random heads?"""
+    return set_check(m, cfg, result, ep_behaviour(m, cfg, result, kind=kind))
 
 
 _LIEBERUM = "Lieberum et al. 2023, arXiv 2307.09458"

@@ -36,7 +36,15 @@ import torch
 
 from ... import stats
 from ...instrument import instrumented
-from ...methods.gating import CLASSES, closing_effects, first_target, gate, gate_edits, per_prompt_loss, target_mask
+from ...methods.gating import (
+    CLASSES,
+    closing_effects,
+    first_target,
+    gate,
+    gate_edits,
+    per_prompt_loss,
+    target_mask,
+)
 from ...tasks.repeats import fit_block_len, repeated_tokens, token_pool
 from ...tasks.vocab import bos_id
 from ..base import NOT_FOUND, Detector, DetectorResult, LabelRule, ScanConfig, register
@@ -68,7 +76,7 @@ class Settings:
     n_seeds: int
 
     @staticmethod
-    def of(cfg: ScanConfig) -> "Settings":
+    def of(cfg: ScanConfig) -> Settings:
         if cfg.quick:
             return Settings(n_fit=4, n_eval=8, block=8, steps=16, init_steps=8, n_seeds=1)
         n = int(cfg.n_prompts or 16)

@@ -24,12 +24,12 @@ import torch
 
 from ... import stats
 from ...atlas.records import CausalCheck
-from ...errors import InputError
 from ...methods.metrics import Metric
 from ...tasks.ioi import IOIBatch
-from ..base import NOT_FOUND, Detector, DetectorResult, LabelRule, ScanConfig, register
+from ..base import Detector, DetectorResult, LabelRule, ScanConfig, register
 from ..causal import effect_map_result
 from ..dla.name_mover import ioi_batches, ioi_behaviour, ioi_check
+from .receivers import labelled_receivers, senders_before
 
 if TYPE_CHECKING:
     from ...models import LoadedModel
@@ -86,20 +86,10 @@ def sinh_result(drop: np.ndarray, sender: np.ndarray, *, seed: int, data_descrip
 
 
 def run_sinh(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
-    movers = cfg.result("name_mover")
-    if movers.skipped or not movers.labelled:
-        why = f" (name_mover was skipped: {movers.skipped})" if movers.skipped else ""
-        raise InputError(NOT_FOUND + "no name mover heads were labelled, so there are no receivers to path-patch "
-                         "into" + why)
-    receivers = sorted((int(a), int(b)) for a, b in movers.labelled)
+    receivers = labelled_receivers(cfg, "name_mover", "name mover heads")
     last = max(layer for layer, _ in receivers)
-    if last == 0:
-        raise InputError(NOT_FOUND + "the name movers are all in layer 0: no earlier head can send to them")
     L, H = m.info.n_layers, m.info.n_heads
-    senders = [(la, h) for la in range(last) for h in range(H)]
-    sender = np.zeros((L, H), dtype=bool)
-    for la, h in senders:
-        sender[la, h] = True
+    senders, sender = senders_before(receivers, L, H)
     n = cfg.n_prompts or (SINH_PROMPTS_QUICK if cfg.quick else SINH_PROMPTS)
     batches = ioi_batches(m, max(n, 12), cfg.seed)
     drops = []
