@@ -212,4 +212,4 @@ def test_runs_with_forced_receivers_reproducibly_and_labels_nothing_on_random_we
         assert np.array_equal(getattr(r, f), getattr(again, f), equal_nan=True), f
     r.labelled = [(0, 1)]
     c = get("content_gatherer").causal(english, cfg, r)
-    assert c.expected == "decrease" and len(c.random_effects) == 20 and np.isfinite(c.effect)
+    assert c.expected == "decrease" and (len(c.random_effects) >= 99 or c.exhaustive) and np.isfinite(c.effect)

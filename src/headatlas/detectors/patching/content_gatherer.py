@@ -43,7 +43,7 @@ from ...methods.metrics import Metric
 from ...tasks.mcqa import MCQABatch, mcqa_batch
 from ..base import Detector, DetectorResult, LabelRule, ScanConfig, register
 from ..causal import effect_map_result
-from ..dla.mcqa_ep import answer_letter_ids, ep_check, mcqa_format, swap_contrast
+from ..dla.mcqa_ep import EP_OPTIONS, answer_letter_ids, ep_behaviour, ep_check, mcqa_format, swap_contrast
 from .receivers import labelled_receivers, senders_before
 
 if TYPE_CHECKING:
@@ -176,5 +176,5 @@ CONTENT_GATHERER = register(Detector(
     summary="moves the correct option's content to the final token, where the correct-letter heads' queries read "
             "it: path patching its final-token output into their queries lowers logit(answer) - logit(other)",
     citation="Lieberum et al. 2023, arXiv 2307.09458", run=run_content_gatherer, requires=("correct_letter",),
-    causal=ep_check, version=1, default=False,
+    options=EP_OPTIONS, causal=ep_check, behaviour=ep_behaviour, version=1, default=False,
 ))
