@@ -42,7 +42,7 @@ def test_values_are_checked_and_canonicalised():
 
 @pytest.mark.parametrize("options, detectors, match", [
     ({"windw": 4}, ["induction"], r"unknown option 'windw' \(did you mean 'window'\?\).*retrieval: "),
-    ({"mcqa_topic": "colors"}, ["induction"], "read by amplification, correct, which this scan does not run"),
+    ({"mcqa_topic": "colors"}, ["induction"], r"read by amplification, constant, content_gatherer, correct, .*which this scan does not run"),
     ({"window": 3.0}, ["induction"], "must be an integer"),
     ({"window": 99}, ["induction"], r"an integer 1\.\.64, got 99"),
     ({"window": 10, "block_len": 11}, ["induction"], r"block_len' \(11\) must be at least window \+ 2"),
