@@ -83,9 +83,9 @@ def script_hash(source: str) -> str:
 
 def csp(script_sources: list[str]) -> str:
     """The page's Content-Security-Policy: nothing may load or connect anywhere; only the given inline
-    scripts (by hash) run; inline styles are allowed (plotly adds its own), images only as data: URLs
+    scripts (by hash) run (none at all for an empty list); inline styles are allowed (plotly adds its own), images only as data: URLs
     (plotly's PNG download). ``'unsafe-eval'`` is absent: plotly.js does not need it for these traces."""
-    hashes = " ".join(script_hash(s) for s in script_sources)
+    hashes = " ".join(script_hash(s) for s in script_sources) or "'none'"
     return ("default-src 'none'; " f"script-src {hashes}; " "style-src 'unsafe-inline'; img-src data: blob:; "
             "font-src 'none'; connect-src 'none'; frame-src 'none'; object-src 'none'; base-uri 'none'; "
             "form-action 'none'")
