@@ -200,7 +200,7 @@ def test_findings_come_first_with_counts_by_status():
     assert "none confirmed" in notfound and "none found" in notfound and "needs 4096 positions" in notfound
     # the stage map is drawn here (no script needed), placed heads link to their page, styled by status
     svg = re.search(r'<svg class="stage-map".*?</svg>', html, re.S).group(0)
-    assert svg.count('href="#L2H2"') == 2 and 'class="u"' in svg and 'class="c"' in svg and 'class="a"' in svg
+    assert svg.count('href="#L2H2"') == 2 and 'class="u ICI"' in svg and 'class="c LR"' in svg and 'class="a KR"' in svg
     assert "Labels of sink (outside the survey" in html
 
 

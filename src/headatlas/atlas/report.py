@@ -51,7 +51,7 @@ from .writes import check_writes
 
 PLOTLY_BUNDLE = "vendor/plotly-cartesian.min.js"
 FIELD_DIGITS = {"scores": 4, "null_std": 2, "p_value": 2, "q_value": 2, "stability": 2}   # significant digits shown
-MAX_EXTRAS = 3
+MAX_EXTRAS = 2
 
 
 def _token_view(d: DetView) -> tuple[dict[str, Any] | None, str]:

@@ -1,7 +1,7 @@
 """The report's pictures.
 
 - **Stage map** (:func:`stage_map_svg`): inline SVG drawn here, so it shows at first paint without any script:
-  one layer x head panel per stage; a head is filled in its stage's colour when a confirmed (or
+  one layer x head panel per stage; a head is filled in its stage's colour (the stylesheet's ``.KR`` ... ``.EP``) when a confirmed (or
   attention-defined) label places it there, drawn pale with a dashed outline when only unconfirmed labels do.
   Every placed head links to its page (``#L23H0``).
 - **Detector maps** (:func:`detector_map`): plotly heatmap specs, drawn by the page script when they scroll
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from .htmlsafe import esc
-from .report_data import STAGE_COLORS, STAGE_ORDER, DetView, fmt, head_name
+from .report_data import STAGE_ORDER, DetView, fmt, head_name
 
 DIVERGING = [[0.0, "#2166ac"], [0.25, "#92c5de"], [0.5, "#f7f7f7"], [0.75, "#f4a582"], [1.0, "#b2182b"]]
 NAN_GREY = "#bdbdbd"
@@ -144,11 +144,9 @@ def stage_map_svg(n_layers: int, n_heads: int, summary: dict[str, dict[str, list
         for status, cls in (("unconfirmed", "u"), ("attention-defined", "a"), ("confirmed", "c")):
             for la, h in by.get(status, []):
                 name = head_name(la, h)
-                tip = esc(f"{name} · {s} ({status}): " + "; ".join(labels.get((s, (la, h)), [])))
-                fill = STAGE_COLORS[s]
+                tip = esc(f"{name} {s}: " + ", ".join(labels.get((s, (la, h)), [])))
                 parts.append(f'<a href="#{name}"><rect x="{x0 + h * cw + 0.5:.1f}" y="{top + la * ch + 0.5:.1f}" '
-                             f'width="{cw - 1:.1f}" height="{ch - 1:.1f}" class="{cls}" fill="{fill}">'
-                             f"<title>{tip}</title></rect></a>")
+                             f'width="{cw - 1:.1f}" height="{ch - 1:.1f}" class="{cls} {s}"><title>{tip}</title></rect></a>')
         parts.append(f'<text x="{x0 + pw / 2:.1f}" y="{height - 6:.0f}" text-anchor="middle" class="ax">head</text>')
     parts.append("</svg>")
     return "".join(parts)

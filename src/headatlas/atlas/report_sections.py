@@ -15,8 +15,8 @@ from .protocols import AtlasLike
 from .records import _INTERVENTIONS, STAGES
 from .report_data import STAGE_COLORS, STAGE_ORDER, DetView, fmt, head_name, signed
 
-MAX_TABLE_ROWS = 25
-DETAILS_CHARS = 5000
+MAX_TABLE_ROWS = 12
+DETAILS_CHARS = 3000
 
 
 # ----- small pieces ------------------------------------------------------------------------------------
@@ -194,13 +194,12 @@ def _heads_rows(d: DetView, heads: list[tuple[int, int]]) -> tuple[list[str], li
         st = d.status.get(lh)
         cells = [f"<td>{head_link(lh)}</td>", f"<td>{status_tag(st) if st else '<span class=muted>not labelled</span>'}</td>"]
         if d.causal and d.causal["per_head"]:
-            cells.append(f"<td class='num'>{signed(d.causal['per_head'].get(head_name(*lh), math.nan))}</td>")
-        cells += [f"<td class='num'>{fmt(f['scores'][lh], 4)}</td>",
-                  f"<td class='num'>{fmt(f['null_mean'][lh])} ± {fmt(f['null_std'][lh], 2)}</td>",
-                  f"<td class='num'>{signed(f['effect'][lh])} [{fmt(f['ci_low'][lh])}, {fmt(f['ci_high'][lh])}]</td>",
-                  f"<td class='num'>{fmt(f['p_value'][lh], 2)}</td>", f"<td class='num'>{fmt(f['q_value'][lh], 2)}</td>",
-                  f"<td class='num'>{fmt(f['stability'][lh], 2)}</td>"]
-        cells += [f"<td class='num'>{esc(fmt(d.extras[k][lh]))}</td>" for k in keys]
+            cells.append(f"<td>{signed(d.causal['per_head'].get(head_name(*lh), math.nan))}</td>")
+        cells += [f"<td>{fmt(f['scores'][lh], 4)}</td>", f"<td>{fmt(f['null_mean'][lh])} ± {fmt(f['null_std'][lh], 2)}</td>",
+                  f"<td>{signed(f['effect'][lh])} [{fmt(f['ci_low'][lh])}, {fmt(f['ci_high'][lh])}]</td>",
+                  f"<td>{fmt(f['p_value'][lh], 2)}</td>", f"<td>{fmt(f['q_value'][lh], 2)}</td>",
+                  f"<td>{fmt(f['stability'][lh], 2)}</td>"]
+        cells += [f"<td>{esc(fmt(d.extras[k][lh]))}</td>" for k in keys]
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return header, rows
 
@@ -254,13 +253,14 @@ def detector_section(d: DetView, map_id: str | None, hist_id: str | None, has_vi
         shown = ordered[:MAX_TABLE_ROWS]
         more = len(ordered) - len(shown)
         parts.append(f"<h3>Labelled heads</h3><p>{result_summary(d)}" + (f"; first {len(shown)} shown" if more else "")
-                     + ", confirmed first:</p>" + table(*_heads_rows(d, shown)))
+                     + ", confirmed first:</p>" + table(*_heads_rows(d, shown), cls="heads"))
     else:
         best = d.best_heads(3)
         if not d.distributed:
             parts.append("<p class='none'>none found: no head passed the label rule.</p>")
         if best:
-            parts.append("<p class='muted'>The most significant heads, for reference:</p>" + table(*_heads_rows(d, best)))
+            parts.append("<p class='muted'>The most significant heads, for reference:</p>"
+                         + table(*_heads_rows(d, best), cls="heads"))
     if map_id:
         parts.append("<h3>Map: the rule's effect</h3><p class='muted'>Colour: each head's effect (the statistic the rule "
                      "tests), red above 0 and blue below, on this detector's own scale; the colour bar marks the rule's "
