@@ -15,7 +15,8 @@ import torch
 
 import headatlas
 from headatlas.detectors import ScanConfig
-from headatlas.detectors import function_vector as fv
+from headatlas.detectors.dla import in_context as ic
+from headatlas.detectors.patching import function_vector as fv
 from headatlas.errors import InputError
 from headatlas.tasks import icl
 
@@ -49,13 +50,13 @@ def main() -> None:
         cfg = ScanConfig(seed=0)
         t0 = time.perf_counter()
         try:
-            res = fv.run_function_vector(m, cfg) if det == "function_vector" else fv.run_in_context(m, cfg)
+            res = fv.run_function_vector(m, cfg) if det == "function_vector" else ic.run_in_context(m, cfg)
         except InputError as e:
             report[det] = {"skipped": str(e), "seconds": time.perf_counter() - t0}
             print(json.dumps(report[det], indent=1, default=str), flush=True)
             continue
         t_run = time.perf_counter() - t0
-        check = (fv.fv_check if det == "function_vector" else fv.ic_check)(m, cfg, res)
+        check = (fv.fv_check if det == "function_vector" else ic.ic_check)(m, cfg, res)
         t_all = time.perf_counter() - t0
         if det == "function_vector":
             tasks = icl.icl_tasks(m.tokenizer, seed=0)

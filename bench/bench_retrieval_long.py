@@ -45,7 +45,7 @@ def child(model: str, tokens: int, chunk: int, threads: int, seed: int) -> dict:
     import torch
 
     import headatlas
-    from headatlas.detectors import retrieval as R
+    from headatlas.detectors.patterns import retrieval as R
     from headatlas.tasks.needle import needle_cases
 
     torch.set_num_threads(threads)

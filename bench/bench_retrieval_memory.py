@@ -66,7 +66,7 @@ def child(mode: str, tokens: int) -> dict:
             extra["pattern_bytes"] = sum(rec.pattern(layer).numel() * rec.pattern(layer).element_size()
                                          for layer in range(m.info.n_layers))
         elif mode == "retrieval":
-            from headatlas.detectors import retrieval as R
+            from headatlas.detectors.patterns import retrieval as R
 
             (gen, top1), = R.decode_cases(m, [case], 1)
             score = R.slot_hits(top1, gen, case)[..., case.needle_index] / gen.numel()

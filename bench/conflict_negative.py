@@ -18,8 +18,8 @@ import torch
 
 import headatlas
 from headatlas.detectors import ScanConfig, get
-from headatlas.detectors.conflict import CONFLICT_PASS
-from headatlas.detectors.negative import YES_NO_GROUPS
+from headatlas.detectors.dla.conflict import CONFLICT_PASS
+from headatlas.detectors.dla.negative import YES_NO_GROUPS
 from headatlas.tasks.yesno import yesno_batch
 
 

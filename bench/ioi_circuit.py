@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 import headatlas
-from headatlas.detectors.mover import ioi_batches
+from headatlas.detectors.dla.name_mover import ioi_batches
 
 DETECTORS = ["previous_token", "duplicate_token", "induction", "name_mover", "negative_name_mover", "s_inhibition"]
 

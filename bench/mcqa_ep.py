@@ -18,8 +18,8 @@ import torch
 
 import headatlas
 from headatlas.detectors import ScanConfig, get
-from headatlas.detectors.mcqa import answer_letter_ids
-from headatlas.detectors.mcqa_ep import binomial_above_chance, letter_logits
+from headatlas.detectors.dla.mcqa import answer_letter_ids
+from headatlas.detectors.dla.mcqa_ep import binomial_above_chance, letter_logits
 from headatlas.errors import InputError
 from headatlas.tasks.mcqa import mcqa_batch
 

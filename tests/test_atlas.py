@@ -40,7 +40,15 @@ def _result(name: str, planted: dict[tuple[int, int], float], *, extras=None, de
                         details=details or {}, null_mean=control.mean(1), null_std=control.std(1))
 
 
+def _check(heads, effect: float, randoms: list[float]) -> CausalCheck:
+    hits = sum(1 for r in randoms if r >= effect)
+    return CausalCheck(metric="loss", kind="mean", heads=tuple(heads), effect=effect, random_effects=tuple(randoms),
+                       p_value=(1 + hits) / (1 + len(randoms)), n_prompts=8, baseline=1.0, expected="increase")
+
+
 def make_atlas() -> Atlas:
+    """prev: attention-defined (ICI); ind: its causal check passes (LR, confirmed); letters: its check fails
+    (KR, unconfirmed); nothing: no labels; long: skipped."""
     results = [
         _result("prev", {(0, 1): 0.9, (2, 2): 0.6}, extras={"offset": np.arange(L * H, dtype=np.int64).reshape(L, H)}),
         _result("ind", {(2, 2): 0.8, (3, 0): 0.7}, extras={"copying": np.linspace(-1, 1, L * H).reshape(L, H)},
@@ -49,8 +57,13 @@ def make_atlas() -> Atlas:
         _result("nothing", {}),
         skipped_result("long", L, H, "needs 4096 positions; the model has 128", 0),
     ]
+    results[1].causal = _check([(2, 2), (3, 0)], 2.0, [0.01 * i for i in range(99)])
+    results[2].causal = _check([(1, 0)], 0.1, [0.01 * i for i in range(99)])
     stages = {"prev": "ICI", "ind": "LR", "letters": "KR", "nothing": "EP", "long": "ICI"}
-    meta = {n: DetectorMeta(n, st, method="pattern", summary=f"{n} heads", citation="paper") for n, st in stages.items()}
+    metrics = {"prev": "", "ind": "repeat loss", "letters": "MCQA logit difference", "nothing": "attribute log-prob",
+               "long": "needle log-prob"}
+    meta = {n: DetectorMeta(n, st, method="pattern", summary=f"{n} heads", citation="paper", metric=metrics[n])
+            for n, st in stages.items()}
     return Atlas(MODEL, results, meta, seed=3, settings={"quick": True, "n_prompts": None},
                  timings={n: 1.5 for n in stages})
 
@@ -88,14 +101,73 @@ def test_head_view_evidence_and_stages():
     assert a.head(0, 0).labels == []
     with pytest.raises(InputError, match="no head L9H0"):
         a.head(9, 0)
-    st = a.stages()
+    everything = ("confirmed", "unconfirmed", "attention-defined")
+    st = a.stages(everything)
     assert len(st) == L * H
     assert st[(2, 2)] == {"ICI", "LR"} and st[(1, 0)] == {"KR"} and st[(0, 0)] == frozenset()
-    grid = a.stage_grid()
+    # by default an unconfirmed label (letters: its causal check failed) places no head
+    assert a.stages()[(1, 0)] == frozenset() and a.stages()[(2, 2)] == {"ICI", "LR"}
+    grid = a.stage_grid(everything)
     assert grid[2, 2] == "mixed" and grid[0, 1] == "ICI" and grid[3, 0] == "LR" and grid[1, 0] == "KR" and grid[0, 0] == ""
+    assert a.stage_grid()[1, 0] == ""
     # a head labelled in several stages counts in each of them
-    sh = a.stage_heads()
+    sh = a.stage_heads(everything)
     assert sh["LR"] == [(2, 2), (3, 0)] and sh["ICI"] == [(0, 1), (2, 2)] and sh["KR"] == [(1, 0)] and sh["EP"] == []
+    assert a.stage_heads()["KR"] == [] and a.stage_heads("unconfirmed")["KR"] == [(1, 0)]
+
+
+def test_label_status_follows_the_corrected_causal_check():
+    a = make_atlas()
+    assert a.label_status("prev", 0, 1) == "attention-defined"
+    assert a.label_status("ind", 2, 2) == "confirmed" and a.label_status("ind", 3, 0) == "confirmed"
+    assert a.label_status("letters", 1, 0) == "unconfirmed"
+    assert a.label_status("ind", 0, 0) is None
+    # BH across the atlas's two checks: ind p = 0.01 -> q = 0.02; letters p = 0.9 -> q = 0.9
+    assert a.result("ind").causal.q_value == pytest.approx(0.02)
+    assert a.result("letters").causal.q_value == pytest.approx(0.9, abs=0.01)
+    assert a.labelled("ind", status="confirmed") == [(2, 2), (3, 0)] and a.labelled("letters", "confirmed") == []
+    assert a.status_counts("letters") == {"confirmed": 0, "unconfirmed": 1, "attention-defined": 0}
+    counts = a.stage_counts()
+    assert counts["KR"]["unconfirmed"] == 1 and counts["KR"]["confirmed"] == 0 and counts["LR"]["confirmed"] == 2
+    v = a.head(2, 2)
+    assert [e.status for e in v.labels] == ["confirmed", "attention-defined"]
+    df = a.to_dataframe()
+    row = df[(df.detector == "letters") & (df.head_id == "L1H0")].iloc[0]
+    assert row.status == "unconfirmed" and df[(df.detector == "letters") & (df.head_id == "L0H0")].status.isna().all()
+    with pytest.raises(InputError, match="unknown label status"):
+        a.labelled("ind", status="sure")
+    with pytest.raises(InputError, match="status must be"):
+        a.stages(status=3)
+
+
+def test_a_head_whose_own_ablation_goes_the_wrong_way_is_not_confirmed():
+    a = make_atlas()
+    c = a.result("ind").causal
+    from dataclasses import replace
+    a.result("ind").causal = replace(c, per_head={"L2H2": 1.5, "L3H0": -0.2})
+    assert a.label_status("ind", 2, 2) == "confirmed" and a.label_status("ind", 3, 0) == "unconfirmed"
+
+
+def test_a_check_that_ablated_nothing_never_confirms():
+    c = CausalCheck(metric="loss", kind="none", note="nothing labelled")
+    assert not c.passed and math.isnan(c.q_value)
+    empty = CausalCheck(metric="loss", kind="mean", heads=(), effect=0.0, random_effects=(0.0,) * 5, p_value=1 / 6)
+    assert not empty.passed
+
+
+def test_old_atlases_get_statuses_from_what_they_hold():
+    doc = make_atlas().to_dict()
+    for entry in doc["detectors"]:
+        entry["meta"].pop("metric"), entry["meta"].pop("evidence")
+        c = entry["result"]["causal"]
+        if c is not None:
+            for k in ("q_value", "random_sets", "exhaustive", "per_head", "pool"):
+                c.pop(k)
+    entry = doc["detectors"][0]
+    entry["meta"]["name"] = entry["result"]["name"] = "positional"   # an attention-defined detector of the v2 registry
+    a = Atlas.from_dict(doc)
+    assert a.label_status("positional", 0, 1) == "attention-defined"
+    assert a.label_status("ind", 2, 2) == "confirmed" and a.label_status("letters", 1, 0) == "unconfirmed"
 
 
 def test_top_heads_and_summary():
@@ -106,7 +178,8 @@ def test_top_heads_and_summary():
     assert len(a.top_heads("nothing", 3, labelled_only=False)) == 3
     assert a.top_heads("long", 3, labelled_only=False) == []
     text = a.summary(top=1)
-    assert "prev [ICI]: 2 labelled: L" in text and "+1 more" in text and "q " in text
+    assert "prev [ICI]: 2 labelled (2 attention-defined): L" in text and "+1 more" in text and "q " in text
+    assert "letters [KR]: 1 labelled (1 unconfirmed)" in text
     assert "nothing [EP]: none found" in text
     assert "long [ICI]: skipped: needs 4096 positions" in text
 
@@ -352,7 +425,8 @@ def test_html_escapes_untrusted_text():
 
 def test_detectors_outside_the_taxonomy_do_not_place_heads_in_stages(tmp_path):
     results = [_result("sink", {(0, 0): 0.9, (1, 1): 0.8}), _result("prev", {(1, 1): 0.7})]
-    meta = {"sink": DetectorMeta("sink", "ICI", places_stage=False), "prev": DetectorMeta("prev", "LR")}
+    meta = {"sink": DetectorMeta("sink", "ICI", places_stage=False, metric=""),
+            "prev": DetectorMeta("prev", "LR", metric="")}
     a = Atlas(MODEL, results, meta)
     assert a.labelled("sink") == [(0, 0), (1, 1)]          # still labelled, with evidence
     grid = a.stage_grid()

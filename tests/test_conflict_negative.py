@@ -10,8 +10,8 @@ import torch
 
 import headatlas
 from headatlas.detectors import NOT_FOUND, ScanConfig, get
-from headatlas.detectors import conflict as C
-from headatlas.detectors import negative as N
+from headatlas.detectors.dla import conflict as C
+from headatlas.detectors.dla import negative as N
 from headatlas.errors import InputError
 from headatlas.tasks.conflict import ConflictBatch, Fact, all_facts, conflict_batch, match_pairs
 from headatlas.tasks.yesno import OPTION_PAIRS, answer_ids, yesno_batch

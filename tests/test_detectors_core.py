@@ -9,9 +9,10 @@ import torch
 from tiny import KINDS, N_CTX, ToyTokenizer, tiny_model
 
 import headatlas
-from headatlas.detectors import ScanConfig, get, names, patterns
+from headatlas.detectors import ScanConfig, get, names
+from headatlas.detectors.patterns import scoring as patterns
 from headatlas.methods import dla as ov
-from headatlas.detectors.synthetic import synthetic_stats
+from headatlas.detectors.patterns.synthetic import synthetic_stats
 from headatlas.errors import InputError
 from headatlas.instrument import Taps, instrumented
 from headatlas.tasks.repeats import fit_block_len, repeated_tokens

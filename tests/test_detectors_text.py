@@ -10,7 +10,7 @@ import torch
 
 import headatlas
 from headatlas.detectors import ScanConfig, get
-from headatlas.detectors.spans import SpanSet, paired_stats, span_mass
+from headatlas.detectors.patterns.spans import SpanSet, paired_stats, span_mass
 from headatlas.errors import InputError
 from headatlas.tasks.text import WordSeq, encode_words, split_words
 

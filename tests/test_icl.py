@@ -1,4 +1,4 @@
-"""function_vector and in_context detectors (tasks/icl.py, detectors/function_vector.py)."""
+"""function_vector and in_context detectors (tasks/icl.py, detectors/patching/function_vector.py, detectors/dla/in_context.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from english_tiny import english_tiny_model
 
 import headatlas
 from headatlas.detectors import ScanConfig
-from headatlas.detectors import function_vector as fvmod
+from headatlas.detectors.dla import in_context as icmod
+from headatlas.detectors.patching import function_vector as fvmod
 from headatlas.errors import InputError
 from headatlas.instrument import HeadEdit, instrumented
 from headatlas.tasks import icl
@@ -156,24 +157,24 @@ def test_function_vector_check_adds_the_vector(m, monkeypatch):
 
 def test_in_context_random_model(m, monkeypatch):
     with pytest.raises(InputError, match="^not found: "):
-        fvmod.run_in_context(m, ScanConfig(seed=0, quick=True))
-    monkeypatch.setattr(fvmod, "MIN_PAIR_ACCURACY", 0.0)
-    monkeypatch.setattr(fvmod, "CHANCE_ALPHA", 1.0)
-    r = fvmod.run_in_context(m, ScanConfig(seed=0, quick=True))
+        icmod.run_in_context(m, ScanConfig(seed=0, quick=True))
+    monkeypatch.setattr(icmod, "MIN_PAIR_ACCURACY", 0.0)
+    monkeypatch.setattr(icmod, "CHANCE_ALPHA", 1.0)
+    r = icmod.run_in_context(m, ScanConfig(seed=0, quick=True))
     assert np.isfinite(r.p_value).all() and r.labelled == []
 
 
 def test_in_context_dla_sums_to_logit_diff_direct_part(m, monkeypatch):
     """Known answer: the per-head DLA contrasts are exact direct effects — flipping which label is
     'correct' flips every head's contrast."""
-    monkeypatch.setattr(fvmod, "MIN_PAIR_ACCURACY", 0.0)
-    monkeypatch.setattr(fvmod, "CHANCE_ALPHA", 1.0)
+    monkeypatch.setattr(icmod, "MIN_PAIR_ACCURACY", 0.0)
+    monkeypatch.setattr(icmod, "CHANCE_ALPHA", 1.0)
     cfg = ScanConfig(seed=0, quick=True)
-    r = fvmod.run_in_context(m, cfg)
+    r = icmod.run_in_context(m, cfg)
     b = icl.class_batch(m.tokenizer, 6, 4, seed=0)
     swapped = icl.ClassBatch(ids=b.ids, correct=b.other, other=b.correct, flip=b.flip, pair=b.pair, dropped=b.dropped)
-    monkeypatch.setattr(fvmod, "class_batch", lambda *a, **k: swapped)
-    r2 = fvmod.run_in_context(m, cfg)
+    monkeypatch.setattr(icmod, "class_batch", lambda *a, **k: swapped)
+    r2 = icmod.run_in_context(m, cfg)
     assert np.allclose(r.scores, -r2.scores, atol=1e-6)
 
 

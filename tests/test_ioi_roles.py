@@ -10,9 +10,9 @@ import torch
 
 import headatlas
 from headatlas.detectors import NOT_FOUND, ScanCache, ScanConfig, get
-from headatlas.detectors.ioi_roles import (MIN_DROP, negative_check, negative_result, path_patch_per_prompt,
-                                           sinh_check, sinh_result)
-from headatlas.detectors.mover import IOI_PASS, ioi_batches
+from headatlas.detectors.dla.negative_name_mover import negative_check, negative_result
+from headatlas.detectors.patching.s_inhibition import MIN_DROP, path_patch_per_prompt, sinh_check, sinh_result
+from headatlas.detectors.dla.name_mover import IOI_PASS, ioi_batches
 from headatlas.errors import InputError
 
 

@@ -9,8 +9,8 @@ import torch
 
 import headatlas
 from headatlas.detectors import NOT_FOUND, ScanConfig, get
-from headatlas.detectors.mcqa_ep import (EP_PASS, MAX_OPTION_ATTENTION, amplification_result, correct_result,
-                                         letter_logits, patch_effects, swap_contrast)
+from headatlas.detectors.dla.mcqa_ep import EP_PASS, MAX_OPTION_ATTENTION, amplification_result, letter_logits, swap_contrast
+from headatlas.detectors.patching.mcqa_correct import correct_result, patch_effects
 from headatlas.errors import InputError
 from headatlas.instrument import HeadEdit, Taps, instrumented
 from headatlas.tasks.mcqa import COLOR_ITEMS, mcqa_batch
@@ -87,7 +87,7 @@ def test_letter_logits_equal_the_models_logits(kind):
 
 def test_patch_effects_equal_manual_patching(english):
     b = mcqa_batch(english.tokenizer, 2, seed=0, topic="colors", shots=1)
-    from headatlas.detectors.mcqa import answer_letter_ids
+    from headatlas.detectors.dla.mcqa import answer_letter_ids
 
     answers = answer_letter_ids(english.tokenizer, b)
     eff = patch_effects(english, b, answers)                        # [L, 2, H]
@@ -229,7 +229,7 @@ def test_smollm2_is_at_chance_so_amplification_is_not_found():
 def test_correct_letter_v3_scores_the_answer_swap_contrast_of_attention(english):
     """correct_letter reads the twins' attention on their own letter positions, and its score is the swap
     contrast of the letter attention (a fixed-letter preference cancels)."""
-    from headatlas.detectors.mcqa import mcqa_stats, swap_contrast as swap_mcqa
+    from headatlas.detectors.dla.mcqa import mcqa_stats, swap_contrast as swap_mcqa
     from headatlas.methods.dla import dla_by_source
 
     cfg = ScanConfig(seed=5, quick=True)

@@ -11,9 +11,9 @@ import headatlas
 from headatlas import stats
 from headatlas.detectors import ScanConfig, get
 from headatlas.detectors.base import ScanCache
-from headatlas.detectors.mcqa import (MCQA_PASS, _best, evenness, letter_contrast_excluding, mcqa_stats, output_test,
+from headatlas.detectors.dla.mcqa import (MCQA_PASS, _best, evenness, letter_contrast_excluding, mcqa_stats, output_test,
                                       permuted_best_null)
-from headatlas.detectors.mover import mover_result
+from headatlas.detectors.dla.name_mover import mover_result
 from headatlas.instrument import Taps, instrumented
 from headatlas.methods.dla import capture_final_residual, direct_logit_effect, dla_by_source
 
@@ -198,8 +198,8 @@ def test_same_seed_bit_identical_and_shared_pass(english):
 
 def test_causal_checks_run_on_a_given_set(english):
     from headatlas.atlas.records import LabelRule
-    from headatlas.detectors.mcqa import mcqa_check
-    from headatlas.detectors.mover import ioi_check
+    from headatlas.detectors.dla.mcqa import mcqa_check
+    from headatlas.detectors.dla.name_mover import ioi_check
 
     cfg = ScanConfig(seed=0, quick=True)
     r = get("name_mover").run(english, cfg)

@@ -143,7 +143,7 @@ def test_planted_successor_head_is_labelled_alone():
 
 
 def test_successor_null_keeps_a_constant_or_copying_head_at_chance():
-    from headatlas.detectors.successor import shuffled_null, successes
+    from headatlas.detectors.dla.successor import shuffled_null, successes
     from headatlas.tasks.ordinal import Family
 
     f = Family("f", tuple("abcdefgh"), tuple(range(8)), " ", tuple((i, i + 1) for i in range(7)))
@@ -186,7 +186,7 @@ def test_fact_batch_masks_mark_the_subject_and_the_relation_tokens():
 
 def test_facts_dla_split_parts_sum_to_the_total():
     from english_tiny import english_tiny_model
-    from headatlas.detectors.facts import split_maps
+    from headatlas.detectors.dla.facts import split_maps
     from headatlas.tasks.facts import controls, fact_batch
 
     m = headatlas.load(english_tiny_model(seed=0), device="cpu")
@@ -210,7 +210,7 @@ def test_facts_dla_split_parts_sum_to_the_total():
 def _fake_pass(seed: int = 0):
     """A FactsPass with planted effects: head (0, 0) subject only, (0, 1) relation only, (1, 2) both,
     everything else noise around 0; 40 facts."""
-    from headatlas.detectors.facts import FactsPass
+    from headatlas.detectors.dla.facts import FactsPass
 
     rng = np.random.default_rng(seed)
     L, B, H = 2, 40, 4
@@ -227,7 +227,7 @@ def _fake_pass(seed: int = 0):
 
 
 def test_facts_labels_partition_subject_relation_and_mixed():
-    from headatlas.detectors.facts import facts_result
+    from headatlas.detectors.dla.facts import facts_result
 
     fp = _fake_pass()
     got = {n: facts_result(n, fp, seed=0, n_perm=999) for n in ("subject", "relation", "mixed")}
@@ -287,7 +287,7 @@ def test_relation_batch_places_the_head_word_and_same_relation_controls():
 
 def test_semantic_index_is_the_head_word_part_of_the_contrast():
     from english_tiny import english_tiny_model
-    from headatlas.detectors.semantic_induction import measure
+    from headatlas.detectors.dla.semantic_induction import measure
     from headatlas.tasks.relations import relation_batch, split_pairs
 
     m = headatlas.load(english_tiny_model(seed=0), device="cpu")
@@ -306,7 +306,7 @@ def test_semantic_index_is_the_head_word_part_of_the_contrast():
 
 
 def test_semantic_result_labels_a_planted_head_only():
-    from headatlas.detectors.semantic_induction import semantic_result
+    from headatlas.detectors.dla.semantic_induction import semantic_result
 
     rng = np.random.default_rng(0)
     L, B, H = 3, 32, 4

@@ -9,7 +9,8 @@ import torch
 from planted import PLANTED, planted_model
 
 import headatlas
-from headatlas.detectors import ScanConfig, get, patterns
+from headatlas.detectors import ScanConfig, get
+from headatlas.detectors.patterns import scoring as patterns
 from headatlas.instrument import Taps, instrumented, zero
 from headatlas.tasks.repeats import repeated_tokens
 

@@ -11,8 +11,8 @@ import torch
 
 import headatlas
 from headatlas.detectors import ScanConfig, get
-from headatlas.detectors.rare_words import evaluate_words, rare_word_items
-from headatlas.detectors.spans import span_mass
+from headatlas.detectors.patterns.rare_words import evaluate_words, rare_word_items
+from headatlas.detectors.patterns.spans import span_mass
 from headatlas.tasks.text import WordSeq
 
 

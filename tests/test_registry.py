@@ -43,6 +43,40 @@ def test_every_detector_declares_a_causal_check_or_why_not():
         assert d.stage in ("KR", "ICI", "LR", "EP") and d.summary and d.citation and d.method
 
 
+def test_every_detector_lives_in_the_folder_of_its_evidence_and_declares_its_metric_family():
+    from headatlas.detectors.base import EVIDENCE, METRIC_FAMILIES, by_metric, same_metric
+
+    for d in all_detectors():
+        assert d.evidence in EVIDENCE, d.name
+        folder = {"pattern": "patterns", "dla": "dla", "patching": "patching", "probing": "probing"}[d.evidence]
+        assert d.run.__module__.split(".")[2] == folder, (d.name, d.run.__module__, d.evidence)
+        # attention-defined <=> no behavioural metric <=> no causal check
+        assert d.metric != "" or d.causal is None, d.name
+        assert d.metric == "" or d.metric in METRIC_FAMILIES
+    families = by_metric()
+    assert set(families["repeat loss"]) == {"induction", "previous_token", "duplicate_token", "gating"}
+    assert set(families["IOI logit difference"]) == {"name_mover", "negative_name_mover", "s_inhibition"}
+    assert set(families["memory vs context"]) == {"memory", "context"}
+    assert set(families["attribute log-prob"]) == {"subject", "relation", "mixed"}
+    assert set(families[""]) == {"positional", "syntactic", "subword_merge", "rare_words", "attention_sink"}
+    assert set(same_metric("memory")) == {"memory", "context"} and same_metric("positional") == ()
+
+
+def test_register_refuses_an_undeclared_evidence_or_metric_family():
+    def run(m, cfg):
+        raise AssertionError
+
+    kw = dict(stage="ICI", method="m", summary="s", citation="c", run=run, no_causal="pattern")
+    with pytest.raises(InputError, match="evidence must be one of"):
+        register(Detector(name="tmp_bad_ev", evidence="vibes", **kw))
+    with pytest.raises(InputError, match="unknown metric family"):
+        register(Detector(name="tmp_bad_fam", evidence="pattern", metric="repeat-loss", **kw))
+    with pytest.raises(InputError, match="no metric family"):
+        register(Detector(name="tmp_no_fam", evidence="pattern", stage="ICI", method="m", summary="s", citation="c",
+                          run=run, causal=lambda m, c, r: None))
+    assert "tmp_bad_ev" not in names() and "tmp_bad_fam" not in names()
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_random_weight_models_get_no_labels(random_scans, name):
     ran, reasons = 0, []
@@ -96,11 +130,11 @@ def test_unknown_and_duplicate_names_are_clear_errors():
     with pytest.raises(ValueError, match="already registered"):
         register(get(NAMES[0]))
     with pytest.raises(ValueError, match="causal check or a no_causal reason"):
-        register(Detector(name="_no_check", stage="ICI", method="m", summary="s", citation="c", run=lambda m, c: None))
+        register(Detector(name="_no_check", evidence="pattern", stage="ICI", method="m", summary="s", citation="c", run=lambda m, c: None))
 
 
 def _fake(name: str, requires: tuple[str, ...] = ()) -> Detector:
-    return Detector(name=name, stage="ICI", method="m", summary="s", citation="c", run=lambda m, c: None,
+    return Detector(name=name, evidence="pattern", stage="ICI", method="m", summary="s", citation="c", run=lambda m, c: None,
                     requires=requires, no_causal="test detector")
 
 
@@ -127,9 +161,9 @@ def test_required_results_are_passed_to_later_detectors():
         seen["first"] = cfg.result("previous_token")
         return get("previous_token").run(m, cfg).__class__(**{**seen["first"].__dict__, "name": "_t_second"})
 
-    from headatlas.detectors.synthetic import SYNTHETIC
+    from headatlas.detectors.patterns.synthetic import SYNTHETIC
 
-    register(Detector(name="_t_second", stage="ICI", method="m", summary="s", citation="c", run=second,
+    register(Detector(name="_t_second", evidence="pattern", stage="ICI", method="m", summary="s", citation="c", run=second,
                       requires=("previous_token",), uses=(SYNTHETIC,), no_causal="test detector"))
     try:
         atlas = headatlas.scan(tiny_model("llama"), ["_t_second"], quick=True, causal=False)
@@ -206,7 +240,7 @@ def test_default_set_and_all():
     assert resolve_detectors(None) == list(default_names())
     assert resolve_detectors("all") == list(names())
     assert set(default_names()) <= set(names())
-    tmp = Detector(name="_not_default", stage="LR", method="m", summary="s", citation="c",
+    tmp = Detector(name="_not_default", evidence="pattern", stage="LR", method="m", summary="s", citation="c",
                    run=lambda m, c: None, no_causal="test", default=False)  # type: ignore[arg-type,return-value]
     register(tmp)
     try:

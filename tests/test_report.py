@@ -43,18 +43,20 @@ def _result(name: str, planted: dict[tuple[int, int], float], *, s: str = "", ca
                           seed=0, n_null=9999, extras=extras or {}, details=details or {}, causal=causal)
 
 
-def _check(s: str, p: float, heads) -> CausalCheck:
+def _check(s: str, p: float, heads, per_head=None) -> CausalCheck:
     return CausalCheck(metric="loss on repeated tokens" + s, kind="mean", heads=tuple(heads), effect=1.2 if p < 0.1 else 0.1,
-                       random_effects=tuple(np.linspace(0.0, 0.3, 20)), p_value=p, n_prompts=16, baseline=3.0,
-                       expected="increase", description="ablate the labelled set" + s, note="note" + s)
+                       random_effects=tuple(np.linspace(0.0, 0.3, 99)), p_value=p, n_prompts=16, baseline=3.0,
+                       expected="increase", description="ablate the labelled set" + s, note="note" + s,
+                       per_head=per_head or {}, pool="layer-matched, no head of the metric family" + s)
 
 
 def make_report_atlas(s: str = "", *, shared: bool = True) -> Atlas:
     """A small atlas with every kind of section and every label status; ``s`` is appended to every string an atlas
     can hold (pass a script-injection payload to test escaping).
 
-    ind (LR): check passes -> its labels are confirmed; prev (ICI): check fails -> unconfirmed; sink (KR, no stage),
-    negative (KR): no behavioural metric -> attention-defined; nothing (EP): none found; long: skipped."""
+    ind (LR): its check passes after BH across the atlas (p 0.01, q 0.02); L2H2 alone raises the loss (confirmed), L3H0
+    alone lowers it (unconfirmed); prev (ICI): check fails (p 0.6) -> unconfirmed; sink (KR, no stage), negative (KR):
+    no behavioural metric -> attention-defined; nothing (EP): none found; long: skipped."""
     tokens = ["<s>", " A", " B", " A", " B" + s]
     pattern = np.stack([np.tril(np.ones((5, 5))) / np.arange(1, 6)[:, None], np.eye(5)])
     view = make_token_view(tokens, pattern, [(2, 2), (3, 0)], note="repeated tokens" + s)
@@ -63,7 +65,8 @@ def make_report_atlas(s: str = "", *, shared: bool = True) -> Atlas:
     results = [
         _result("prev" + s, {(0, 1): 0.9, (2, 2): 0.6}, s=s, extras={"relation": np.array([["nsubj" + s] * H] * L)},
                 details={"offsets" + s: [1, 2], "why": "because" + s}, causal=_check(s, 0.6, [(0, 1), (2, 2)])),
-        _result("ind" + s, {(2, 2): 0.8, (3, 0): 0.7}, s=s, causal=_check(s, 1 / 21, [(2, 2), (3, 0)]),
+        _result("ind" + s, {(2, 2): 0.8, (3, 0): 0.7}, s=s, causal=_check(s, 0.01, [(2, 2), (3, 0)],
+                                                                           {"L2H2": 0.9, "L3H0": -0.1}),
                 details={"token_view": view}, extras={"copying": np.linspace(-1, 1, L * H).reshape(L, H)}),
         _result("nothing" + s, {}, s=s, causal=no_causal_check("no behavioural metric for this type" + s)),
         _result("sink" + s, {(1, 1): 0.9}, s=s, causal=no_causal_check("the pattern is the claim" + s)),
@@ -72,8 +75,9 @@ def make_report_atlas(s: str = "", *, shared: bool = True) -> Atlas:
     ]
     stages = {"prev": "ICI", "ind": "LR", "nothing": "EP", "sink": "KR", "negative": "KR", "long": "ICI"}
     meta = {n + s: DetectorMeta(n + s, st, method="pattern" + s, summary=f"{n} heads{s}", citation="paper" + s,
-                                version=("2" + s) if s else 2, places_stage=(n != "sink"))
-            for n, st in stages.items()}
+                                version=("2" + s) if s else 2, places_stage=(n != "sink"),
+                                metric="repeat loss" if n in ("prev", "ind") else "")
+            for n, st in stages.items()}   # metric "": attention-defined, their labels place heads without a check
     writes = {"method": "OV circuit" + s, "n_sources": 8, "k": 2,
               "heads": {"L2H2": {"promoted": [[" B" + s, 4.5, " A" + s]], "suppressed": [[" C" + s, -3.0, " A"]],
                                  "self_z": 2.5, "copy_top10": 0.75}}}
@@ -180,14 +184,15 @@ def test_the_partial_plotly_bundle_is_vendored_with_its_licence_and_holds_the_tr
 def test_findings_come_first_with_counts_by_status():
     a = make_report_atlas()
     html = a.to_html()
-    # statuses: ind confirmed, prev unconfirmed, negative attention-defined; sink places no stage
+    # statuses: ind's L2H2 confirmed, L3H0 unconfirmed (its own ablation goes the wrong way), prev unconfirmed,
+    # negative attention-defined; sink places no stage
     summary = stage_summary(a, detector_views(a))
-    assert summary["LR"] == {"confirmed": [(2, 2), (3, 0)], "attention-defined": [], "unconfirmed": []}
+    assert summary["LR"] == {"confirmed": [(2, 2)], "attention-defined": [], "unconfirmed": [(3, 0)]}
     assert summary["ICI"] == {"confirmed": [], "attention-defined": [], "unconfirmed": [(0, 1), (2, 2)]}
     assert summary["KR"] == {"confirmed": [], "attention-defined": [(1, 0)], "unconfirmed": []}
     assert summary["EP"] == {"confirmed": [], "attention-defined": [], "unconfirmed": []}
     counts = re.search(r"<ul class='counts' id='stage-counts'>(.*?)</ul>", html).group(1)
-    assert "Latent Reasoning: <b>2</b> confirmed, <b>0</b> unconfirmed" in counts
+    assert "Latent Reasoning: <b>1</b> confirmed, <b>1</b> unconfirmed" in counts
     assert "In-Context Identification: <b>0</b> confirmed, <b>2</b> unconfirmed" in counts
     assert "Knowledge Recalling: <b>0</b> confirmed, <b>1</b> attention-defined, <b>0</b> unconfirmed" in counts
     # page order: findings (stage map, top heads, not found) before the circuit, detectors and settings
@@ -233,8 +238,9 @@ def test_maps_colour_the_rules_effect_with_its_minimum_and_outline_by_status():
     assert det["fields"]["effect"][2][2] == pytest.approx(0.75) and det["fields"]["q_value"][2][2] == pytest.approx(1e-3)
     # outlines: confirmed solid, unconfirmed dashed, attention-defined dotted
     shapes = {s["name"]: s for s in ind["layout"]["shapes"]}
-    assert set(shapes) == {"confirmed"} and shapes["confirmed"]["line"]["dash"] == "solid"
-    assert shapes["confirmed"]["path"].count("M") == 2 and "M1.5,1.5H2.5V2.5H1.5Z" in shapes["confirmed"]["path"]
+    assert set(shapes) == {"confirmed", "unconfirmed"} and shapes["confirmed"]["line"]["dash"] == "solid"
+    assert shapes["confirmed"]["path"] == "M1.5,1.5H2.5V2.5H1.5Z" and shapes["unconfirmed"]["line"]["dash"] == "dash"
+    assert shapes["unconfirmed"]["path"] == "M-0.5,2.5H0.5V3.5H-0.5Z"
     assert {s["name"]: s["line"]["dash"] for s in maps["det-prev-map"]["layout"]["shapes"]} == {"unconfirmed": "dash"}
     assert {s["name"]: s["line"]["dash"] for s in maps["det-negative-map"]["layout"]["shapes"]} == {"attention-defined": "dot"}
     lay = ind["layout"]
@@ -249,7 +255,8 @@ def test_sections_rule_table_causal_and_timings_once():
         assert report.esc(a.result(d).rule.describe()) in html
     for col in ("null mean ± std", "effect [95% CI]", "<th>p</th>", "<th>q</th>", "stability", "relation", "copying"):
         assert col in html
-    assert "loss on repeated tokens: +1.2 vs random median +0.15 (p 0.048" in html
+    assert "loss on repeated tokens: +1.2 vs random median +0.15 (p 0.01, q 0.02; increase expected; 99 random sets)" in html
+    assert "random pool: layer-matched, no head of the metric family" in html
     assert "beats every random set" not in html and "increase expected" in html
     assert "no behavioural metric: no behavioural metric for this type" in html
     assert "none found" in html and "skipped: needs 4096 positions" in html
@@ -257,8 +264,10 @@ def test_sections_rule_table_causal_and_timings_once():
     causal = [f for f in data["figures"] if f["kind"] == "hist"]
     assert len(causal) == 2 and causal[0]["data"][0]["x_field"] == "random_effects"
     ind = next(d for d in data["detectors"] if d["name"] == "ind")
-    assert len(ind["causal"]["random_effects"]) == 20 and ind["causal"]["random_median"] == pytest.approx(0.15)
-    assert ind["status"] == ["confirmed", "confirmed"]
+    assert len(ind["causal"]["random_effects"]) == 99 and ind["causal"]["random_median"] == pytest.approx(0.15)
+    assert ind["status"] == ["confirmed", "unconfirmed"] and ind["causal"]["per_head"] == {"L2H2": 0.9, "L3H0": -0.1}
+    # the head's own causal number in the labelled-heads table
+    assert "<th>alone (causal)</th>" in html and "<td>+0.9</td>" in html
     # timings appear once, in the collapsed model section; the shared pass is named instead of "0.0 s"
     assert "0.0 s" not in html and html.count("<td>reused shared pass &#x27;synthetic&#x27; computed by prev</td>") == 1
     assert ">None<" not in html and "(not recorded)" in html

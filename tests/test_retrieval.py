@@ -14,7 +14,7 @@ import torch
 
 import headatlas
 from headatlas.detectors import ScanConfig, get
-from headatlas.detectors import retrieval as R
+from headatlas.detectors.patterns import retrieval as R
 from headatlas.errors import InputError
 from headatlas.tasks.needle import NeedleCase, needle_case, needle_cases
 

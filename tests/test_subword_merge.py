@@ -11,8 +11,8 @@ import headatlas
 from headatlas import stats
 from headatlas.atlas.records import LabelRule
 from headatlas.detectors import ScanConfig, get
-from headatlas.detectors.spans import SpanSet, span_mass
-from headatlas.detectors.subword_merge import evaluate_masses, previous_token_overlap, subword_items
+from headatlas.detectors.patterns.spans import SpanSet, span_mass
+from headatlas.detectors.patterns.subword_merge import evaluate_masses, previous_token_overlap, subword_items
 from headatlas.tasks.text import WordSeq
 
 

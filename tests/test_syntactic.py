@@ -10,8 +10,8 @@ import torch
 import headatlas
 from headatlas import stats
 from headatlas.detectors import ScanConfig, get
-from headatlas.detectors.spans import span_mass
-from headatlas.detectors.syntactic import (candidate_spans, evaluate_arcs, matched_controls, relation_table,
+from headatlas.detectors.patterns.spans import span_mass
+from headatlas.detectors.patterns.syntactic import (candidate_spans, evaluate_arcs, matched_controls, relation_table,
                                            top_slot, relations_to_test)
 from headatlas.tasks.syntax import syntax_batch, syntax_data
 

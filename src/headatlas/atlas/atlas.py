@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 
-from .records import PER_HEAD_FIELDS, STAGES, DetectorResult
+from .records import (ATTENTION_DEFINED, CONFIRMED, PER_HEAD_FIELDS, STAGED_STATUSES, STAGES, STATUSES, UNCONFIRMED,
+                      DetectorResult)
 from ..errors import AtlasFileError, InputError
 from . import schema
 
@@ -26,6 +27,10 @@ if TYPE_CHECKING:
     from .circuit import Circuit
 
 MIXED = "mixed"
+
+# Atlases written before detectors declared a metric family (DetectorMeta.metric) name no family; these are the
+# detectors that had no behavioural metric then (their labels are attention-defined).
+_LEGACY_ATTENTION_DEFINED = frozenset({"positional", "syntactic", "subword_merge", "rare_words", "attention_sink"})
 
 
 def head_name(layer: int, head: int) -> str:
@@ -46,12 +51,22 @@ class DetectorMeta:
     places_stage: bool = True
 
     requires: tuple[str, ...] = ()
+    evidence: str = ""          # "pattern", "dla", "patching", "probing" ("" in atlases written before v3)
+    metric: str | None = None   # behavioural metric family; "" = attention-defined; None = not recorded (old atlas)
 
     @classmethod
     def from_detector(cls, d: Any) -> "DetectorMeta":
         """From a registered :class:`~headatlas.detectors.base.Detector`."""
         return cls(name=d.name, stage=d.stage, method=d.method, summary=d.summary, citation=d.citation,
-                   version=int(d.version), places_stage=bool(d.places_stage), requires=tuple(d.requires))
+                   version=int(d.version), places_stage=bool(d.places_stage), requires=tuple(d.requires),
+                   evidence=str(d.evidence), metric=str(d.metric))
+
+    @property
+    def attention_defined(self) -> bool:
+        """The head type has no behavioural metric: its attention pattern is the claim."""
+        if self.metric is None:
+            return self.name in _LEGACY_ATTENTION_DEFINED
+        return self.metric == ""
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "requires": list(self.requires)}
@@ -60,6 +75,8 @@ class DetectorMeta:
     def from_dict(cls, d: dict[str, Any]) -> "DetectorMeta":
         d = dict(d)
         d["requires"] = tuple(str(x) for x in d.get("requires", ()))
+        if d.get("metric") is not None:
+            d["metric"] = str(d["metric"])
         return cls(**d)
 
 
@@ -84,6 +101,7 @@ class Evidence:
     stability: float
     labelled: bool
     extras: dict[str, float | str] = field(default_factory=dict)
+    status: str | None = None   # "confirmed", "unconfirmed", "attention-defined"; None when not labelled
 
     @property
     def name(self) -> str:
@@ -92,8 +110,9 @@ class Evidence:
 
 @dataclass(frozen=True)
 class HeadView:
-    """Everything the atlas knows about one head: ``labels`` (the detectors that labelled it, best
-    z first) and ``evidence`` (every detector that ran, labelled or not)."""
+    """Everything the atlas knows about one head: ``labels`` (the detectors that labelled it: confirmed first,
+    then attention-defined, then unconfirmed; by q within each) and ``evidence`` (every detector that ran,
+    labelled or not)."""
 
     layer: int
     head: int
@@ -148,6 +167,7 @@ class Atlas:
         self.writes = dict(writes or {})   # per head, top OV output tokens (atlas.writes; {} when not recorded)
         self.headatlas_version = headatlas_version or __version__
         self.created = created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        _correct_causal_checks(self._results)
 
     # ----- access -------------------------------------------------------------------------------
     @property
@@ -185,9 +205,50 @@ class Atlas:
         c = self.result(name).causal
         return None if c is None else c.as_mapping()
 
-    def labelled(self, name: str) -> list[tuple[int, int]]:
-        """Heads that detector ``name`` labelled, best first (``[]``: none found, or skipped)."""
-        return [(int(layer), int(head)) for layer, head in self.result(name).labelled]
+    def labelled(self, name: str, status: str | Iterable[str] | None = None) -> list[tuple[int, int]]:
+        """Heads that detector ``name`` labelled, best first (``[]``: none found, distributed, or skipped);
+        with ``status`` (``"confirmed"``, ``"unconfirmed"``, ``"attention-defined"`` or a collection of them),
+        only the labels of that status."""
+        heads = [(int(layer), int(head)) for layer, head in self.result(name).labelled]
+        if status is None:
+            return heads
+        want = _check_statuses(status)
+        return [lh for lh in heads if self.label_status(name, *lh) in want]
+
+    def label_status(self, name: str, layer: int, head: int) -> str | None:
+        """The status of detector ``name``'s label on head ``(layer, head)``: ``"confirmed"`` (the statistic
+        passes and the detector's causal check passes after Benjamini-Hochberg across all the atlas's checks,
+        and the head's own ablation moves the metric the expected way where it was measured),
+        ``"unconfirmed"`` (the statistic passes; the check failed, was not significant or did not run), or
+        ``"attention-defined"`` (the head type has no behavioural metric); ``None`` if not labelled."""
+        self._check_head(layer, head)
+        r = self.result(name)
+        lh = (int(layer), int(head))
+        if lh not in {(int(a), int(b)) for a, b in r.labelled}:
+            return None
+        return self._status(name, r, lh)
+
+    def _status(self, name: str, r: DetectorResult, lh: tuple[int, int]) -> str:
+        if self.meta[name].attention_defined:
+            return ATTENTION_DEFINED
+        c = r.causal
+        if c is not None and c.passed and lh in set(c.heads) and c.head_supports(head_name(*lh)):
+            return CONFIRMED
+        return UNCONFIRMED
+
+    def status_counts(self, name: str) -> dict[str, int]:
+        """Detector ``name``'s labels counted by status (every status present, 0 where none)."""
+        r = self.result(name)
+        out = {s: 0 for s in STATUSES}
+        for lh in r.labelled:
+            out[self._status(name, r, (int(lh[0]), int(lh[1])))] += 1
+        return out
+
+    def distributed(self) -> dict[str, dict[str, Any]]:
+        """Detectors whose statistic passed for so many heads (more than a quarter) that they report a
+        distributed property instead of head labels: name -> ``{"n_pass", "n_heads", ...}``."""
+        return {n: dict(r.details["distributed"]) for n, r in self._results.items()
+                if isinstance(r.details.get("distributed"), dict)}
 
     def skipped(self) -> dict[str, str]:
         """Detector name -> the reason it could not run on this model."""
@@ -197,46 +258,59 @@ class Atlas:
         self._check_head(layer, head)
         r = self.result(name)
         lh = (int(layer), int(head))
+        labelled = lh in {(int(a), int(b)) for a, b in r.labelled}
         return Evidence(detector=name, stage=self.meta[name].stage, layer=lh[0], head=lh[1],
                         score=float(r.scores[lh]), null_mean=float(r.null_mean[lh]), null_std=float(r.null_std[lh]),
                         effect=float(r.effect[lh]), ci_low=float(r.ci_low[lh]), ci_high=float(r.ci_high[lh]),
                         p_value=float(r.p_value[lh]), q_value=float(r.q_value[lh]), stability=float(r.stability[lh]),
-                        labelled=lh in set(map(tuple, r.labelled)),
-                        extras={k: _scalar(v[lh]) for k, v in r.extras.items() if self._per_head(v)})
+                        labelled=labelled, extras={k: _scalar(v[lh]) for k, v in r.extras.items() if self._per_head(v)},
+                        status=self._status(name, r, lh) if labelled else None)
 
     def head(self, layer: int, head: int) -> HeadView:
         """The labels of head ``(layer, head)`` with their stage and evidence, and every other
         detector's numbers for it (skipped detectors are left out)."""
         self._check_head(layer, head)
         ev = {n: self.evidence(n, layer, head) for n, r in self._results.items() if not r.skipped}
-        labels = sorted((e for e in ev.values() if e.labelled), key=lambda e: _finite_or(e.q_value, math.inf))
+        rank = {CONFIRMED: 0, ATTENTION_DEFINED: 1, UNCONFIRMED: 2}
+        labels = sorted((e for e in ev.values() if e.labelled),
+                        key=lambda e: (rank.get(e.status or "", 3), _finite_or(e.q_value, math.inf)))
         return HeadView(layer=int(layer), head=int(head), labels=labels, evidence=ev)
 
-    def stages(self) -> dict[tuple[int, int], frozenset[str]]:
-        """Per head ``(layer, head)``, the set of stages (KR/ICI/LR/EP) of its labels (empty: unlabelled).
-        Labels of detectors with ``places_stage=False`` (attention sinks) do not place a head."""
+    def stages(self, status: str | Iterable[str] = STAGED_STATUSES) -> dict[tuple[int, int], frozenset[str]]:
+        """Per head ``(layer, head)``, the set of stages (KR/ICI/LR/EP) of its labels of the given ``status``
+        (default: confirmed and attention-defined; an unconfirmed label places no head). Labels of detectors
+        with ``places_stage=False`` (attention sinks) do not place a head."""
+        want = _check_statuses(status)
         out: dict[tuple[int, int], set[str]] = {(la, h): set() for la in range(self.n_layers) for h in range(self.n_heads)}
         for name, r in self._results.items():
             if not self.meta[name].places_stage:
                 continue
             for lh in r.labelled:
-                out[(int(lh[0]), int(lh[1]))].add(self.meta[name].stage)
+                lh = (int(lh[0]), int(lh[1]))
+                if self._status(name, r, lh) in want:
+                    out[lh].add(self.meta[name].stage)
         return {k: frozenset(v) for k, v in out.items()}
 
-    def stage_heads(self) -> dict[str, list[tuple[int, int]]]:
-        """Per stage (KR, ICI, LR, EP), the heads labelled by a detector of that stage; a head labelled
-        in several stages counts in each (sorted by layer, head)."""
+    def stage_heads(self, status: str | Iterable[str] = STAGED_STATUSES) -> dict[str, list[tuple[int, int]]]:
+        """Per stage (KR, ICI, LR, EP), the heads labelled by a detector of that stage with a label of the given
+        ``status`` (default: confirmed and attention-defined); a head labelled in several stages counts in each
+        (sorted by layer, head)."""
         out: dict[str, set[tuple[int, int]]] = {s: set() for s in STAGES}
-        for lh, stages in self.stages().items():
+        for lh, stages in self.stages(status).items():
             for st in stages:
                 out[st].add(lh)
         return {s: sorted(v) for s, v in out.items()}
 
-    def stage_grid(self) -> np.ndarray:
-        """``[n_layers, n_heads]`` of str: ``""`` (no label), a stage code, or ``"mixed"`` (several stages;
-        :meth:`stage_heads` counts such a head in each of them)."""
+    def stage_counts(self) -> dict[str, dict[str, int]]:
+        """Per stage, how many heads it holds by status: ``{"KR": {"confirmed": 3, "attention-defined": 0,
+        "unconfirmed": 14}, ...}`` (a head counts under each status it has in that stage)."""
+        return {s: {st: len(self.stage_heads(st)[s]) for st in STATUSES} for s in STAGES}
+
+    def stage_grid(self, status: str | Iterable[str] = STAGED_STATUSES) -> np.ndarray:
+        """``[n_layers, n_heads]`` of str: ``""`` (no label of the given status), a stage code, or ``"mixed"``
+        (several stages; :meth:`stage_heads` counts such a head in each of them)."""
         grid = np.full((self.n_layers, self.n_heads), "", dtype=object)
-        for (layer, h), st in self.stages().items():
+        for (layer, h), st in self.stages(status).items():
             grid[layer, h] = next(iter(st)) if len(st) == 1 else (MIXED if st else "")
         return grid
 
@@ -258,12 +332,12 @@ class Atlas:
     # ----- tables -------------------------------------------------------------------------------
     def to_dataframe(self) -> "pd.DataFrame":
         """One row per head x detector: ``layer, head, head_id, detector, stage, score, null_mean, null_std,
-        effect, ci_low, ci_high, p_value, q_value, stability, labelled`` plus one column per extra per-head
+        effect, ci_low, ci_high, p_value, q_value, stability, labelled, status`` (status: missing (NaN) where unlabelled) plus one column per extra per-head
         array (NaN where a detector has no such extra; a name that clashes with a base column is
         prefixed ``extra_``)."""
         import pandas as pd
 
-        base = ["layer", "head", "head_id", "detector", "stage", *PER_HEAD_FIELDS, "labelled"]
+        base = ["layer", "head", "head_id", "detector", "stage", *PER_HEAD_FIELDS, "labelled", "status"]
         base[base.index("scores")] = "score"
         layers, heads = np.meshgrid(np.arange(self.n_layers), np.arange(self.n_heads), indexing="ij")
         extra_names: list[str] = []
@@ -286,6 +360,10 @@ class Atlas:
             for key in PER_HEAD_FIELDS:
                 cols["score" if key == "scores" else key] = np.asarray(getattr(r, key), dtype=float).ravel()
             cols["labelled"] = lab.ravel()
+            status = np.full((self.n_layers, self.n_heads), None, dtype=object)
+            for layer, h in r.labelled:
+                status[layer, h] = self._status(name, r, (int(layer), int(h)))
+            cols["status"] = status.ravel()
             for col in extra_names:
                 key = col[len("extra_"):] if col.startswith("extra_") and col[len("extra_"):] in base else col
                 v = r.extras.get(key)
@@ -314,14 +392,17 @@ class Atlas:
                         f"p {best[0].p_value:.2g}, q {best[0].q_value:.2g})") if best else ""
                 lines.append(f"  {name} [{m.stage}]: none found{hint}")
                 continue
-            heads = ", ".join(f"{e.name} {e.score:.3g} (null {e.null_mean:.3g}, effect {e.effect:.3g}, q {e.q_value:.2g})"
-                              for e in tops)
+            heads = ", ".join(f"{e.name} {e.score:.3g} (null {e.null_mean:.3g}, effect {e.effect:.3g}, q {e.q_value:.2g}, "
+                              f"{e.status})" for e in tops)
             more = len(r.labelled) - len(tops)
-            lines.append(f"  {name} [{m.stage}]: {len(r.labelled)} labelled: {heads}" + (f", +{more} more" if more > 0 else ""))
+            counts = ", ".join(f"{v} {k}" for k, v in self.status_counts(name).items() if v)
+            lines.append(f"  {name} [{m.stage}]: {len(r.labelled)} labelled ({counts}): {heads}"
+                         + (f", +{more} more" if more > 0 else ""))
             c = r.causal
             if c is not None and c.ran:
-                lines.append(f"    causal ({c.intervention}, {c.metric}): {c.effect:+.3g} vs random median "
-                             f"{c.random_median:+.3g} over {len(c.random_effects)} sets, p {c.p_value:.2g}")
+                lines.append(f"    causal ({c.intervention}, {c.metric}, {c.expected} expected): {c.effect:+.3g} vs random "
+                             f"median {c.random_median:+.3g} over {len(c.random_effects)} sets, p {c.p_value:.2g}, "
+                             f"q {c.q_value:.2g} across the atlas's checks")
         return "\n".join(lines)
 
     def __repr__(self) -> str:
@@ -468,3 +549,32 @@ def _scalar(x: Any) -> float | str:
 
 def _finite_or(x: float, default: float) -> float:
     return x if math.isfinite(x) else default
+
+
+def _check_statuses(status: Any) -> frozenset[str]:
+    """A status name or a collection of them -> a frozenset; InputError naming the valid ones otherwise."""
+    items = [status] if isinstance(status, str) else status
+    if not isinstance(items, (list, tuple, set, frozenset)):
+        raise InputError(f"status must be one of {', '.join(STATUSES)} or a collection of them, got "
+                         f"{type(status).__name__}")
+    bad = [s for s in items if s not in STATUSES]
+    if bad or not items:
+        raise InputError(f"unknown label status {bad[0] if bad else 'none given'!r:.60}; use {', '.join(STATUSES)}")
+    return frozenset(items)
+
+
+def _correct_causal_checks(results: dict[str, DetectorResult]) -> None:
+    """Benjamini-Hochberg across every causal check that ran (a finite p on at least one head): each such
+    check gets its ``q_value`` (a check that ablated nothing gets none and can never pass)."""
+    from dataclasses import replace
+
+    from scipy.stats import false_discovery_control
+
+    ran = [n for n, r in results.items() if r.causal is not None and r.causal.ran and r.causal.heads
+           and math.isfinite(r.causal.p_value)]
+    if not ran:
+        return
+    q = false_discovery_control(np.array([results[n].causal.p_value for n in ran], dtype=float),  # type: ignore[union-attr]
+                                method="bh")
+    for n, qv in zip(ran, q):
+        results[n].causal = replace(results[n].causal, q_value=float(qv))   # type: ignore[arg-type]

@@ -33,6 +33,7 @@ class AtlasLike(Protocol):
     notes: list[str]
     headatlas_version: str
     created: str
+    writes: dict[str, Any]           # per head, top OV output tokens (headatlas.atlas.writes); {} when not recorded
 
     @property
     def detectors(self) -> list[str]: ...

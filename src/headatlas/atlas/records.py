@@ -92,17 +92,29 @@ _INTERVENTIONS = {"mean": "mean ablation", "zero": "zero ablation", "resample": 
                   "none": "no intervention"}
 
 
+# Label statuses (statistics.md section 5): what a (detector, head) label has shown.
+CONFIRMED = "confirmed"                  # the statistic passes and the causal check passes after BH across the atlas
+UNCONFIRMED = "unconfirmed"              # the statistic passes; the check failed, was not significant, or did not run
+ATTENTION_DEFINED = "attention-defined"  # no behavioural metric exists: the attention pattern is the claim
+STATUSES: tuple[str, ...] = (CONFIRMED, UNCONFIRMED, ATTENTION_DEFINED)
+STAGED_STATUSES: tuple[str, ...] = (CONFIRMED, ATTENTION_DEFINED)   # the labels that place a head in a stage
+CAUSAL_FDR = 0.05   # the BH level across all the atlas's causal checks
+
+
 @dataclass(frozen=True)
 class CausalCheck:
     """Does the model's behaviour depend on the labelled heads more than on random heads?
 
     ``heads`` (the labelled set) were ablated (``kind``: ``"mean"`` or ``"zero"``) and so were
-    ``len(random_effects)`` random sets of the same size drawn from matched layers. ``effect`` is
-    the change of ``metric`` (ablated - clean; ``baseline`` is the clean value) averaged over
-    ``n_prompts`` held-out prompts; ``p_value`` = (1 + #random sets whose change is at least as large
-    in the expected direction) / (1 + #random sets). ``expected``: ``"increase"`` (a loss) or
-    ``"decrease"`` (a log-prob or logit difference). ``kind == "none"``: the head type has no
-    behavioural metric (``note`` says why) and nothing was ablated.
+    ``len(random_effects)`` random sets of the same size drawn from matched layers (their heads:
+    ``random_sets``, drawn from a pool described by ``pool``; ``exhaustive``: every distinct set was used,
+    so the p floor is ``1 / (1 + len(random_sets))``). ``effect`` is the change of ``metric`` (ablated -
+    clean; ``baseline`` is the clean value) averaged over ``n_prompts`` held-out prompts; ``p_value`` =
+    (1 + #random sets whose change is at least as large in the expected direction) / (1 + #random sets);
+    ``q_value``: Benjamini-Hochberg over every causal check of the atlas (filled by the atlas).
+    ``expected``: ``"increase"`` (a loss) or ``"decrease"`` (a log-prob or logit difference).
+    ``per_head``: ``"L23H0"`` -> the change of the metric when that labelled head alone is ablated (its own
+    share of the set's effect). ``kind == "none"``: nothing was ablated (``note`` says why).
     """
 
     metric: str
@@ -116,10 +128,39 @@ class CausalCheck:
     expected: str = "increase"
     description: str = ""
     note: str = ""
+    q_value: float = math.nan
+    random_sets: tuple[tuple[tuple[int, int], ...], ...] = ()
+    exhaustive: bool = False
+    per_head: dict[str, float] = field(default_factory=dict)
+    pool: str = ""
 
     @property
     def ran(self) -> bool:
         return self.kind != "none"
+
+    @property
+    def sign(self) -> float:
+        """+1 when the expected change is an increase, -1 for a decrease."""
+        return 1.0 if self.expected == "increase" else -1.0
+
+    @property
+    def p_floor(self) -> float:
+        """The smallest p this check could give: ``1 / (1 + number of random sets)``."""
+        return 1.0 / (1 + len(self.random_effects)) if self.random_effects else math.nan
+
+    @property
+    def passed(self) -> bool:
+        """The check ran on at least one head and its BH q across the atlas is <= :data:`CAUSAL_FDR`."""
+        return (self.ran and bool(self.heads) and math.isfinite(self.q_value) and self.q_value <= CAUSAL_FDR
+                and math.isfinite(self.effect))
+
+    def head_supports(self, head: str) -> bool:
+        """Whether head ``"L23H0"``'s own ablation moves the metric in the expected direction (True where no
+        per-head number was measured: the set-level check is then the only evidence)."""
+        if head not in self.per_head:
+            return True
+        x = self.per_head[head]
+        return math.isfinite(x) and self.sign * x > 0
 
     @property
     def intervention(self) -> str:
@@ -142,15 +183,26 @@ class CausalCheck:
         return {"metric": self.metric, "kind": self.kind, "heads": [[int(a), int(b)] for a, b in self.heads],
                 "effect": _num(self.effect), "random_effects": [_num(x) for x in self.random_effects],
                 "p_value": _num(self.p_value), "n_prompts": int(self.n_prompts), "baseline": _num(self.baseline),
-                "expected": self.expected, "description": self.description, "note": self.note}
+                "expected": self.expected, "description": self.description, "note": self.note,
+                "q_value": _num(self.q_value),
+                "random_sets": [[[int(a), int(b)] for a, b in s] for s in self.random_sets],
+                "exhaustive": bool(self.exhaustive), "per_head": {str(k): _num(v) for k, v in self.per_head.items()},
+                "pool": self.pool}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CausalCheck":
+        """Inverse of :meth:`to_dict`; checks written before v3 (no q, random sets or per-head numbers) load
+        with those empty."""
         return cls(metric=str(d["metric"]), kind=str(d["kind"]),
                    heads=tuple((int(a), int(b)) for a, b in d["heads"]), effect=_float(d["effect"]),
                    random_effects=tuple(_float(x) for x in d["random_effects"]), p_value=_float(d["p_value"]),
                    n_prompts=int(d["n_prompts"]), baseline=_float(d["baseline"]), expected=str(d["expected"]),
-                   description=str(d["description"]), note=str(d["note"]))
+                   description=str(d["description"]), note=str(d["note"]),
+                   q_value=_float(d.get("q_value", "nan")),
+                   random_sets=tuple(tuple((int(a), int(b)) for a, b in s) for s in d.get("random_sets", [])),
+                   exhaustive=bool(d.get("exhaustive", False)),
+                   per_head={str(k): _float(v) for k, v in dict(d.get("per_head", {})).items()},
+                   pool=str(d.get("pool", "")))
 
     def as_mapping(self) -> dict[str, Any]:
         """What :meth:`Atlas.causal` returns: ``metric, kind, heads, effect, random_effects, p_value,
@@ -158,7 +210,9 @@ class CausalCheck:
         return {"metric": self.metric, "kind": self.kind, "heads": list(self.heads), "effect": self.effect,
                 "random_effects": list(self.random_effects), "p_value": self.p_value, "n_prompts": self.n_prompts,
                 "baseline": self.baseline, "expected": self.expected, "random_median": self.random_median,
-                "description": self.description, "note": self.note}
+                "description": self.description, "note": self.note, "q_value": self.q_value,
+                "random_sets": [list(s) for s in self.random_sets], "exhaustive": self.exhaustive,
+                "p_floor": self.p_floor, "per_head": dict(self.per_head), "pool": self.pool, "passed": self.passed}
 
 
 def no_causal_check(reason: str) -> CausalCheck:

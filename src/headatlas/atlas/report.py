@@ -91,7 +91,7 @@ def _labels_by_stage_head(dets: list[DetView]) -> dict[tuple[str, tuple[int, int
 
 
 def _writes(atlas: AtlasLike) -> tuple[dict[str, Any] | None, str]:
-    doc = getattr(atlas, "writes", None)
+    doc = atlas.writes
     if not doc:
         return None, "this atlas stores no OV output tokens (scanned before they were recorded)"
     return check_writes(doc, atlas.n_layers, atlas.n_heads)

@@ -82,24 +82,16 @@ def anchors(names: list[str]) -> list[str]:
 
 def causal_info(atlas: AtlasLike, name: str) -> dict[str, Any] | None:
     """The detector's causal check as plain numbers (``None`` when none ran): metric, kind, heads, effect,
-    random effects and median, p, q (BH across the atlas's checks), per-head effects, expected direction."""
-    r = atlas.result(name)
-    c = getattr(r, "causal", None)
-    if c is None:
+    random effects and median, p, q (BH across the atlas's checks), per-head effects, expected direction, pool."""
+    m = atlas.causal(name)
+    if m is None:
         return None
-    m = dict(atlas.causal(name) or {})
-    rand = [_num(x) for x in m.get("random_effects", ())]
-    finite = [x for x in rand if math.isfinite(x)]
-    med = m.get("random_median")
-    per_head = getattr(c, "per_head", None) or {}
-    return {"metric": str(m.get("metric", "")), "kind": str(m.get("kind", "")),
-            "heads": [[int(a), int(b)] for a, b in m.get("heads", ())], "effect": _num(m.get("effect")),
-            "random_effects": rand, "p_value": _num(m.get("p_value")), "q_value": _num(getattr(c, "q_value", math.nan)),
-            "n_prompts": m.get("n_prompts", 0), "expected": str(m.get("expected", "")),
-            "random_median": _num(med) if med is not None else (float(np.median(finite)) if finite else math.nan),
-            "description": str(m.get("description", "")), "note": str(m.get("note", "")),
-            "exhaustive": bool(getattr(c, "exhaustive", False)), "pool": str(getattr(c, "pool", "") or ""),
-            "per_head": {str(k): _num(v) for k, v in dict(per_head).items()}}
+    return {"metric": str(m["metric"]), "kind": str(m["kind"]), "heads": [[int(a), int(b)] for a, b in m["heads"]],
+            "effect": _num(m["effect"]), "random_effects": [_num(x) for x in m["random_effects"]],
+            "p_value": _num(m["p_value"]), "q_value": _num(m["q_value"]), "n_prompts": m["n_prompts"],
+            "expected": str(m["expected"]), "random_median": _num(m["random_median"]),
+            "description": str(m["description"]), "note": str(m["note"]), "exhaustive": bool(m["exhaustive"]),
+            "pool": str(m["pool"]), "per_head": {str(k): _num(v) for k, v in dict(m["per_head"]).items()}}
 
 
 class DetView:
@@ -168,7 +160,7 @@ class DetView:
 
 def detector_views(atlas: AtlasLike) -> list[DetView]:
     """Every detector of ``atlas``, ordered by stage, then by what it found (module docstring)."""
-    distributed = atlas.distributed() if hasattr(atlas, "distributed") else {}
+    distributed = atlas.distributed()
     names = list(atlas.detectors)
     dets = [DetView(atlas, n, a, distributed.get(n)) for n, a in zip(names, anchors(names))]
     return sorted(dets, key=DetView.rank_key)

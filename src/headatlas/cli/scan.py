@@ -86,9 +86,10 @@ def _causal_cell(c) -> str:
         return "[dim]not run[/]"
     if not c.ran:
         return f"[dim]{escape(c.note)}[/]"
-    verdict = "[green]beats every random set[/]" if c.beats_every_random_set else f"p {_num(c.p_value)}"
-    return (f"{escape(c.metric)}: {c.effect:+.3g} vs random median {c.random_median:+.3g} "
-            f"({len(c.random_effects)} sets); {verdict}")
+    word = "confirmed" if c.passed else "not confirmed"
+    colour = "green" if c.passed else "yellow"
+    return (f"{escape(c.metric)} ({c.expected} expected): {c.effect:+.3g} vs random median {c.random_median:+.3g} "
+            f"({len(c.random_effects)} sets); p {_num(c.p_value)}, q {_num(c.q_value)} [{colour}]{word}[/]")
 
 
 def _num(x: float) -> str:

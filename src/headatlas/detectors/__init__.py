@@ -3,35 +3,40 @@
 from .base import (NOT_FOUND, STAGES, CausalCheck, Detector, DetectorResult, LabelRule, ScanCache, ScanConfig,
                    SharedPass, all_detectors, default_names, get, names, no_causal_check, register, scan_order, skipped_result)
 
-# Detector modules are imported explicitly below, one line each, so the set is visible in one place.
-# --- pattern detectors on random-token data (previous_token, duplicate_token, induction, positional, attention_sink)
-from . import previous_token  # noqa: F401
-from . import duplicate_token  # noqa: F401
-from . import induction  # noqa: F401
-from . import positional  # noqa: F401
-from . import attention_sink  # noqa: F401
-# --- text, long-context and task detectors (rare_words, subword_merge, syntactic, retrieval, constant, single_letter, name_mover, negative_name_mover, s_inhibition)
-from . import rare_words  # noqa: F401
-from . import subword_merge  # noqa: F401
-from . import syntactic  # noqa: F401
-from . import retrieval  # noqa: F401
-from . import mcqa  # noqa: F401  (registers constant, single_letter and correct_letter)
-from . import mcqa_ep  # noqa: F401  (registers amplification and correct)
-from . import mover  # noqa: F401
-from . import ioi_roles  # noqa: F401   (negative_name_mover, s_inhibition; after mover)
-from . import successor  # noqa: F401
-from . import conflict  # noqa: F401   (memory, context)
-from . import negative  # noqa: F401   (after conflict)
-from . import facts  # noqa: F401  (registers subject, relation and mixed)
-from . import semantic_induction  # noqa: F401
-from . import function_vector  # noqa: F401  (registers function_vector and in_context)
-from . import gating  # noqa: F401
-# --- probing detectors (truthfulness, accuracy, consistency, coherence, faithfulness)
-from . import truthfulness  # noqa: F401
-from . import accuracy  # noqa: F401
-from . import consistency  # noqa: F401
-from . import coherence  # noqa: F401
-from . import faithfulness  # noqa: F401
+# Detector modules are imported explicitly below, one line each, so the set is visible in one place. They are
+# grouped by the evidence a label rests on (docs/detector_contract.md): patterns/, dla/, patching/, probing/.
+# --- attention patterns
+from .patterns import previous_token  # noqa: F401
+from .patterns import duplicate_token  # noqa: F401
+from .patterns import induction  # noqa: F401
+from .patterns import positional  # noqa: F401
+from .patterns import attention_sink  # noqa: F401
+from .patterns import rare_words  # noqa: F401
+from .patterns import subword_merge  # noqa: F401
+from .patterns import syntactic  # noqa: F401
+from .patterns import retrieval  # noqa: F401
+# --- direct logit attribution (activations or OV weights through the unembedding)
+from .dla import mcqa  # noqa: F401  (registers constant, single_letter and correct_letter)
+from .dla import mcqa_ep  # noqa: F401  (amplification)
+from .dla import name_mover  # noqa: F401
+from .dla import negative_name_mover  # noqa: F401
+from .dla import successor  # noqa: F401
+from .dla import conflict  # noqa: F401   (memory, context)
+from .dla import negative  # noqa: F401
+from .dla import facts  # noqa: F401  (registers subject, relation and mixed)
+from .dla import semantic_induction  # noqa: F401
+# --- interventions: activation patching, path patching, learned gates
+from .patching import s_inhibition  # noqa: F401
+from .patching import function_vector  # noqa: F401
+from .patching import mcqa_correct  # noqa: F401  (correct)
+from .dla import in_context  # noqa: F401
+from .patching import gating  # noqa: F401
+# --- probes
+from .probing import truthfulness  # noqa: F401
+from .probing import accuracy  # noqa: F401
+from .probing import consistency  # noqa: F401
+from .probing import coherence  # noqa: F401
+from .probing import faithfulness  # noqa: F401
 
 __all__ = ["NOT_FOUND", "STAGES", "CausalCheck", "Detector", "DetectorResult", "LabelRule", "ScanCache", "ScanConfig", "SharedPass",
            "all_detectors", "default_names", "get", "names", "no_causal_check", "register", "scan_order", "skipped_result"]

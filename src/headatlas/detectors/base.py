@@ -24,8 +24,9 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-__all__ = ["STAGES", "CausalCheck", "Detector", "DetectorResult", "LabelRule", "ScanCache", "ScanConfig", "SharedPass",
-           "NOT_FOUND", "Stage", "all_detectors", "default_names", "get", "names", "no_causal_check", "register", "scan_order", "skipped_result"]
+__all__ = ["EVIDENCE", "METRIC_FAMILIES", "STAGES", "CausalCheck", "Detector", "DetectorResult", "LabelRule", "ScanCache",
+           "ScanConfig", "SharedPass", "NOT_FOUND", "Stage", "all_detectors", "by_metric", "default_names", "get", "names",
+           "no_causal_check", "register", "same_metric", "scan_order", "skipped_result"]
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,12 @@ class Detector:
     - ``default``: True when a plain scan (no detector list) runs it. Detectors whose data or causal
       battery costs minutes on a 135M model on 2 CPU cores set False; ``detectors="all"`` (CLI ``--all``)
       runs every registered detector.
+    - ``evidence``: the kind of evidence a label rests on, one of :data:`EVIDENCE` (``"pattern"``,
+      ``"dla"``, ``"patching"``, ``"probing"``); the module lives in the sub-package of that name.
+    - ``metric``: the behavioural metric family its causal check measures, one of :data:`METRIC_FAMILIES`
+      (detectors of one family share random pools: a head labelled by a sibling is never "random");
+      ``""`` for an attention-defined head type (no behavioural metric: the pattern is the claim, and
+      ``no_causal`` says so).
 
     A detector whose behaviour the model does not show at all (e.g. it cannot do any of the in-context
     tasks) raises :class:`InputError` with a message starting ``"not found: "``; the scan records it as a
@@ -142,7 +149,38 @@ class Detector:
     version: int = 2
     places_stage: bool = True
     default: bool = True
+    evidence: str = ""
+    metric: str = ""
 
+
+# The kinds of evidence a label can rest on; detectors/<kind>/ holds the detectors of each kind.
+EVIDENCE: dict[str, str] = {
+    "pattern": "attention pattern (where the head's attention goes, against a null or matched control)",
+    "dla": "direct logit attribution (the head's direct effect on the logits, from activations or OV weights)",
+    "patching": "intervention on the running model (activation patching, path patching, learned gates)",
+    "probing": "a probe on the head's output (per-head classifier against shuffled labels)",
+}
+
+# Behavioural metric families: what a causal check measures. Detectors that share a family share clean random
+# pools (a head labelled, or significant in the expected direction, by any detector of the family is never drawn
+# into another's random sets). ``""`` = attention-defined (no behavioural metric).
+METRIC_FAMILIES: dict[str, str] = {
+    "repeat loss": "next-token loss on the repeat of random-token sequences",
+    "needle log-prob": "log-prob of a needle's code retrieved from a long haystack",
+    "IOI logit difference": "logit(IO) - logit(S) on indirect-object sentences",
+    "MCQA logit difference": "logit of the correct option letter minus the other letters",
+    "memory vs context": "logit(memory answer) - logit(context answer) under a knowledge conflict",
+    "yes/no bias": "logit(No) - logit(Yes) on yes/no questions",
+    "attribute log-prob": "log-prob of a fact's attribute after subject and relation",
+    "relation tail log-prob": "log-prob of a relation's tail word after its head word",
+    "successor log-prob": "log-prob of the next item of an ordinal sequence",
+    "in-context task": "the answer of an in-context-learned task (label logits, or zero-shot answer probability)",
+    "true vs false completion": "log P(true completion) - log P(false completion) of factual statements",
+    "arithmetic answer log-prob": "log-prob of the correct sum's tokens",
+    "paraphrase agreement": "agreement of next-token distributions across paraphrases of one question",
+    "answer language": "log P(answer in the question's language) - log P(English answer)",
+    "chain-of-thought dependence": "whether an answer needs its chain of thought (no check is run)",
+}
 
 NOT_FOUND = "not found: "   # prefix of the skip reason of a detector whose behaviour the model does not show
 
@@ -159,6 +197,14 @@ def register(detector: Detector) -> Detector:
         raise InputError(f"unknown stage {detector.stage!r}; use one of {', '.join(STAGES)}")
     if detector.causal is None and not detector.no_causal:
         raise InputError(f"detector {detector.name!r} needs a causal check or a no_causal reason")
+    if detector.evidence not in EVIDENCE:
+        raise InputError(f"detector {detector.name!r}: evidence must be one of {', '.join(EVIDENCE)}, "
+                         f"got {detector.evidence!r}")
+    if detector.metric and detector.metric not in METRIC_FAMILIES:
+        raise InputError(f"detector {detector.name!r}: unknown metric family {detector.metric!r}; declare it in "
+                         f"headatlas.detectors.base.METRIC_FAMILIES (known: {', '.join(METRIC_FAMILIES)})")
+    if not detector.metric and detector.causal is not None:
+        raise InputError(f"detector {detector.name!r} has a causal check but no metric family: declare metric=")
     _REGISTRY[detector.name] = detector
     return detector
 
@@ -175,6 +221,21 @@ def get(name: str) -> Detector:
         return _REGISTRY[name]
     except KeyError:
         raise InputError(f"unknown detector {name!r}; available: {', '.join(names())}") from None
+
+
+def same_metric(name: str) -> tuple[str, ...]:
+    """The registered detectors whose causal checks measure the same behavioural metric family as ``name``
+    (itself included; ``()`` for an attention-defined detector)."""
+    fam = get(name).metric
+    return tuple(n for n in names() if fam and _REGISTRY[n].metric == fam)
+
+
+def by_metric() -> dict[str, tuple[str, ...]]:
+    """Metric family -> the registered detectors that measure it ("" -> the attention-defined ones)."""
+    out: dict[str, list[str]] = {}
+    for n in names():
+        out.setdefault(_REGISTRY[n].metric, []).append(n)
+    return {k: tuple(v) for k, v in out.items()}
 
 
 def names() -> tuple[str, ...]:

@@ -3,9 +3,8 @@
 - :func:`repeat_loss_check`: the next-token loss on the second copy of fresh random-token blocks
   (``[BOS] + block + block``, seeded apart from the detection data), which induction and
   previous-token heads serve (Olsson et al. 2022).
-- :func:`text_loss_check`: the next-token loss on the shipped English sentences.
 
-Both ablate the labelled heads and layer-matched random sets (:func:`.causal.ablation_check`).
+It ablates the labelled heads and layer-matched random sets (:func:`.causal.ablation_check`).
 """
 
 from __future__ import annotations
@@ -53,24 +52,3 @@ def repeat_loss_check(m: LoadedModel, cfg: ScanConfig, result: DetectorResult, *
                           description=(f"next-token loss on the repeat of {ids.shape[0]} fresh [BOS] + {block} + {block} "
                                        f"random-token sequences (seed {cfg.seed + EVAL_SEED_OFFSET}), {kind} ablation "
                                        "over those prompts per position"))
-
-
-def text_loss_check(m: LoadedModel, cfg: ScanConfig, result: DetectorResult, *, kind: str = "mean") -> CausalCheck:
-    """Ablate the labelled heads: does the loss on natural English text rise more than for random heads?"""
-    from ..tasks.text import check_english, encode_text, sentences
-
-    check_english(m.tokenizer)
-    bos = bos_id(m.tokenizer)
-    rows = [encode_text(m.tokenizer, s).ids for s in sentences()[: 4 * _eval_prompts(cfg)]]
-    length = min(len(r) for r in rows)
-    ids = torch.tensor([([bos] if bos is not None else []) + list(r[:length]) for r in rows][: _eval_prompts(cfg) * 2])
-
-    def text_loss(logits: torch.Tensor, rws: torch.Tensor) -> torch.Tensor:
-        lp = torch.log_softmax(logits[:, :-1], -1)
-        tgt = ids[rws][:, 1:].to(lp.device)
-        return -lp.gather(-1, tgt[..., None])[..., 0].mean(-1)
-
-    return ablation_check(m, result.labelled, ids, text_loss, metric="text loss (nats)", expected="increase",
-                          seed=cfg.seed, kind=kind, batch_size=cfg.batch_size,
-                          description=(f"next-token loss on {ids.shape[0]} shipped English sentences cut to {length} "
-                                       f"tokens, {kind} ablation over those sentences per position"))
