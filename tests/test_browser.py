@@ -142,6 +142,14 @@ def test_a_head_link_opens_its_page_without_sideways_scroll(browser, docs_pages)
                  "prompts", "In the IOI circuit", "Every other detector"):
         assert part in text, part
     assert "name_mover" in text and "L20H0 \u2192 L23H0: measured" in text
+    # its top output tokens and token views wherever the atlas stores them (atlases scanned since they are recorded)
+    from headatlas.atlas import Atlas
+
+    atlas = Atlas.load(DOCS["smollm2-135m"])
+    if "L23H0" in atlas.writes.get("heads", {}):
+        assert "Top promoted" in text and "Top suppressed" in text
+    views = [d for d in atlas.detectors if "L23H0" in atlas.result(d).details.get("token_view", {}).get("heads", {})]
+    assert browser.execute_script("return document.querySelectorAll('#ha-head .tv').length") == len(views)
     assert _no_sideways_scroll(browser)
     # clicking a head on the stage map opens that head's page
     link = browser.find_element("css selector", "svg.stage-map a[href='#L16H0']")

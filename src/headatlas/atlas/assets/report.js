@@ -267,9 +267,13 @@
     body.textContent = "";
     body.appendChild(el("h2", name));
     var stages = {};
-    labelled.forEach(function (d) { stages[d.stage] = (stages[d.stage] || []).concat([statusOf(d, l, h)]); });
-    body.appendChild(el("p", Object.keys(stages).length ? "stages: " + Object.keys(stages).map(function (s) {
-      return s + " (" + D.stages[s] + "): " + stages[s].join(", "); }).join("; ") : "no label: this head is in no stage"));
+    labelled.forEach(function (d) {
+      var c = stages[d.stage] = stages[d.stage] || {}, st = statusOf(d, l, h);
+      c[st] = (c[st] || 0) + 1;
+    });
+    body.appendChild(el("p", Object.keys(stages).length ? "labels by stage: " + Object.keys(stages).map(function (s) {
+      return s + " (" + D.stages[s] + "): " + Object.keys(stages[s]).map(function (st) {
+        return stages[s][st] + " " + st; }).join(", "); }).join("; ") : "no label: this head is in no stage"));
     body.appendChild(el("h3", "Labels"));
     if (labelled.length) body.appendChild(labelTable(labelled, name, l, h));
     else body.appendChild(el("p", "no detector labelled this head", "muted"));
