@@ -156,9 +156,15 @@ def test_a_head_link_opens_its_page_without_sideways_scroll(browser, docs_pages)
     browser.execute_script("arguments[0].dispatchEvent(new MouseEvent('click', {bubbles: true}));", link)
     time.sleep(0.3)
     assert _head_page(browser)[1] == "L16H0" and _no_sideways_scroll(browser)
-    # the lookup box too, and the close button hides the page
+    # the close button hides the page without moving the reader; the same link opens it again
+    y = browser.execute_script("window.scrollTo(0, 400); return window.scrollY;")
     browser.find_element("id", "ha-head-close").click()
-    assert _head_page(browser)[0]
+    assert _head_page(browser)[0] and browser.execute_script("return window.scrollY;") == y
+    browser.execute_script("arguments[0].dispatchEvent(new MouseEvent('click', {bubbles: true}));", link)
+    time.sleep(0.3)
+    assert _head_page(browser)[:2] == [False, "L16H0"]
+    # the lookup box too
+    browser.find_element("id", "ha-head-close").click()
     box = browser.find_element("id", "ha-lookup-input")
     box.clear()
     box.send_keys("L3H0\n")

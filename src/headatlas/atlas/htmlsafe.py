@@ -9,8 +9,10 @@ strings in exactly three ways, each with its own encoder:
   ``<``, ``>``, ``&``, U+2028 and U+2029 are written as ``\\uXXXX`` escapes, so no string can close the
   block (``</script>``) or open a comment; scripts read it with ``JSON.parse`` and put strings into
   the page with ``textContent`` only;
-- text inside plotly figures (hover text, titles): :func:`esc` first, then the figure travels as
-  :func:`script_json` data. Plotly draws such text into SVG, where the escaped entities show as text.
+- text inside plotly figures: titles and tick labels go through :func:`esc` here, then the figure travels as
+  :func:`script_json` data; hover text is built by the page script from the embedded numbers, and every atlas
+  string in it goes through the script's own ``esc`` first. Plotly draws such text into SVG, where the escaped
+  entities show as text.
 
 On top of that the page carries a Content-Security-Policy (:func:`csp`) that allows only the page's
 own inline scripts, by hash: an injected ``<script>`` or ``onerror=`` handler would not run even if an

@@ -300,7 +300,12 @@
   }
   document.getElementById("ha-head-close").addEventListener("click", function () {
     panel.hidden = true;
-    if (/^#L\d+H\d+$/.test(location.hash)) location.hash = "findings";
+    try { history.replaceState(null, "", location.href.split("#")[0]); } catch (e) { /* the hash stays; links still work */ }
+  });
+  document.addEventListener("click", function (ev) {   // a link to the head already in the address bar reopens it
+    var a = ev.target && ev.target.closest ? ev.target.closest("a") : null;
+    var m = a ? /^#L(\d+)H(\d+)$/.exec(a.getAttribute("href") || "") : null;
+    if (m && location.hash === a.getAttribute("href")) openHead(m[1], m[2]);
   });
   document.getElementById("ha-lookup").addEventListener("submit", function (ev) {
     ev.preventDefault();
