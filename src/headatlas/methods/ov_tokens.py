@@ -62,38 +62,40 @@ def source_tokens(m: LoadedModel, n: int = N_SOURCES, seed: int = 0) -> torch.Te
         return pool[torch.randperm(len(pool), generator=g)[:n]]
 
 
-def _layer_tokens(v: torch.Tensor, src: torch.Tensor, W_U: torch.Tensor, mean_u: torch.Tensor,
+def _layer_tokens(v: torch.Tensor, src: torch.Tensor, W_U: torch.Tensor, mean_u: torch.Tensor, gram: torch.Tensor,
                   special: torch.Tensor, k: int) -> list[dict[str, Any]]:
     """``v [N, Hs, d_model]`` read-out vectors of ``Hs`` heads on ``N`` sources -> per head the top ``k``
-    promoted / suppressed ``(token id, z, source index)`` and the copying numbers (ids, not strings)."""
+    promoted / suppressed ``(token id, z, source index)`` and the copying numbers (ids, not strings).
+
+    One pass over the vocabulary in chunks: the centred logits ``C = v @ W_U^T - mu`` (``mu`` folded into the
+    product as an extra column), their max and min over the sources, and how many tokens beat each source's own.
+    The spread needs no pass: ``mean_t C^2 = v^T (W_U^T W_U / V) v - mu^2`` (``gram``); the source of each listed
+    token is found afterwards from its own column."""
     N, Hs, _ = v.shape
     V = W_U.shape[0]
     mu = v @ mean_u                                                          # [N, Hs] mean logit over the vocab
-    flat = v.reshape(N * Hs, -1)
-    best = torch.empty(Hs, V)
-    best_src = torch.empty(Hs, V, dtype=torch.long)
-    worst = torch.empty(Hs, V)
-    worst_src = torch.empty(Hs, V, dtype=torch.long)
-    sq = torch.zeros(Hs, dtype=torch.float64)
+    var = (torch.einsum("nhm,mk,nhk->nh", v, gram, v) - mu ** 2).clamp_min(0)
+    sd = var.mean(0).sqrt().clamp_min(1e-12)                                 # [Hs] spread over all (s, t)
+    flat = torch.cat([v.reshape(N * Hs, -1), -mu.reshape(N * Hs, 1)], 1)     # [N*Hs, d_model + 1]
+    best, worst = torch.empty(Hs, V), torch.empty(Hs, V)
     self_c = torch.einsum("nhm,nm->nh", v, W_U[src]) - mu                   # [N, Hs]
     above = torch.zeros(N, Hs)
     for s in range(0, V, CHUNK):
-        c = (flat @ W_U[s:s + CHUNK].t()).view(N, Hs, -1) - mu[..., None]   # [N, Hs, C] centred logits
-        sq += torch.einsum("nhc,nhc->h", c, c).double()
+        w = W_U[s:s + CHUNK]
+        c = (flat @ torch.cat([w, torch.ones(w.shape[0], 1, dtype=w.dtype, device=w.device)], 1).t()).view(N, Hs, -1)
         above += (c > self_c[..., None]).sum(-1)
-        hi, lo = c.max(0), c.min(0)
-        best[:, s:s + CHUNK], best_src[:, s:s + CHUNK] = hi.values, hi.indices
-        worst[:, s:s + CHUNK], worst_src[:, s:s + CHUNK] = lo.values, lo.indices
+        lo, hi = torch.aminmax(c, dim=0)
+        best[:, s:s + CHUNK], worst[:, s:s + CHUNK] = hi, lo
     best[:, special], worst[:, special] = float("-inf"), float("inf")      # special tokens are never listed
-    sd = (sq / (N * V)).sqrt().float().clamp_min(1e-12)                     # [Hs]
     out = []
     for j in range(Hs):
-        top = best[j].topk(k)
-        bot = worst[j].topk(k, largest=False)
-        out.append({"promoted": [(int(t), float(z) / float(sd[j]), int(best_src[j, t])) for z, t in zip(top.values, top.indices)],
-                    "suppressed": [(int(t), float(z) / float(sd[j]), int(worst_src[j, t])) for z, t in zip(bot.values, bot.indices)],
-                    "self_z": float(self_c[:, j].mean()) / float(sd[j]),
-                    "copy_top10": float((above[:, j] < 10).float().mean())})
+        rec: dict[str, Any] = {"self_z": float(self_c[:, j].mean() / sd[j]),
+                               "copy_top10": float((above[:, j] < 10).float().mean())}
+        for key, top in (("promoted", best[j].topk(k)), ("suppressed", worst[j].topk(k, largest=False))):
+            cols = v[:, j] @ W_U[top.indices].t() - mu[:, j, None]           # [N, k]: the listed tokens' logits
+            srcs = (cols.argmax(0) if key == "promoted" else cols.argmin(0)).tolist()
+            rec[key] = [(int(t), float(z / sd[j]), int(i)) for z, t, i in zip(top.values, top.indices, srcs)]
+        out.append(rec)
     return out
 
 
@@ -119,7 +121,7 @@ def ov_top_tokens(m: LoadedModel, heads: Sequence[tuple[int, int]], *, n_sources
         for layer in sorted({la for la, _ in heads}):
             hs = [h for la, h in heads if la == layer]
             v = ov_readout(m, out[layer][:, hs])                             # [N, Hs, d_model]
-            for h, rec in zip(hs, _layer_tokens(v, src.to(W_U.device), W_U, r.mean_u, special, k)):
+            for h, rec in zip(hs, _layer_tokens(v, src.to(W_U.device), W_U, r.mean_u, r.gram, special, k)):
                 for key in ("promoted", "suppressed"):
                     for t, _, s in rec[key]:
                         decode.setdefault(t, None)
