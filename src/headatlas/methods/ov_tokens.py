@@ -68,7 +68,8 @@ def _layer_tokens(v: torch.Tensor, src: torch.Tensor, W_U: torch.Tensor, mean_u:
     promoted / suppressed ``(token id, z, source index)`` and the copying numbers (ids, not strings).
 
     One pass over the vocabulary in chunks: the centred logits ``C = v @ W_U^T - mu`` (``mu`` folded into the
-    product as an extra column), their max and min over the sources, and how many tokens beat each source's own.
+    product as an extra column), their max and min over the sources, and how many tokens reach each source's own
+    logit (itself included; ties count against it, so a head that writes nothing copies nothing).
     The spread needs no pass: ``mean_t C^2 = v^T (W_U^T W_U / V) v - mu^2`` (``gram``); the source of each listed
     token is found afterwards from its own column."""
     N, Hs, _ = v.shape
@@ -83,14 +84,14 @@ def _layer_tokens(v: torch.Tensor, src: torch.Tensor, W_U: torch.Tensor, mean_u:
     for s in range(0, V, CHUNK):
         w = W_U[s:s + CHUNK]
         c = (flat @ torch.cat([w, torch.ones(w.shape[0], 1, dtype=w.dtype, device=w.device)], 1).t()).view(N, Hs, -1)
-        above += (c > self_c[..., None]).sum(-1)
+        above += (c >= self_c[..., None]).sum(-1)                           # ties count against the source
         lo, hi = torch.aminmax(c, dim=0)
         best[:, s:s + CHUNK], worst[:, s:s + CHUNK] = hi, lo
     best[:, special], worst[:, special] = float("-inf"), float("inf")      # special tokens are never listed
     out = []
     for j in range(Hs):
         rec: dict[str, Any] = {"self_z": float(self_c[:, j].mean() / sd[j]),
-                               "copy_top10": float((above[:, j] < 10).float().mean())}
+                               "copy_top10": float((above[:, j] <= 10).float().mean())}   # itself + < 10 others
         for key, top in (("promoted", best[j].topk(k)), ("suppressed", worst[j].topk(k, largest=False))):
             cols = v[:, j] @ W_U[top.indices].t() - mu[:, j, None]           # [N, k]: the listed tokens' logits
             srcs = (cols.argmax(0) if key == "promoted" else cols.argmin(0)).tolist()
