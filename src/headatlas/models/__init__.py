@@ -2,6 +2,7 @@
 
 from .bundled import BUNDLED, DEFAULT_MODEL, bundled_names
 from .info import ModelInfo
-from .loading import LoadedModel, cache_dir, load
+from .cache import cache_dir
+from .loading import LoadedModel, load
 
 __all__ = ["BUNDLED", "DEFAULT_MODEL", "LoadedModel", "ModelInfo", "bundled_names", "cache_dir", "load"]

@@ -19,6 +19,7 @@ from torch import nn
 from ..errors import InputError, InputTypeError, ModelNotFoundError, UnsupportedArchitectureError
 from .arch import AttentionLayout, check_supported, final_norm, out_proj_weight
 from .bundled import BUNDLED, bundled_names
+from .cache import cache_dir
 from .info import ModelInfo, info_from_config
 from .placement import Placement, check_covers_config, check_placement, dispatch, module_device, pin
 
@@ -143,15 +144,17 @@ def first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
-def cache_dir() -> Path:
-    """Where de-quantized GGUF models are cached (``$HEADATLAS_CACHE`` or ``~/.cache/headatlas``)."""
-    return Path(os.environ.get("HEADATLAS_CACHE", Path.home() / ".cache" / "headatlas"))
-
-
-def _gguf_cache_folder(path: Path) -> Path:
+def _gguf_cache_folder(path: Path, dtype: torch.dtype = torch.float32) -> Path:
+    """The de-quantized copy of ``path`` in ``dtype``: one folder per GGUF file (path, size, mtime) and dtype
+    (float32 keeps the unsuffixed name of earlier versions; ``-bfloat16``, ``-float16`` otherwise)."""
     stat = path.stat()
     key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:16]
-    return cache_dir() / "gguf" / f"{path.stem}-{key}"
+    suffix = "" if dtype == torch.float32 else "-" + _dtype_name(dtype)
+    return cache_dir() / "gguf" / f"{path.stem}-{key}{suffix}"
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def _from_pretrained(folder: str, *, gguf_file: str | None, dtype: torch.dtype, local_only: bool,
@@ -169,21 +172,30 @@ def _from_pretrained(folder: str, *, gguf_file: str | None, dtype: torch.dtype, 
 
 
 def _load_gguf(path: Path, dtype: torch.dtype, use_cache: bool):
-    """Load a GGUF file (de-quantized to float32 by transformers); cache it as safetensors."""
+    """Load a GGUF file, de-quantized by transformers straight into ``dtype``; cache it as safetensors in
+    that dtype (a bfloat16 cache is half the size of a float32 one). A missing ``dtype`` cache is built
+    from the float32 cache when there is one (no de-quantization), else from the GGUF file."""
     if not path.is_file():
         raise ModelNotFoundError(f"GGUF file not found: {path}")
     with path.open("rb") as fh:
         if fh.read(4) != b"GGUF":
             raise ModelNotFoundError(f"{path} is not a GGUF file (bad magic bytes)")
-    cached = _gguf_cache_folder(path)
-    if use_cache and (cached / "config.json").is_file():
+    cached = _gguf_cache_folder(path, dtype)
+    sources = [cached] + ([_gguf_cache_folder(path)] if dtype != torch.float32 else [])
+    for folder in sources if use_cache else []:
+        if not (folder / "config.json").is_file():
+            continue
         try:
-            return _from_pretrained(str(cached), gguf_file=None, dtype=dtype, local_only=True)
+            model, tok = _from_pretrained(str(folder), gguf_file=None, dtype=dtype, local_only=True)
         except Exception as exc:  # a damaged cache is rebuilt, never trusted
-            log.warning("ignoring damaged cache %s (%s)", cached, exc)
-            shutil.rmtree(cached, ignore_errors=True)
+            log.warning("ignoring damaged cache %s (%s)", folder, exc)
+            shutil.rmtree(folder, ignore_errors=True)
+            continue
+        if folder != cached:
+            _write_cache(model, tok, cached)
+        return model, tok
     try:
-        model, tok = _from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32, local_only=True)
+        model, tok = _from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype, local_only=True)
     except Exception as exc:
         damage = _gguf_damage(path)
         if damage:
@@ -227,7 +239,7 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json"
 
 
 def _write_cache(model, tok, folder: Path) -> None:
-    """Save the de-quantized weights as safetensors (atomic: a temp folder, then a rename)."""
+    """Save the de-quantized weights as safetensors in their dtype (atomic: a temp folder, then a rename)."""
     from safetensors.torch import save_model
 
     tmp: Path | None = None
@@ -236,7 +248,7 @@ def _write_cache(model, tok, folder: Path) -> None:
         tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
         config = model.config.to_dict()
         config.pop("quantization_config", None)
-        config["dtype"] = "float32"
+        config["dtype"] = _dtype_name(next(model.parameters()).dtype)
         (tmp / "config.json").write_text(json.dumps(config, indent=1))
         save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         tok.save_pretrained(tmp)
@@ -292,10 +304,11 @@ def load(spec: Any = "smollm2-135m", *, device: str | torch.device | None = None
          revision: str | None = None) -> LoadedModel:
     """Load a causal LM for head analysis.
 
-    ``spec``: a bundled short name (``"smollm2-135m"``, ``"gemma3-270m"``), a Hugging Face id,
-    a local model folder, a path to a ``.gguf`` file, an already loaded ``(model, tokenizer)``
-    pair, or a :class:`LoadedModel` (returned as is). ``dtype`` defaults to float32, ``device``
-    to CUDA when available. ``cache`` keeps a de-quantized copy of GGUF files for fast reloads.
+    ``spec``: a bundled short name (``"smollm2-135m"``, ``"gemma3-270m"``, ``"qwen2.5-coder-1.5b"``
+    with the ``[qwen]`` extra), a Hugging Face id, a local model folder, a path to a ``.gguf`` file,
+    an already loaded ``(model, tokenizer)`` pair, or a :class:`LoadedModel` (returned as is).
+    ``dtype`` defaults to float32, ``device`` to CUDA when available. ``cache`` keeps a de-quantized
+    copy of GGUF files, in ``dtype``, for fast reloads (bfloat16: half the bytes of float32).
 
     Models larger than one device (see ``models/placement.py``): ``device_map="auto"`` (or
     ``"balanced"``, ``"balanced_low_0"``, ``"sequential"``, or a dict of module name -> GPU index,
