@@ -427,11 +427,12 @@ def test_html_report_is_self_contained(tmp_path):
     assert "needs 4096 positions; the model has 128" in page
     assert "none found" in page
     assert "L0H1" in page and "prev data" in page and "prev null" in page
-    # plotly.js inlined exactly once, nothing fetched from the network
-    from plotly.offline import get_plotlyjs
+    # plotly.js (the vendored cartesian bundle) inlined exactly once, nothing fetched from the network
+    from headatlas.atlas.page import asset
+    from headatlas.atlas.report import PLOTLY_BUNDLE
 
-    js = get_plotlyjs()
-    assert page.count(js[:200]) == 1
+    js = asset(PLOTLY_BUNDLE)
+    assert page.count(js[:200]) == 1 and page.count(js) == 1
     assert "cdn.plot.ly" not in page.replace(js, "") and "<script src=" not in page
 
 

@@ -135,6 +135,22 @@ def test_two_atlases_are_compared_without_models(swapped, tmp_path):
     assert c2.weight_delta is None and c2.activation_delta is None
     assert any("without their models" in n for n in c2.notes)
     assert c2.changes()["previous_token"] == c.changes()["previous_token"]
+    # the report of an atlas-vs-atlas comparison: a summary line first, weight deltas "n/a", only changes that pass
+    html = c2.to_html()
+    body = html[html.index("<body>"):]
+    assert body.index("<p class=\"summary\">") < body.index("<table")
+    summary = html_lib.unescape(body.split('<p class="summary">')[1].split("</p>")[0])
+    n_sig = len(c2.changes()["previous_token"]["significant"])
+    assert f"{n_sig} head changes pass the change test" in summary and "weight delta: n/a: compared from atlases" in summary
+    section = body.split("<h3 id='d-previous_token'>")[1].split("<h2>")[0]
+    assert section.count("<tr>") == 1 + n_sig and ">nan<" not in section and "n/a: compared from atlases" in section
+    assert "Detectors in which the head&#x27;s change passes the change test" in body
+    # one page shell for both reports: the same head (CSP, referrer, stylesheet) made by headatlas.atlas.page
+    from headatlas.atlas.page import asset
+
+    for page in (html, c2.atlas_a.to_html()):
+        assert page.startswith("<!DOCTYPE html>") and '<meta name="referrer" content="no-referrer">' in page
+        assert asset("assets/page.css") in page
     with pytest.raises(InputError, match="two models or two atlases"):
         compare(pa, planted_model(seed=0))
     with pytest.raises(InputError, match="no such atlas file"):

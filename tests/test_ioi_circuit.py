@@ -1,5 +1,6 @@
 """Atlas.circuit("ioi") and its HTML drawing, on hand-made atlases (no model): roles, measured and unmeasured
-edges, missing roles, unknown names, JSON round trip, escaping, no torch import."""
+edges, label statuses, missing roles, unknown names, JSON round trip, escaping, routing that never crosses a box,
+fixed-size arrowheads, nothing drawn without a measured edge, no torch import."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import numpy as np
 import pytest
 
 from headatlas.atlas import Atlas, DetectorMeta
-from headatlas.atlas.circuit import IOI_ROLES, MAX_PATTERN_NODES, circuit_svg
+from headatlas.atlas.circuit import IOI_ROLES, MAX_PATTERN_NODES, Circuit, CircuitEdge, CircuitNode
+from headatlas.atlas.circuit_draw import circuit_svg, graph, layout, route
 from headatlas.atlas.records import DetectorResult, LabelRule, skipped_result
 from headatlas.errors import InputError
 
@@ -116,7 +118,60 @@ def test_html_draws_the_circuit_escaped_and_only_with_ioi_detectors():
     assert BAD not in skipped and "skipped: &lt;img" in skipped
     assert "ioi-circuit" not in make_atlas(only=("induction", "previous_token")).to_html()
     svg = circuit_svg(make_atlas().circuit("ioi"))
-    assert svg.count("<circle") == 9 and svg.count('stroke-dasharray="4 3"') == 4 and "<script" not in svg
+    # one box per head of a measured role, one group box per pattern role; 4 assumed edges (dashed), 2 measured
+    assert svg.count('<g class="node"') == 5 and svg.count('<g class="node group"') == 3 and "<script" not in svg
+    assert svg.count('class="edge assumed"') == 4 and svg.count('stroke-dasharray="5 4"') == 4
+    assert svg.count('class="edge pos"') == 1 and svg.count('class="edge neg"') == 1
+    # fixed-size arrowheads: marker size in user units, whatever the stroke width
+    assert svg.count('markerUnits="userSpaceOnUse"') == 3 and 'href="#L3H0"' in svg
+
+
+def test_nodes_carry_label_status_and_boxes_show_it():
+    a = make_atlas()
+    c = a.circuit("ioi")
+    for n in c.nodes:
+        assert set(n.status) == set(n.roles)
+        assert all(st == a.label_status(r, n.layer, n.index) for r, st in n.status.items())
+    svg = circuit_svg(c)
+    for n in c.nodes:
+        if n.measured:
+            assert f'data-head="{n.head}" data-status="{n.best_status}"' in svg
+
+
+def test_nothing_is_drawn_without_a_measured_edge_and_the_page_says_so():
+    html = make_atlas(only=("name_mover", "negative_name_mover", "induction", "previous_token")).to_html()
+    section = html[html.index("id='ioi-circuit'"):html.index('id="detectors"')]
+    assert "<svg" not in section and "No edge of this circuit was measured" in section
+    assert "not in this atlas" in section and "L3H0" in section    # the roles are still listed
+
+
+def _crossings(c: Circuit) -> int:
+    nodes, edges = graph(c)
+    boxes = layout(nodes)
+    hits = 0
+    for _, pts in route(nodes, edges):
+        for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+            for t in np.linspace(0, 1, 41):
+                hits += sum(b.contains(x0 + (x1 - x0) * t, y0 + (y1 - y0) * t) for b in boxes.values())
+    return hits
+
+
+def test_routed_edges_never_cross_a_box():
+    c = make_atlas().circuit("ioi")
+    assert len(route(*graph(c))) == 6 and _crossings(c) == 0
+    rng = np.random.default_rng(0)
+    for trial in range(30):   # random circuits: many heads per layer, edges skipping many columns
+        heads = {(int(la), int(h)) for la, h in zip(rng.integers(0, 12, 25), rng.integers(0, 8, 25))}
+        roles = ["s_inhibition", "name_mover", "negative_name_mover", "previous_token", "duplicate_token", "induction"]
+        nodes = [CircuitNode(f"L{la}H{h}", la, h, (roles[int(rng.integers(0, 6))],), {}, {}, True, {})
+                 for la, h in sorted(heads)]
+        nodes = [CircuitNode(n.head, n.layer, n.index, n.roles, {}, {}, n.roles[0] in roles[:3], {}) for n in nodes]
+        edges = [CircuitEdge(a.head, b.head, float(rng.normal()), True, "q", "test")
+                 for a in nodes for b in nodes if a.layer < b.layer and rng.random() < 0.15]
+        edges += [CircuitEdge(a.head, b.head, None, False, "", "pattern") for a in nodes for b in nodes
+                  if a.layer < b.layer and not a.measured and rng.random() < 0.2]
+        c = Circuit("ioi", "toy", nodes, edges)
+        assert _crossings(c) == 0, f"trial {trial}"
 
 
 def test_circuit_module_imports_no_torch():

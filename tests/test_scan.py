@@ -120,13 +120,31 @@ def test_progress_callbacks(gpt2, fake_registry):
 def test_out_folder_files(gpt2, fake_registry, tmp_path):
     atlas = scan(gpt2, ["fake_prev", "fake_planted", "fake_skip"], quick=True, out=tmp_path,
                  options={"fake_planted": planted()})
-    assert sorted(p.name for p in (tmp_path / "partial").iterdir()) == ["fake_planted.json", "fake_prev.json",
-                                                                       "fake_skip.json"]
+    assert sorted(p.name for p in (tmp_path / "partial").iterdir()) == ["_writes.json", "fake_planted.json",
+                                                                       "fake_prev.json", "fake_skip.json"]
     back = Atlas.load(tmp_path / "atlas.json")
     assert back.to_dict() == atlas.to_dict()
     page = (tmp_path / "atlas.html").read_text()
     assert all(f'id="det-{n}"' in page for n in atlas.detectors)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_labelled_heads_get_their_ov_output_tokens_and_resume_reuses_them(gpt2, fake_registry, tmp_path, monkeypatch):
+    from headatlas.methods import ov_tokens
+
+    atlas = scan(gpt2, ["fake_planted"], quick=True, out=tmp_path, options={"fake_planted": planted()})
+    heads = {f"L{la}H{h}" for la, h in atlas.labelled("fake_planted")}
+    assert heads and set(atlas.writes["heads"]) == heads
+    w = atlas.writes["heads"][sorted(heads)[0]]
+    assert len(w["promoted"]) == len(w["suppressed"]) == ov_tokens.K
+    assert w["promoted"][0][1] >= w["promoted"][-1][1] > w["suppressed"][-1][1] >= w["suppressed"][0][1]
+    assert all(isinstance(t, str) and isinstance(s, str) for t, _, s in w["promoted"] + w["suppressed"])
+    assert Atlas.load(tmp_path / "atlas.json").writes == atlas.writes
+    calls = []
+    monkeypatch.setattr(ov_tokens, "ov_top_tokens", lambda *a, **k: calls.append(a) or {})
+    assert scan(gpt2, ["fake_planted"], quick=True, out=tmp_path, options={"fake_planted": planted()}).writes == atlas.writes
+    assert calls == []     # resumed from out/partial/_writes.json
+    assert scan(gpt2, ["fake_planted"], quick=True, options={"fake_planted": planted()}).writes == {} and len(calls) == 1
 
 
 def test_resume_skips_finished_detectors(gpt2, fake_registry, tmp_path):

@@ -10,6 +10,11 @@ The scan is resumable: with ``out`` set, each finished detector's statistics are
 ``out/partial/<name>.json`` and its check to ``out/partial/<name>.causal.json``, under keys of what each
 depends on (:mod:`headatlas.scanfiles`); a rerun with the same key loads them instead of recomputing. At the
 end ``out/atlas.json`` and ``out/atlas.html`` are written atomically.
+
+For the report's head pages the scan also stores, per detector with an example prompt, the attention of its top
+labelled heads on that prompt (``details["token_view"]``, at most :data:`~headatlas.atlas.tokenview.MAX_HEADS`
+heads), and for every labelled head what it writes: the top promoted and suppressed output tokens of its OV
+circuit (``Atlas.writes``, :mod:`headatlas.methods.ov_tokens`; cached in ``out/partial/_writes.json``).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from .atlas.records import PER_HEAD_FIELDS, CausalCheck, no_causal_check
 from .detectors.base import DetectorResult, ScanCache, ScanConfig, scan_order, skipped_result
 from .detectors.pools import mark_distributed, significant_heads
 from .checks import check_bool, check_callable, check_count, check_seed
-from .errors import HeadAtlasError, InputError, InputTypeError
+from .errors import HeadAtlasError, InputError, InputTypeError, UnsupportedArchitectureError
 from .outdir import prepare_out, scan_lock, write_atlas_pair
 from .scanfiles import digest, load_partial, model_fingerprint, partial_path, write_partial
 
@@ -158,7 +163,8 @@ def _check_key(stat_key: str, det: registry.Detector, results: dict[str, Detecto
 
 
 def _attach_token_view(det: registry.Detector, m: Any, config: ScanConfig, result: DetectorResult) -> None:
-    """``result.details["token_view"]``: the top labelled heads' attention on one of the detector's prompts."""
+    """``result.details["token_view"]``: the top labelled heads' attention (at most ``MAX_HEADS``, most significant
+    first) on one of the detector's prompts."""
     if det.example is None or not result.labelled or "token_view" in result.details:
         return
     import torch
@@ -173,6 +179,35 @@ def _attach_token_view(det: registry.Detector, m: Any, config: ScanConfig, resul
     pattern = np.stack([rec.pattern(la)[0, h].float().cpu().numpy() for la, h in heads])
     tokens = [m.tokenizer.decode([int(t)]) for t in ids]
     result.details["token_view"] = make_token_view(tokens, pattern, heads)
+
+
+def _writes(m: Any, results: dict[str, DetectorResult], key: str, out_dir: Path | None, resume: bool) -> dict[str, Any]:
+    """``Atlas.writes`` for every labelled head ({} when none is labelled, or the architecture has no OV readout
+    the helpers support), reusing ``out/partial/_writes.json`` when its key matches."""
+    heads = sorted({(int(a), int(b)) for r in results.values() for a, b in r.labelled})
+    key = digest({"common": key, "heads": heads})
+    path = out_dir / "partial" / "_writes.json" if out_dir is not None else None
+    if path is not None and resume and path.is_file():
+        with contextlib.suppress(HeadAtlasError, KeyError, TypeError, ValueError):
+            doc = schema.read_json(path)
+            if isinstance(doc, dict) and doc.get("key") == key and isinstance(doc.get("writes"), dict):
+                return doc["writes"]
+    if not heads:
+        return {}
+    from .methods.ov_tokens import ov_top_tokens
+
+    from .atlas.writes import check_writes
+
+    try:
+        writes, _ = check_writes(ov_top_tokens(m, heads), m.info.n_layers, m.info.n_heads)   # as the atlas stores it
+    except (UnsupportedArchitectureError, InputError) as exc:
+        log.warning("no OV output tokens for the head pages: %s", exc)
+        return {}
+    if writes is None:
+        return {}
+    if path is not None:
+        schema.atomic_write_text(path, schema.dumps({"schema": schema.PARTIAL_SCHEMA, "key": key, "writes": writes}))
+    return writes
 
 
 def _shared_note(det: registry.Detector, cache: ScanCache, name: str) -> str:
@@ -321,8 +356,9 @@ def _run_scan(model: Any, names: list[str], *, seed: int, quick: bool, out_dir: 
         settings["options"] = sorted(options)   # their names only: values can be large arrays
     if n_prompts is None:   # record the values used: each detector's own default
         settings = {**settings, "n_prompts": {name: int(r.n_prompts) for name, r in results.items() if not r.skipped}}
+    writes = _writes(m, results, digest(common_key), out_dir, resume)
     atlas = Atlas(model_info, results, metas, seed=int(seed), settings=settings, timings=timings,
-                  shared_passes=shared_notes)
+                  shared_passes=shared_notes, writes=writes)
     if out_dir is not None:  # both rendered first; the HTML is never older than the JSON (outdir.write_atlas_pair)
         write_atlas_pair(out_dir / "atlas.json", schema.dumps(atlas.to_dict()) + "\n", out_dir / "atlas.html",
                          atlas.to_html())

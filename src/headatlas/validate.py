@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -184,74 +184,6 @@ def check_device_dtype(device: Any, dtype: Any, *, local: bool) -> None:
         torch.device(device.strip() if isinstance(device, str) else device)
     except (RuntimeError, ValueError, TypeError):
         raise InputError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
-
-
-def check_comparison(comp: Any) -> None:
-    """A :class:`~headatlas.compare.Comparison`'s fields: two Atlases, ``fdr`` in (0, 1), per-head deltas
-    ``[n_layers, n_heads]`` that are >= 0 (or NaN/inf), weight parts of q/k/v/o only, notes a list of strings,
-    timings finite seconds."""
-    from .atlas import Atlas
-
-    for side in ("atlas_a", "atlas_b"):
-        if not isinstance(getattr(comp, side), Atlas):
-            raise InputTypeError(f"Comparison.{side} must be an Atlas, got {type(getattr(comp, side)).__name__}")
-    comp.fdr = check_range(comp.fdr, "fdr", low=0.0, low_open=True, high=1.0)
-    if comp.fdr >= 1.0:
-        raise InputError(f"fdr must be < 1, got {comp.fdr:g}")
-    grid = (comp.atlas_a.n_layers, comp.atlas_a.n_heads)
-    for what in ("weight_delta", "activation_delta"):
-        if getattr(comp, what) is not None:
-            setattr(comp, what, _delta(getattr(comp, what), what, grid))
-    if not isinstance(comp.weight_parts, Mapping):
-        raise InputTypeError(f"weight_parts must be a dict of projection -> [n_layers, n_heads], got "
-                             f"{type(comp.weight_parts).__name__}")
-    unknown = [p for p in comp.weight_parts if p not in ("q", "k", "v", "o")]
-    if unknown:
-        raise InputError(f"weight_parts has unknown projection(s) {', '.join(map(repr, unknown))}; use q, k, v, o")
-    comp.weight_parts = {p: _delta(v, f"weight_parts[{p!r}]", grid) for p, v in comp.weight_parts.items()}
-    if not isinstance(comp.notes, list) or not all(isinstance(n, str) for n in comp.notes):
-        raise InputTypeError(f"notes must be a list of strings, got {type(comp.notes).__name__}")
-    if not isinstance(comp.timings, Mapping):
-        raise InputTypeError(f"timings must be a dict of step -> seconds, got {type(comp.timings).__name__}")
-    comp.timings = {str(k): check_finite(v, f"timings[{k!r}]") for k, v in comp.timings.items()}
-
-
-def _delta(x: Any, what: str, grid: tuple[int, int]) -> np.ndarray:
-    """A relative change per head: float ``[n_layers, n_heads]``, >= 0 where finite (inf: from zero; NaN: unknown)."""
-    if isinstance(x, (str, bytes)) or x is None:
-        raise InputTypeError(f"{what} must be an array [n_layers, n_heads], got {type(x).__name__}")
-    arr = np.asarray(x)
-    if arr.dtype.kind not in "iuf":
-        raise InputTypeError(f"{what} must be numbers, got dtype {arr.dtype}")
-    arr = arr.astype(float)
-    if arr.shape != grid:
-        raise InputError(f"{what} must be [n_layers, n_heads] = {list(grid)}, got {list(arr.shape)}")
-    with np.errstate(invalid="ignore"):
-        if (arr < 0).any():
-            raise InputError(f"{what} holds negative values; a relative change is >= 0")
-    return arr
-
-
-def check_stored_changes(changes: Any, comp: Any, source: str) -> None:
-    """A stored comparison's ``changes`` (rebuilt from the atlases on load) name only detectors both atlases hold
-    and heads inside the model; anything else means the file was edited or is corrupt."""
-    if changes is None:
-        return
-    if not isinstance(changes, Mapping):
-        raise InputError(f"{source}: \"changes\" must be an object")
-    L, H = comp.n_layers, comp.n_heads
-    for det, ch in changes.items():
-        if det not in comp.detectors:
-            raise InputError(f"{source}: changes name detector {det!r}, which the atlases do not both hold")
-        if not isinstance(ch, Mapping) or set(ch) - {"gained", "lost", "kept", "significant"}:
-            raise InputError(f"{source}: changes[{det!r}] must hold gained, lost, kept and significant")
-        for key, heads in ch.items():
-            for lh in heads if isinstance(heads, list) else [None]:
-                ok = (isinstance(lh, list) and len(lh) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
-                                                                    for v in lh))
-                if not ok or not (0 <= lh[0] < L and 0 <= lh[1] < H):
-                    raise InputError(f"{source}: changes[{det!r}][{key!r}] names {lh!r:.40}, not a head of the "
-                                     f"{L} x {H} model")
 
 
 # ----- sweep ------------------------------------------------------------------------------------------------------

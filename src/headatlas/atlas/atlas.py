@@ -141,7 +141,7 @@ class Atlas:
                  meta: dict[str, DetectorMeta], *, seed: int = 0, settings: dict[str, Any] | None = None,
                  timings: dict[str, float] | None = None, headatlas_version: str | None = None,
                  created: str | None = None, shared_passes: dict[str, str] | None = None,
-                 notes: list[str] | None = None) -> None:
+                 notes: list[str] | None = None, writes: dict[str, Any] | None = None) -> None:
         from .. import __version__
 
         if not isinstance(results, dict):
@@ -164,6 +164,7 @@ class Atlas:
         self.timings = {k: float(v) for k, v in (timings or {}).items()}
         self.shared_passes = {str(k): str(v) for k, v in (shared_passes or {}).items()}
         self.notes = [str(n) for n in (notes or [])]
+        self.writes = dict(writes or {})   # per head, top OV output tokens (atlas.writes; {} when not recorded)
         self.headatlas_version = headatlas_version or __version__
         self.created = created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         _correct_causal_checks(self._results)
@@ -443,6 +444,7 @@ class Atlas:
                            "shared": self.shared_passes.get(n, ""),
                            "result": schema.result_to_dict(r)} for n, r in self._results.items()],
             "notes": list(self.notes),
+            **({"writes": self.writes} if self.writes else {}),
         }
 
     @classmethod
@@ -460,7 +462,7 @@ class Atlas:
     @classmethod
     def _from_checked_dict(cls, doc: dict[str, Any], source: str, major: int) -> "Atlas":
         top = ("schema", "headatlas_version", "created", "model", "seed", "settings", "detectors")
-        schema._check_keys(doc, top if major == 1 else top + ("notes",), source)
+        schema._check_keys(doc, top if major == 1 else top + ("notes",) + (("writes",) if "writes" in doc else ()), source)
         if not isinstance(doc["detectors"], list):
             raise AtlasFileError(f"{source}: \"detectors\" must be a list")
         model = schema.decode(doc["model"])
@@ -489,7 +491,7 @@ class Atlas:
                 timings[m.name] = seconds
         return cls(model, results, meta, seed=doc["seed"], settings=schema.decode(doc["settings"]),
                    timings=timings, headatlas_version=str(doc["headatlas_version"]), created=str(doc["created"]),
-                   shared_passes=shared, notes=notes)
+                   shared_passes=shared, notes=notes, writes=_writes(doc.get("writes"), grid, source))
 
     def save(self, path: str | os.PathLike) -> str:
         """Write the atlas as JSON, atomically (temp file + ``os.replace``); returns the path."""
@@ -545,6 +547,18 @@ def _check_shapes(r: DetectorResult, n_layers: int, n_heads: int) -> None:
             raise InputError(f"detector {r.name!r} labelled {head_name(layer, head)}, outside the model")
     if r.causal is not None:
         schema.check_causal(r.causal, r.name, n_layers, n_heads)
+
+
+def _writes(doc: Any, grid: tuple[int, int], source: str) -> dict[str, Any]:
+    """The optional ``writes`` record (:mod:`headatlas.atlas.writes`), checked and cut to its limits."""
+    if doc is None:
+        return {}
+    from .writes import check_writes
+
+    clean, why = check_writes(doc, *grid)
+    if clean is None:
+        raise AtlasFileError(f"{source}: {why}")
+    return clean
 
 
 def _scalar(x: Any) -> float | str:

@@ -9,8 +9,10 @@ strings in exactly three ways, each with its own encoder:
   ``<``, ``>``, ``&``, U+2028 and U+2029 are written as ``\\uXXXX`` escapes, so no string can close the
   block (``</script>``) or open a comment; scripts read it with ``JSON.parse`` and put strings into
   the page with ``textContent`` only;
-- text inside plotly figures (hover text, titles): :func:`esc` first, then the figure travels as
-  :func:`script_json` data. Plotly draws such text into SVG, where the escaped entities show as text.
+- text inside plotly figures: titles and tick labels go through :func:`esc` here, then the figure travels as
+  :func:`script_json` data; hover text is built by the page script from the embedded numbers, and every atlas
+  string in it goes through the script's own ``esc`` first. Plotly draws such text into SVG, where the escaped
+  entities show as text.
 
 On top of that the page carries a Content-Security-Policy (:func:`csp`) that allows only the page's
 own inline scripts, by hash: an injected ``<script>`` or ``onerror=`` handler would not run even if an
@@ -83,9 +85,9 @@ def script_hash(source: str) -> str:
 
 def csp(script_sources: list[str]) -> str:
     """The page's Content-Security-Policy: nothing may load or connect anywhere; only the given inline
-    scripts (by hash) run; inline styles are allowed (plotly adds its own), images only as data: URLs
+    scripts (by hash) run (none at all for an empty list); inline styles are allowed (plotly adds its own), images only as data: URLs
     (plotly's PNG download). ``'unsafe-eval'`` is absent: plotly.js does not need it for these traces."""
-    hashes = " ".join(script_hash(s) for s in script_sources)
+    hashes = " ".join(script_hash(s) for s in script_sources) or "'none'"
     return ("default-src 'none'; " f"script-src {hashes}; " "style-src 'unsafe-inline'; img-src data: blob:; "
             "font-src 'none'; connect-src 'none'; frame-src 'none'; object-src 'none'; base-uri 'none'; "
             "form-action 'none'")

@@ -3,7 +3,7 @@
 Format (``result.details["token_view"]``, plain JSON)::
 
     {"tokens": ["<s>", " The", " cat", ...],            # the prompt's tokens as text, at most 64
-     "heads": {"L3H1": [[1.0], [0.2, 0.8], ...], ...},  # at most 3 heads
+     "heads": {"L3H1": [[1.0], [0.2, 0.8], ...], ...},  # at most 8 heads
      "start": 0,                                        # optional: position of tokens[0] in the prompt
      "note": "..."}                                     # optional: what the prompt is
 
@@ -12,7 +12,7 @@ Format (``result.details["token_view"]``, plain JSON)::
 entries; keys after the query are zero in a causal model). Rows are normalised to sum 1 over the shown
 keys. Values are rounded to 3 decimals to keep the report small.
 
-A detector passes its top labelled heads (at most 3) on one of its own prompts, chosen so the
+The scan stores a detector's top labelled heads (at most :data:`MAX_HEADS`) on one of its own prompts, chosen so the
 pattern the head type is about is visible (an induction head on a repeated random sequence, a
 retrieval head on a needle prompt). The report draws the tokens in a row for each head; hovering a token shades every token it attends
 to (circuitsvis-style). :func:`make_token_view` builds the dict from tokens and a ``[heads, q, k]``
@@ -28,7 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 
 MAX_TOKENS = 64
-MAX_HEADS = 3
+MAX_HEADS = 8
 
 
 def _head_name(h: Any) -> str:

@@ -133,15 +133,22 @@ def ov_outputs(m: LoadedModel, z: torch.Tensor) -> torch.Tensor:
     return torch.stack(outs)
 
 
-def ov_logits(m: LoadedModel, out: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """``out [..., d_model]`` head outputs -> ``[..., T]`` their logits on ``tokens [T]`` through the final
-    norm's weight (and centring for LayerNorm), each output treated as the whole residual (up to its
-    positive scale)."""
+def ov_readout(m: LoadedModel, out: torch.Tensor) -> torch.Tensor:
+    """``out [..., d_model]`` head outputs -> ``[..., d_model]`` as the unembedding reads them: through the final
+    norm's weight (and centring for LayerNorm), each output treated as the whole residual (up to its positive
+    scale); on the unembedding's device. Its product with ``W_U[t]`` is the logit of token ``t``."""
     from .dla import readout
 
     r = readout(m)
     v = out.float().to(r.W_U.device)
     if r.center:
         v = v - v.mean(-1, keepdim=True)
-    v = v * r.weight
-    return (v @ r.W_U[torch.as_tensor(tokens).long().to(r.W_U.device)].t()).cpu()
+    return v * r.weight
+
+
+def ov_logits(m: LoadedModel, out: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """``out [..., d_model]`` head outputs -> ``[..., T]`` their logits on ``tokens [T]`` (:func:`ov_readout`)."""
+    from .dla import readout
+
+    W_U = readout(m).W_U
+    return (ov_readout(m, out) @ W_U[torch.as_tensor(tokens).long().to(W_U.device)].t()).cpu()
