@@ -20,12 +20,13 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from . import stats
 from .atlas import Atlas, DetectorMeta, schema
 from .detectors import base as registry
 from .atlas.records import PER_HEAD_FIELDS, no_causal_check
 from .detectors.base import DetectorResult, ScanCache, ScanConfig, scan_order, skipped_result
 from .checks import check_bool, check_callable, check_count, check_seed
-from .errors import HeadAtlasError, InputError, InputTypeError
+from .errors import HeadAtlasError, InputError, InputTypeError, UnsupportedArchitectureError
 from .outdir import prepare_out, scan_lock, write_atlas_pair
 
 log = logging.getLogger(__name__)
@@ -88,21 +89,27 @@ def resolve_detectors(detectors: str | Sequence[str] | None) -> list[str]:
 
 
 def model_fingerprint(m: Any) -> str:
-    """A digest of a loaded model's weights: per parameter its name, shape, dtype, sum, absolute sum and
-    a strided sample of values (cheap: one pass over the weights, no copies)."""
+    """A digest of a loaded model's weights: SHA-256 over, per parameter, its name, shape, dtype and raw
+    bytes. Exact bytes, not float sums, so it does not depend on torch's thread count or reduction order;
+    offloaded (``device_map``) weights are read back one module at a time."""
     import torch
 
     from .models.placement import named_weights
 
     h = hashlib.sha256()
     with torch.no_grad():
-        for name, p in named_weights(m.model):  # offloaded (device_map) weights are read back one module at a time
-            flat = p.detach().reshape(-1)
-            step = max(1, flat.numel() // 256)
+        for name, p in named_weights(m.model):
             h.update(f"{name}|{tuple(p.shape)}|{p.dtype}".encode())
-            h.update(flat[::step][:256].float().cpu().numpy().tobytes())
-            h.update(np.array([flat.float().sum().item(), flat.float().abs().sum().item()]).tobytes())
+            h.update(tensor_bytes(p))
     return h.hexdigest()[:20]
+
+
+def tensor_bytes(t: Any) -> memoryview:
+    """The raw bytes of a tensor (a contiguous copy on the CPU; any dtype, bfloat16 included)."""
+    import torch
+
+    flat = t.detach().reshape(-1).contiguous()
+    return memoryview(flat.view(torch.uint8).cpu().numpy())
 
 
 def _canonical(obj: Any) -> Any:
@@ -164,6 +171,30 @@ def _check_result(result: Any, name: str, n_layers: int, n_heads: int) -> Detect
     return result
 
 
+def _only_attention_layers(result: DetectorResult, other: tuple[int, ...]) -> DetectorResult:
+    """``result`` with the rows of a hybrid's layers without heads (``other``) set to NaN in every per-head
+    array (and per-head extra) and no label there; q-values are recomputed over the real heads when the
+    detector gave those rows p-values (the family of tests is the model's heads)."""
+    if not other:
+        return result
+    rows = list(other)
+    counted = bool(np.isfinite(np.asarray(result.p_value, dtype=np.float64)[rows]).any())
+    for key in PER_HEAD_FIELDS:
+        a = np.array(getattr(result, key), dtype=np.float64)
+        a[rows] = np.nan
+        setattr(result, key, a)
+    if counted:
+        result.q_value = stats.bh_q(result.p_value)
+    shape = np.shape(result.scores)
+    for key, value in list(result.extras.items()):
+        if np.shape(value) == shape and np.asarray(value).dtype.kind == "f":
+            value = np.array(value, dtype=np.float64)
+            value[rows] = np.nan
+            result.extras[key] = value
+    result.labelled = [(la, h) for la, h in result.labelled if la not in other]
+    return result
+
+
 def _causal(det: registry.Detector, m: Any, config: ScanConfig, result: DetectorResult, enabled: bool):
     """The detector's causal check on its labels (None when disabled or nothing was labelled)."""
     if det.causal is None:
@@ -172,7 +203,7 @@ def _causal(det: registry.Detector, m: Any, config: ScanConfig, result: Detector
         return None
     try:
         return det.causal(m, config, result)
-    except InputError as exc:   # the check's data does not fit this model (e.g. no English tokenizer)
+    except (InputError, UnsupportedArchitectureError) as exc:   # the check's data or method does not fit this model
         return no_causal_check(f"the causal check could not run on this model: {exc}")
 
 
@@ -282,8 +313,9 @@ def _run_scan(model: Any, names: list[str], *, seed: int, quick: bool, out_dir: 
             cache.current = name
             t0 = time.perf_counter()
             try:
-                result = _check_result(det.run(m, config), name, n_layers, n_heads)
-            except InputError as exc:
+                result = _only_attention_layers(_check_result(det.run(m, config), name, n_layers, n_heads),
+                                                m.info.other_layers)
+            except (InputError, UnsupportedArchitectureError) as exc:   # a method this architecture cannot take
                 result = skipped_result(name, n_layers, n_heads, str(exc), int(seed))
             if not result.skipped:
                 result.causal = _causal(det, m, config, result, causal)
