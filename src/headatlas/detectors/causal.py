@@ -30,20 +30,22 @@ BehaviourFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]   # (logits [
 
 
 def matched_random_sets(heads: Sequence[tuple[int, int]], n_layers: int, n_heads: int, n_sets: int,
-                        rng: np.random.Generator) -> list[list[tuple[int, int]]]:
+                        rng: np.random.Generator, layers: Sequence[int] | None = None) -> list[list[tuple[int, int]]]:
     """``n_sets`` random head sets, each the size of ``heads``, layer-matched: every labelled head in
     layer ``l`` is replaced by a distinct unlabelled head of layer ``l`` (or of the nearest layer with
-    one left). When the model has fewer unlabelled heads than labelled ones, labelled heads fill in."""
+    one left). When the model has fewer unlabelled heads than labelled ones, labelled heads fill in.
+    ``layers``: the layers with heads (a hybrid's ``info.attention_layers``; default all)."""
     labelled = set(map(tuple, heads))
     out = []
     for _ in range(n_sets):
-        free = {la: [h for h in range(n_heads) if (la, h) not in labelled] for la in range(n_layers)}
+        free = {la: [h for h in range(n_heads) if (la, h) not in labelled]
+                for la in (range(n_layers) if layers is None else layers)}
         for la in free:
             rng.shuffle(free[la])
         chosen: list[tuple[int, int]] = []
         for la, _h in heads:
             for dist in range(n_layers):
-                cands = [x for x in (la - dist, la + dist) if 0 <= x < n_layers and free[x]]
+                cands = [x for x in (la - dist, la + dist) if free.get(x)]
                 if cands:
                     x = cands[int(rng.integers(len(cands)))]
                     chosen.append((x, free[x].pop()))
@@ -81,7 +83,7 @@ def ablation_check(m: LoadedModel, heads: Sequence[tuple[int, int]], ids: torch.
     clean = run([])
     labelled = run(heads)
     rng = stats.rng_for(seed, f"causal:{metric}")
-    sets = matched_random_sets(heads, m.info.n_layers, m.info.n_heads, n_random, rng)
+    sets = matched_random_sets(heads, m.info.n_layers, m.info.n_heads, n_random, rng, m.info.attention_layers)
     random_changes = [float(np.mean(run(s) - clean)) for s in sets]
     effect = float(np.mean(labelled - clean))
     sign = 1.0 if expected == "increase" else -1.0
@@ -98,7 +100,8 @@ def _position_means(m: LoadedModel, ids: torch.Tensor, batch_size: int) -> list[
     for s in range(0, ids.shape[0], batch_size):
         with torch.no_grad(), instrumented(m, taps=Taps(z=True)) as rec:
             m.model(input_ids=ids[s:s + batch_size].to(m.device), use_cache=False, logits_to_keep=1)
-        part = [rec.z(layer).sum(0, keepdim=True) for layer in range(m.info.n_layers)]
+        part = [rec.z(layer).sum(0, keepdim=True) if layer in m.info.attention_layers else torch.zeros(())
+                for layer in range(m.info.n_layers)]   # a hybrid's layers without heads: never ablated
         sums = part if not sums else [a + b for a, b in zip(sums, part)]
     return [x / ids.shape[0] for x in sums]
 

@@ -247,7 +247,8 @@ def edited_set_runs(m: LoadedModel, heads: Sequence[tuple[int, int]], ids: torch
     """Run ``fn`` clean, with ``edits_for(heads)`` and with ``edits_for`` of ``n_random`` layer-matched random
     sets (``keep``: unembed only the last ``keep`` positions, see :func:`causal.ablation_check`)."""
     heads = [(int(a), int(b)) for a, b in heads]
-    sets = matched_random_sets(heads, m.info.n_layers, m.info.n_heads, n_random, stats.rng_for(seed, salt))
+    sets = matched_random_sets(heads, m.info.n_layers, m.info.n_heads, n_random, stats.rng_for(seed, salt),
+                               m.info.attention_layers)
     run = lambda hs: _run_edits(m, ids, fn, edits_for(hs), batch_size, keep)  # noqa: E731
     return SetRuns(clean=run([]), labelled=run(heads), random=[run(s) for s in sets], sets=sets)
 

@@ -137,7 +137,7 @@ def causal(m: "LoadedModel", cfg: ScanConfig, result: DetectorResult) -> CausalC
     clean = _agreement(m, batches, means, [])
     effect = float(np.mean(_agreement(m, batches, means, heads) - clean))
     sets = matched_random_sets(heads, m.info.n_layers, m.info.n_heads, N_RANDOM,
-                               stats.rng_for(cfg.seed + EVAL_SEED_OFFSET, "causal:consistency"))
+                               stats.rng_for(cfg.seed + EVAL_SEED_OFFSET, "causal:consistency"), m.info.attention_layers)
     rand = [float(np.mean(_agreement(m, batches, means, s) - clean)) for s in sets]
     hits = sum(1 for r in rand if r <= effect)
     return CausalCheck(metric=metric, kind="mean", heads=tuple(heads), effect=effect, random_effects=tuple(rand),

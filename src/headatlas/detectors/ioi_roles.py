@@ -139,7 +139,7 @@ def run_sinh(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
     if last == 0:
         raise InputError(NOT_FOUND + "the name movers are all in layer 0: no earlier head can send to them")
     L, H = m.info.n_layers, m.info.n_heads
-    senders = [(la, h) for la in range(last) for h in range(H)]
+    senders = [(la, h) for la in m.info.attention_layers if la < last for h in range(H)]
     sender = np.zeros((L, H), dtype=bool)
     for la, h in senders:
         sender[la, h] = True

@@ -108,7 +108,7 @@ def iti_check(m: "LoadedModel", heads: Sequence[tuple[int, int]], features: np.n
 
     effect = change(heads)
     rng = stats.rng_for(seed, f"causal:{metric}")
-    sets = matched_random_sets(heads, m.info.n_layers, m.info.n_heads, n_random, rng)
+    sets = matched_random_sets(heads, m.info.n_layers, m.info.n_heads, n_random, rng, m.info.attention_layers)
     rand = [change(s) for s in sets]
     hits = sum(1 for r in rand if r >= effect)
     return CausalCheck(metric=metric, kind=f"iti(alpha={alpha:g} sigma)", heads=tuple(heads), effect=effect,

@@ -116,6 +116,15 @@ class LayerCall:
         return keep - start
 
 
+def stack_layers(per_layer: dict[int, torch.Tensor], n_layers: int) -> torch.Tensor:
+    """``{layer: tensor}`` (tensors of one shape) -> ``[n_layers, ...]`` on the first one's device, NaN for the
+    layers missing (a hybrid's layers without heads); integer tensors become float."""
+    first = next(iter(per_layer.values()))
+    like = first if first.is_floating_point() else first.double()
+    return torch.stack([per_layer[la].to(like.device, like.dtype) if la in per_layer
+                        else torch.full_like(like, float("nan")) for la in range(n_layers)])
+
+
 @dataclass
 class Recording:
     """What the taps captured. Per-layer lists hold one entry per call (several during generation)."""
@@ -159,10 +168,7 @@ class Recording:
         """All layers' z stacked: ``[n_layers, batch, seq, n_heads, d_head]``, on the first attention layer's
         device (layers of a model split with ``device_map`` may have run on different devices); the rows of
         layers without softmax heads (hybrid models) are NaN."""
-        zs = {layer: self.z(layer) for layer in self.attention_layers}
-        first = zs[self.attention_layers[0]]
-        return torch.stack([zs[la].to(first.device) if la in zs else torch.full_like(first, float("nan"))
-                            for la in range(self.n_layers)])
+        return stack_layers({layer: self.z(layer) for layer in self.attention_layers}, self.n_layers)
 
     def __post_init__(self) -> None:
         self.attention_layers = tuple(self.attention_layers) or tuple(range(self.n_layers))

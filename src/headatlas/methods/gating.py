@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -63,11 +63,14 @@ class GateEdit:
         return z * g[:, None, :, None]
 
 
-def gate_edits(gates: torch.Tensor) -> list[GateEdit]:
-    """Edits for gates ``[n_layers, n_heads]`` or per row ``[batch, n_layers, n_heads]``."""
+def gate_edits(gates: torch.Tensor, layers: Sequence[int] | None = None) -> list[GateEdit]:
+    """Edits for gates ``[n_layers, n_heads]`` or per row ``[batch, n_layers, n_heads]``, on ``layers``
+    (default: all; a hybrid model's ``info.attention_layers``: its other layers have no heads to gate)."""
+    n = gates.shape[0] if gates.dim() == 2 else gates.shape[1]
+    use = range(n) if layers is None else layers
     if gates.dim() == 2:
-        return [GateEdit(layer, gates[layer]) for layer in range(gates.shape[0])]
-    return [GateEdit(layer, gates[:, layer]) for layer in range(gates.shape[1])]
+        return [GateEdit(layer, gates[layer]) for layer in use]
+    return [GateEdit(layer, gates[:, layer]) for layer in use]
 
 
 @dataclass(frozen=True)
@@ -183,7 +186,7 @@ def per_prompt_loss(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
 def _task_loss(m: LoadedModel, ids: torch.Tensor, mask: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
     """Mean task loss (nats per target token) of the model with ``gates`` ``[L, H]`` (differentiable)."""
     first = first_target(mask)
-    with instrumented(m, edits=gate_edits(gates)):
+    with instrumented(m, edits=gate_edits(gates, m.info.attention_layers)):
         logits = m.model(input_ids=ids, use_cache=False, logits_to_keep=ids.shape[1] - first).logits
     return per_prompt_loss(logits, ids[:, first:], mask[:, first:], reduce=True)
 
@@ -282,6 +285,8 @@ def gate(model: Any, prompts: Prompts, *, targets: Any = None, seed: int = 0, n_
             g_zero[s] = torch.sigmoid(base).cpu().double().numpy()
             g_minus[s] = torch.sigmoid(th_m).cpu().double().numpy()
             g_plus[s] = torch.sigmoid(th_p).cpu().double().numpy()
+    for g_arr in (g_minus, g_plus, g_zero):   # a hybrid's layers without heads have no gates
+        g_arr[:, list(m.info.other_layers)] = np.nan
     return GateResult(g_minus=g_minus, g_plus=g_plus, g_zero=g_zero, loss_clean=clean, loss_minus=loss_minus,
                       loss_plus=loss_plus, lam=lam, steps=steps, lr=lr, seed=seed, n_prompts=int(ids.shape[0]),
                       n_targets=int(mask.sum()), trace_minus=trace)
@@ -308,8 +313,8 @@ def closing_effects(model: Any, ids: torch.Tensor, gates: Any, *, targets: Any =
         for s in range(0, ids.shape[0], batch_size):
             rows = ids[s:s + batch_size]
             per_row = G.to(ids.device)[None].repeat(rows.shape[0], 1, 1).requires_grad_(True)
-            with instrumented(m, edits=gate_edits(per_row)):
+            with instrumented(m, edits=gate_edits(per_row, m.info.attention_layers)):
                 logits = m.model(input_ids=rows, use_cache=False, logits_to_keep=rows.shape[1] - first).logits
             per_prompt_loss(logits, rows[:, first:], mask[s:s + batch_size, first:]).sum().backward()
             out.append((-per_row.detach() * per_row.grad).cpu().double().numpy())   # [b, L, H]
-    return np.transpose(np.concatenate(out, 0), (1, 0, 2))
+    return m.info.nan_other_layers(np.transpose(np.concatenate(out, 0), (1, 0, 2)))

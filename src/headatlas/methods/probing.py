@@ -25,6 +25,7 @@ unit length) and ``sigma`` the std of all items' ``z`` projected on it; steering
 
 from __future__ import annotations
 
+import dataclasses
 import csv
 import json
 from dataclasses import dataclass, field
@@ -279,7 +280,7 @@ def capture_heads(m: LoadedModel, rows: Sequence[Sequence[int]], positions: np.n
         kw: dict[str, Any] = {"logits_to_keep": torch.tensor(keep, device=m.device) if keep else 1}
         with torch.no_grad(), instrumented(m, taps=Taps(z_reducer=reducer)) as rec:
             out = m.model(input_ids=ids.to(m.device), use_cache=False, **kw)
-        for layer in range(L):
+        for layer in m.info.attention_layers:   # a hybrid's other layers keep zero features (masked in probe)
             feats[idx, layer] = torch.cat(rec.z_reduced[layer], 0).numpy()
         if keep:
             where = {q: k for k, q in enumerate(keep)}
@@ -462,7 +463,8 @@ class ProbeResult:
         """The ``k`` heads with the highest probe accuracy (ties: lower p first)."""
         L, H = self.accuracy.shape
         k = check_count(k, "k", maximum=L * H)
-        order = sorted(((float(-self.accuracy[l, h]), float(self.p[l, h]), l, h) for l in range(L) for h in range(H)))
+        order = sorted(((float(-self.accuracy[l, h]), float(self.p[l, h]), l, h) for l in range(L) for h in range(H)
+                        if np.isfinite(self.accuracy[l, h])))
         return [(l, h) for *_, l, h in order[:k]]
 
     def significant(self, fdr: float = 0.05, min_effect: float = 0.0) -> list[tuple[int, int]]:
@@ -535,8 +537,24 @@ def probe(model: Any, dataset: Any = None, position: int = -1, *, n_folds: int =
     rows = token_rows(m, data.texts)
     pos = resolve_positions(rows, position)
     cap = capture_heads(m, rows, pos, batch_size=batch_size, progress=progress)
-    return probe_features(cap.features, data.labels, data.groups, n_folds=n_folds, n_perm=n_perm, seed=seed,
-                          method=method, ridge=ridge, C=C, position=position, source=data.source)
+    res = probe_features(cap.features, data.labels, data.groups, n_folds=n_folds, n_perm=n_perm, seed=seed,
+                         method=method, ridge=ridge, C=C, position=position, source=data.source)
+    return _mask_other_layers(res, m.info.other_layers)
+
+
+def _mask_other_layers(res: ProbeResult, other: tuple[int, ...]) -> ProbeResult:
+    """``res`` with NaN for a hybrid's layers without heads (``other``), q-values over the real heads only."""
+    if not other:
+        return res
+    rows = list(other)
+    out = {}
+    for name in ("accuracy", "null_mean", "null_std", "effect", "p", "correct", "direction", "sigma"):
+        a = getattr(res, name).astype(np.float64, copy=True)
+        a[rows] = np.nan
+        out[name] = a
+    null = res.null.astype(np.float64, copy=True)
+    null[:, rows] = np.nan
+    return dataclasses.replace(res, **out, null=null, q=stats.bh_q(out["p"]))
 
 
 # ------------------------------------------------------------------------------------------- ITI
