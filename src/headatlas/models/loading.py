@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError, InputTypeError, ModelNotFoundError, UnsupportedArchitectureError
-from .arch import AttentionLayout, check_supported, final_norm, not_attention_message, out_proj_weight
+from .arch import AttentionLayout, check_supported, not_attention_message, out_proj_weight
 from .bundled import BUNDLED, bundled_names
 from .info import ModelInfo, info_from_config
 from .placement import Placement, check_covers_config, check_placement, dispatch, module_device, pin
@@ -330,7 +330,7 @@ def load(spec: Any = "smollm2-135m", *, device: str | torch.device | None = None
                              f"({', '.join(bundled_names())}), a Hugging Face id, a folder, a .gguf path or "
                              "(model, tokenizer)")
     layout = check_supported(model)
-    model, dev = _place(model, placement, torch_dtype, dev, device)
+    model, dev = _place(model, placement, torch_dtype, dev, device, layout)
     model.eval()
     info = model_info(model, layout, name=name, device=str(dev))
     return LoadedModel(model=model, tokenizer=tok, info=info, layout=layout, source=name)
@@ -358,13 +358,13 @@ def model_info(model: Any, layout: AttentionLayout, *, name: str, device: str) -
 
 
 def _place(model: Any, placement: Placement, dtype: torch.dtype, dev: torch.device,
-           device: Any) -> tuple[Any, torch.device]:
+           device: Any, layout: AttentionLayout) -> tuple[Any, torch.device]:
     """Move ``model`` to ``dev``, or dispatch it by ``placement`` (unless from_pretrained already did).
     Returns the model and where its inputs go (the input embedding's execution device)."""
     if placement.active:
         if not getattr(model, "hf_device_map", None):
             model = dispatch(model, placement, dtype)
-        for module in (final_norm(model), model.get_output_embeddings()):  # the readout's weights are read directly
+        for module in (layout.final_norm, layout.unembed):  # the readout's weights are read directly
             if module is not None:
                 pin(module)
     elif not (getattr(model, "hf_device_map", None) and device is None):  # a pair dispatched by its owner stays
