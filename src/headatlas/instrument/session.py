@@ -327,7 +327,7 @@ class _Session:
                 if call.output_transformed:
                     self.recording.transformed_layers.add(layer)
             z = self.edit_and_tap(layer, z, call)
-            if z is call.projection_input and not (self.taps.grad and z.requires_grad):
+            if layer not in self.edits and not (self.taps.grad and z.requires_grad):
                 return None   # unchanged (with grad taps, the recorded view must be what W_O reads)
             z = z.reshape(x.shape)
             return ((z,) + tuple(args[1:]), kwargs) if args else (args, {**kwargs, next(iter(kwargs)): z})
@@ -338,7 +338,7 @@ class _Session:
         tapped = layer in self.tap_layers
         edits = self.edits.get(layer)
         if edits:
-            z = z.clone() if torch.is_grad_enabled() else z.contiguous().clone()
+            z = z.clone() if torch.is_grad_enabled() else z.contiguous()   # in place on W_O's input: it is read next
             for e in edits:
                 z = e.apply(z, call)
         if tapped and self.taps.z_reducer is not None:
