@@ -104,15 +104,23 @@ def test_bundled_package_missing_names_the_install_command(monkeypatch):
         bundled.BUNDLED["smollm2-135m"].locate()
 
 
-class _NoBackendLlama(LlamaForCausalLM):
-    _supports_attention_backend = False
+def test_a_model_without_registry_attention_is_refused():
+    """Bloom computes attention in its own code (no call to transformers' attention-function registry)."""
+    from arch_zoo import tiny_arch
+
+    with pytest.raises(UnsupportedArchitectureError, match="none of its layers routes attention through"):
+        headatlas.load(tiny_arch("bloom"))
 
 
-def test_unsupported_architecture_is_refused():
+def test_the_class_flag_is_not_what_decides():
+    """A class without ``_supports_attention_backend`` whose attention calls the registry (StableLM, Jamba, ...)
+    is supported: the attention modules' code decides, and the run checks it."""
+    class NoFlagLlama(LlamaForCausalLM):
+        _supports_attention_backend = False
+
     model, tok = tiny_model("llama")
-    odd = _NoBackendLlama(model.config)
-    with pytest.raises(UnsupportedArchitectureError, match="Tested architectures"):
-        headatlas.load((odd, tok))
+    m = headatlas.load((NoFlagLlama(model.config).eval(), tok), device="cpu")
+    assert m.info.attention_layers == (0, 1, 2)
 
 
 def test_bad_spec_type():

@@ -238,3 +238,57 @@ def test_every_registered_detector_fits_the_atlas(tmp_path):
         assert r.skipped or np.isfinite(r.scores).any(), name
         assert f'id="det-{name}"' in (tmp_path / "atlas.html").read_text()
     assert len(atlas.to_dataframe()) == 3 * 4 * len(atlas.detectors)
+
+
+def _wide_model(dtype=torch.float32):
+    """A model with a 1M-element embedding: large enough that torch sums it in parallel chunks whose
+    partition (and float result) depends on the thread count."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=4096, hidden_size=256, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=4, num_key_value_heads=2)
+    return LlamaForCausalLM(cfg).to(dtype).eval()
+
+
+_FINGERPRINT_CHILD = """
+import sys, torch
+sys.path.insert(0, {tests!r})
+torch.set_num_threads(1)
+import headatlas
+from headatlas.scan import model_fingerprint
+from test_scan import _wide_model
+from tiny import ToyTokenizer
+print(model_fingerprint(headatlas.load((_wide_model(), ToyTokenizer()), device="cpu")))
+"""
+
+
+def test_weights_fingerprint_hashes_bytes_whatever_the_thread_count():
+    """The same weights give the same fingerprint under 1, 2 and 4 torch threads, in this process and in a
+    fresh one (a sum of floats would not: its reduction order follows the threads); one changed bit in one
+    weight changes it; bfloat16 weights hash too."""
+    import subprocess
+    from pathlib import Path
+
+    from tiny import ToyTokenizer
+
+    m = headatlas.load((_wide_model(), ToyTokenizer()), device="cpu")
+    before = torch.get_num_threads()
+    prints = set()
+    try:
+        for n in (1, 2, 4):
+            torch.set_num_threads(n)
+            prints.add(scan_module.model_fingerprint(m))
+    finally:
+        torch.set_num_threads(before)
+    assert len(prints) == 1
+    child = subprocess.run([sys.executable, "-c", _FINGERPRINT_CHILD.format(tests=str(Path(__file__).parent))],
+                           capture_output=True, text=True, timeout=300)
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert child.stdout.strip().splitlines()[-1] in prints
+    w = m.model.model.embed_tokens.weight
+    with torch.no_grad():
+        w[7, 3] = torch.nextafter(w[7, 3], torch.tensor(float("inf")))
+    assert scan_module.model_fingerprint(m) not in prints
+    bf = headatlas.load((_wide_model(torch.bfloat16), ToyTokenizer()), device="cpu")
+    assert len(scan_module.model_fingerprint(bf)) == 20 and scan_module.model_fingerprint(bf) not in prints

@@ -37,9 +37,9 @@ def head_slices(m: Any, layer: int) -> dict[str, list[np.ndarray]]:
     import torch
 
     info = m.info
-    H, KV, d = info.n_heads, info.n_kv_heads, info.d_head
+    H, KV, d, d_qk = info.n_heads, info.n_kv_heads, info.d_head, info.d_head_qk
     group = max(1, H // max(1, KV))
-    module = m.layout.attention_modules[layer]
+    module = m.layout.module(layer)
     qn, kn, vn, on = _proj_names(m)
 
     def weight_rows(name: str, part: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -64,13 +64,13 @@ def head_slices(m: Any, layer: int) -> dict[str, list[np.ndarray]]:
 
     fused = qn == kn == vn
     out: dict[str, list[np.ndarray]] = {}
-    for proj, name, part, n_rows_heads in (("q", qn, 0, H), ("k", kn, 1, KV), ("v", vn, 2, KV)):
+    for proj, name, part, n_rows_heads, width in (("q", qn, 0, H, d_qk), ("k", kn, 1, KV, d_qk), ("v", vn, 2, KV, d)):
         w, b = weight_rows(name, part if fused else None)
         slices = []
         for h in range(H):
             idx = h if n_rows_heads == H else h // group
-            rows = w[idx * d:(idx + 1) * d]
-            parts = [rows.reshape(-1)] + ([] if b is None else [b[idx * d:(idx + 1) * d]])
+            rows = w[idx * width:(idx + 1) * width]
+            parts = [rows.reshape(-1)] + ([] if b is None else [b[idx * width:(idx + 1) * width]])
             slices.append(torch.cat(parts).numpy())
         out[proj] = slices
     wo, _ = weight_rows(on, None)    # [d_model, H * d]
@@ -89,9 +89,9 @@ def weight_delta(a: Any, b: Any) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     rounding: the difference of equal numbers)."""
     check_same_shape(a.info.to_dict(), b.info.to_dict(), str(a.source), str(b.source))
     L, H = a.info.n_layers, a.info.n_heads
-    num = {p: np.zeros((L, H)) for p in PROJECTIONS}
-    den = {p: np.zeros((L, H)) for p in PROJECTIONS}
-    for layer in range(L):
+    num = {p: np.full((L, H), np.nan) for p in PROJECTIONS}   # NaN rows: a hybrid's layers without heads
+    den = {p: np.full((L, H), np.nan) for p in PROJECTIONS}
+    for layer in a.info.attention_layers:
         sa, sb = head_slices(a, layer), head_slices(b, layer)
         for p in PROJECTIONS:
             for h in range(H):
@@ -150,8 +150,7 @@ def head_outputs(m: Any, ids: Any) -> np.ndarray:
 
     with torch.no_grad(), instrumented(m, taps=Taps(z=True)) as rec:
         m.model(input_ids=ids.to(m.device), use_cache=False)
-    return np.stack([rec.z(layer).permute(2, 0, 1, 3).reshape(m.info.n_heads, -1).double().cpu().numpy()
-                     for layer in range(m.info.n_layers)])
+    return rec.z_all().permute(0, 3, 1, 2, 4).reshape(m.info.n_layers, m.info.n_heads, -1).double().cpu().numpy()
 
 
 def activation_delta(a: Any, b: Any, ids: Any) -> np.ndarray:

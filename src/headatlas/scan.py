@@ -28,6 +28,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from . import stats
 from .atlas import Atlas, DetectorMeta, schema
 from .detectors import base as registry
 from .atlas.records import PER_HEAD_FIELDS, CausalCheck, no_causal_check
@@ -125,6 +126,30 @@ def _check_result(result: Any, name: str, n_layers: int, n_heads: int) -> Detect
     return result
 
 
+def _only_attention_layers(result: DetectorResult, other: tuple[int, ...]) -> DetectorResult:
+    """``result`` with the rows of a hybrid's layers without heads (``other``) set to NaN in every per-head
+    array (and per-head extra) and no label there; q-values are recomputed over the real heads when the
+    detector gave those rows p-values (the family of tests is the model's heads)."""
+    if not other:
+        return result
+    rows = list(other)
+    counted = bool(np.isfinite(np.asarray(result.p_value, dtype=np.float64)[rows]).any())
+    for key in PER_HEAD_FIELDS:
+        a = np.array(getattr(result, key), dtype=np.float64)
+        a[rows] = np.nan
+        setattr(result, key, a)
+    if counted:
+        result.q_value = stats.bh_q(result.p_value)
+    shape = np.shape(result.scores)
+    for key, value in list(result.extras.items()):
+        if np.shape(value) == shape and np.asarray(value).dtype.kind == "f":
+            value = np.array(value, dtype=np.float64)
+            value[rows] = np.nan
+            result.extras[key] = value
+    result.labelled = [(la, h) for la, h in result.labelled if la not in other]
+    return result
+
+
 def _needs_check(det: registry.Detector, result: DetectorResult) -> bool:
     """Whether phase 2 runs a check for this result (a check, labels, not skipped or distributed)."""
     return det.causal is not None and not result.skipped and bool(result.labelled)
@@ -149,7 +174,7 @@ def _run_check(det: registry.Detector, m: Any, config: ScanConfig, result: Detec
     """The detector's causal check (the check's data may not fit the model: then a record saying so)."""
     try:
         return det.causal(m, config, result)  # type: ignore[misc]
-    except InputError as exc:   # the check's data does not fit this model (e.g. no English tokenizer)
+    except (InputError, UnsupportedArchitectureError) as exc:   # the check's data or method does not fit this model
         return no_causal_check(f"the causal check could not run on this model: {exc}")
 
 
@@ -306,8 +331,9 @@ def _run_scan(model: Any, names: list[str], *, seed: int, quick: bool, out_dir: 
             cache.current = name
             t0 = time.perf_counter()
             try:
-                result = _check_result(det.run(m, config), name, n_layers, n_heads)
-            except InputError as exc:
+                result = _only_attention_layers(_check_result(det.run(m, config), name, n_layers, n_heads),
+                                                m.info.other_layers)
+            except (InputError, UnsupportedArchitectureError) as exc:   # a method this architecture cannot take
                 result = skipped_result(name, n_layers, n_heads, str(exc), int(seed))
             if not result.skipped:
                 mark_distributed(result)

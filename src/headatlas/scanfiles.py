@@ -24,21 +24,27 @@ log = logging.getLogger(__name__)
 
 
 def model_fingerprint(m: Any) -> str:
-    """A digest of a loaded model's weights: per parameter its name, shape, dtype, sum, absolute sum and
-    a strided sample of values (cheap: one pass over the weights, no copies)."""
+    """A digest of a loaded model's weights: SHA-256 over, per parameter, its name, shape, dtype and raw
+    bytes. Exact bytes, not float sums, so it does not depend on torch's thread count or reduction order;
+    offloaded (``device_map``) weights are read back one module at a time."""
     import torch
 
     from .models.placement import named_weights
 
     h = hashlib.sha256()
     with torch.no_grad():
-        for name, p in named_weights(m.model):  # offloaded (device_map) weights are read back one module at a time
-            flat = p.detach().reshape(-1)
-            step = max(1, flat.numel() // 256)
+        for name, p in named_weights(m.model):
             h.update(f"{name}|{tuple(p.shape)}|{p.dtype}".encode())
-            h.update(flat[::step][:256].float().cpu().numpy().tobytes())
-            h.update(np.array([flat.float().sum().item(), flat.float().abs().sum().item()]).tobytes())
+            h.update(tensor_bytes(p))
     return h.hexdigest()[:20]
+
+
+def tensor_bytes(t: Any) -> memoryview:
+    """The raw bytes of a tensor (a contiguous copy on the CPU; any dtype, bfloat16 included)."""
+    import torch
+
+    flat = t.detach().reshape(-1).contiguous()
+    return memoryview(flat.view(torch.uint8).cpu().numpy())
 
 
 def _canonical(obj: Any) -> Any:

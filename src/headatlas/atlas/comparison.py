@@ -26,13 +26,17 @@ if TYPE_CHECKING:
     import pandas as pd
 
 COMPARISON_SCHEMA = "headatlas.comparison/1"
-SHAPE_KEYS = ("n_layers", "n_heads", "n_kv_heads", "d_head")
+SHAPE_KEYS = ("n_layers", "n_heads", "n_kv_heads", "d_head", "d_head_qk")
 
 
 def check_same_shape(info_a: dict[str, Any], info_b: dict[str, Any], name_a: str = "a", name_b: str = "b") -> None:
     """InputError naming both shapes unless layers, heads, kv heads and head dim agree (keys missing from an
     atlas written by an older version are not compared)."""
     keys = [k for k in SHAPE_KEYS if k in info_a and k in info_b]
+    layers_a, layers_b = info_a.get("attention_layers"), info_b.get("attention_layers")
+    if layers_a is not None and layers_b is not None and list(layers_a) != list(layers_b):
+        raise InputError(f"the models have different attention layers: a ({name_a}) {list(layers_a)!r:.80}; b "
+                         f"({name_b}) {list(layers_b)!r:.80}; compare needs the same layout")
     if any(int(info_a[k]) != int(info_b[k]) for k in keys):
         def shape(i: dict[str, Any]) -> str:
             return ", ".join(f"{k}={i.get(k, '?')}" for k in SHAPE_KEYS)

@@ -300,6 +300,12 @@ def check_model_sizes(model: Any, source: str) -> tuple[int, int]:
             sizes[0] * sizes[1] > MAX_ARRAY_ELEMENTS:
         raise AtlasFileError(f"{source}: model n_layers x n_heads = {sizes[0]!r:.20} x {sizes[1]!r:.20} is not a "
                              "plausible model size (positive integers up to 65536)")
+    layers = model.get("attention_layers")
+    if layers is not None and (not isinstance(layers, list) or not layers or len(layers) > sizes[0] or any(
+            not isinstance(x, int) or isinstance(x, bool) or not 0 <= x < sizes[0] for x in layers)
+            or layers != sorted(set(layers))):
+        raise AtlasFileError(f"{source}: model attention_layers must be increasing layer indices in 0..{sizes[0] - 1}, "
+                             f"got {layers!r:.60}")
     return sizes[0], sizes[1]
 
 

@@ -10,7 +10,7 @@
 
 from .edits import Edit, HeadEdit, RowHeadPatch, add, patch, scale, set_value, zero
 from .registry import install
-from .session import LayerCall, Recording, Taps, instrumented
+from .session import LayerCall, Recording, Taps, instrumented, stack_layers
 
 __all__ = ["Edit", "HeadEdit", "LayerCall", "Recording", "RowHeadPatch", "Taps", "add", "install",
-           "instrumented", "patch", "scale", "set_value", "zero"]
+           "instrumented", "patch", "scale", "set_value", "stack_layers", "zero"]

@@ -16,6 +16,8 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from ..errors import HeadAtlasError, InputError, InputTypeError, NotRecordedError, UnsupportedArchitectureError
+from ..models.arch import format_layers, not_attention_message
+from ..models.info import ModelInfo
 from .edits import Edit, HeadEdit, check_index_list, check_int
 
 PatternReducer = Callable[[int, torch.Tensor, "LayerCall"], Any]
@@ -28,15 +30,17 @@ class Taps:
 
     - ``z``: each head's output before the output projection, ``[batch, seq, n_heads, d_head]``
       per layer (after edits: what the output projection actually receives).
-    - ``qkv``: query ``[batch, n_heads, seq, d_head]`` (after rotary), key and value
-      ``[batch, n_kv_heads, kv_seq, d_head]`` (GQA: see ``Recording.kv_head``).
+    - ``qkv``: query ``[batch, n_heads, seq, d_head_qk]`` (after rotary), key ``[batch, n_kv_heads, kv_seq,
+      d_head_qk]`` and value ``[batch, n_kv_heads, kv_seq, d_head]`` (GQA: see ``Recording.kv_head``;
+      ``d_head_qk`` differs from ``d_head`` only under multi-head latent attention).
     - ``pattern``: keep each layer's whole attention pattern ``[batch, n_heads, q, k]``.
     - ``reducer``: ``fn(layer, pattern, call) -> value`` called per layer with the pattern, whose
       results are kept instead of the pattern (never holds all layers' ``[q, k]`` at once).
     - ``z_reducer``: ``fn(layer, z, call) -> value`` called per layer with the head outputs ``z``
       ``[batch, seq, n_heads, d_head]`` (after edits), results kept in ``Recording.z_reduced``: per-head
       statistics of z (means, probes' features at one position) without keeping every layer's z.
-    - ``layers``: restrict taps to these layers (default: all).
+    - ``layers``: restrict taps to these layers (default: every attention layer; in a hybrid model the
+      other layers have no heads and naming one is an error).
     - ``grad``: keep ``z`` attached to the graph with ``retain_grad()``, so ``z.grad`` is set by
       ``backward()`` (attribution patching). Default: detached copies.
     - ``float32``: store detached copies in float32 (default True).
@@ -86,6 +90,15 @@ class LayerCall:
     attention: Callable[..., tuple[torch.Tensor, Any]] | None = None  # the function that computed z
     mask: Any = None                    # the attention mask it was given
     kwargs: dict[str, Any] = field(default_factory=dict)  # scaling, dropout, sliding_window, ...
+    attention_output: torch.Tensor | None = None   # [B, q, H, d_head]: what the attention function returned
+    projection_input: torch.Tensor | None = None   # [B, q, H, d_head]: what the output projection reads (before edits)
+
+    @property
+    def output_transformed(self) -> bool:
+        """Whether the layer changes the attention output before its output projection reads it (an output
+        gate, as in Qwen3-Next): then ``attend`` recomputes the attention output, not ``z``."""
+        a, p = self.attention_output, self.projection_input
+        return a is not None and p is not None and not torch.equal(a.reshape(p.shape).to(p.dtype), p)
 
     def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         """Recompute this layer's attention on other inputs, with the same function, mask and
@@ -103,12 +116,22 @@ class LayerCall:
         return keep - start
 
 
+def stack_layers(per_layer: dict[int, torch.Tensor], n_layers: int) -> torch.Tensor:
+    """``{layer: tensor}`` (tensors of one shape) -> ``[n_layers, ...]`` on the first one's device, NaN for the
+    layers missing (a hybrid's layers without heads); integer tensors become float."""
+    first = next(iter(per_layer.values()))
+    like = first if first.is_floating_point() else first.double()
+    return torch.stack([per_layer[la].to(like.device, like.dtype) if la in per_layer
+                        else torch.full_like(like, float("nan")) for la in range(n_layers)])
+
+
 @dataclass
 class Recording:
     """What the taps captured. Per-layer lists hold one entry per call (several during generation)."""
 
     n_layers: int
     group_size: int
+    attention_layers: tuple[int, ...] = ()    # (): every layer
     _z: dict[int, list[torch.Tensor]] = field(default_factory=dict)
     _q: dict[int, list[torch.Tensor]] = field(default_factory=dict)
     _k: dict[int, torch.Tensor] = field(default_factory=dict)
@@ -117,6 +140,8 @@ class Recording:
     reduced: dict[int, list[Any]] = field(default_factory=dict)
     z_reduced: dict[int, list[Any]] = field(default_factory=dict)
     layers_seen: set[int] = field(default_factory=set)
+    transformed_layers: set[int] = field(default_factory=set)   # W_O reads a gated/normed attention output
+    checked_layers: set[int] = field(default_factory=set)
 
     def z(self, layer: int) -> torch.Tensor:
         """``[batch, seq, n_heads, d_head]`` (calls concatenated along seq)."""
@@ -140,18 +165,21 @@ class Recording:
         return self._get(self._pattern, layer, "pattern")
 
     def z_all(self) -> torch.Tensor:
-        """All layers' z stacked: ``[n_layers, batch, seq, n_heads, d_head]``, on layer 0's device
-        (layers of a model split with ``device_map`` may have run on different devices)."""
-        zs = [self.z(layer) for layer in range(self.n_layers)]
-        return torch.stack([z.to(zs[0].device) for z in zs])
+        """All layers' z stacked: ``[n_layers, batch, seq, n_heads, d_head]``, on the first attention layer's
+        device (layers of a model split with ``device_map`` may have run on different devices); the rows of
+        layers without softmax heads (hybrid models) are NaN."""
+        return stack_layers({layer: self.z(layer) for layer in self.attention_layers}, self.n_layers)
+
+    def __post_init__(self) -> None:
+        self.attention_layers = tuple(self.attention_layers) or tuple(range(self.n_layers))
 
     def kv_head(self, head: int) -> int:
         return head // self.group_size
 
     def _get(self, store: dict, layer: int, what: str):
         layer = check_int(layer, "layer")
-        if not 0 <= layer < self.n_layers:
-            raise NotRecordedError(f"layer {layer} out of range: the model has {self.n_layers} layers (0..{self.n_layers - 1})")
+        if layer not in self.attention_layers:
+            raise NotRecordedError(not_attention_message(layer, self.attention_layers, self.n_layers))
         if layer not in store:
             if not self.layers_seen:
                 raise NotRecordedError(f"nothing was recorded for layer {layer}: run the model inside the "
@@ -168,33 +196,61 @@ class Recording:
 
 
 class _Session:
-    def __init__(self, edits: Sequence[Edit], taps: Taps, n_layers: int, group_size: int, n_heads: int = 0,
-                 d_head: int = 0):
+    def __init__(self, edits: Sequence[Edit], taps: Taps, info: ModelInfo):
         if not isinstance(taps, Taps):
             raise InputTypeError(f"taps must be a Taps(...), got {type(taps).__name__}")
         if isinstance(edits, (Edit, str, bytes)) or not hasattr(edits, "__iter__"):
             hint = "; wrap a single edit in a list: edits=[...]" if isinstance(edits, Edit) else ""
             raise InputTypeError(f"edits must be a list of edits, got {type(edits).__name__}{hint}")
         edits = list(edits)
+        n_layers, attention = info.n_layers, info.attention_layers
         self.taps = taps
+        self.attention_layers = attention
+        self.info = info
         self.edits: dict[int, list[Edit]] = {}
         for e in edits:
             if not isinstance(e, Edit):
                 raise InputTypeError(f"not an edit: {e!r:.60} (expected a HeadEdit or an object with layer and apply)")
             layer = check_int(e.layer, "edit layer")
-            if not 0 <= layer < n_layers:
-                raise InputError(f"edit on layer {layer}, but the model has {n_layers} layers (0..{n_layers - 1})")
-            if isinstance(e, HeadEdit) and n_heads:
-                e.check(n_layers, n_heads, d_head)
+            if layer not in attention:
+                raise InputError("edit on " + not_attention_message(layer, attention, n_layers))
+            if isinstance(e, HeadEdit):
+                e.check(n_layers, info.n_heads, info.d_head)
             self.edits.setdefault(layer, []).append(e)
         if taps.layers is not None:
-            bad = [x for x in taps.layers if x >= n_layers]
+            bad = [x for x in taps.layers if x not in attention]
             if bad:
-                raise InputError(f"Taps(layers=...) has layers {bad}, but the model has {n_layers} layers (0..{n_layers - 1})")
-        tap_layers = range(n_layers) if taps.layers is None else taps.layers
+                raise InputError("Taps(layers=...): " + not_attention_message(bad[0], attention, n_layers))
+        tap_layers = attention if taps.layers is None else taps.layers
         self.tap_layers = frozenset(int(x) for x in tap_layers)
-        self.recording = Recording(n_layers=n_layers, group_size=group_size)
+        self.recording = Recording(n_layers=n_layers, group_size=info.group_size, attention_layers=attention)
         self.calls: dict[int, int] = {}
+        self.forwards = 0
+        self.forward_seen: set[int] = set()
+        self.in_forward = False
+        self.pending: dict[int, LayerCall] = {}   # per layer, its attention call whose output W_O reads next
+
+    def start_forward(self) -> None:
+        self.forwards += 1
+        self.forward_seen = set()
+        self.in_forward = True
+
+    def check_forward(self, model: Any) -> None:
+        """After one forward pass of the whole model: the attention layers it ran called the registry. It
+        may start late (a suffix run replaces the first layers by a pass-through) but, from its first
+        attention layer on, an attention layer that did not call the registry would take edits and taps
+        silently as no-ops: an error."""
+        self.in_forward = False
+        seen = self.forward_seen
+        if not seen:
+            raise UnsupportedArchitectureError(
+                f"{type(model).__name__} ran but never called the attention-function registry: "
+                "its attention layers are not supported by headatlas")
+        missed = [la for la in self.attention_layers if la > min(seen) and la not in seen]
+        if missed:
+            raise UnsupportedArchitectureError(
+                f"{type(model).__name__}: layers {format_layers(missed)} ran but did not call the attention-function "
+                "registry, so headatlas cannot read or write their heads (their attention has its own code path)")
 
     def check_positions_reached(self, n_forwards: int) -> None:
         """After the run: an edit whose positions the run never reached was silently ignored. One forward
@@ -225,9 +281,18 @@ class _Session:
         return torch.arange(offset, offset + q_len, device=device)
 
     def after(self, call: LayerCall, z: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+        """In the attention function, after the model's own attention ran: record the pattern and q/k/v;
+        ``z`` goes back unchanged (edits and z taps act where the output projection reads it)."""
         layer = call.layer
         rec = self.recording
+        if self.in_forward and layer in self.forward_seen:
+            raise UnsupportedArchitectureError(
+                f"layer {layer} ran its attention twice in one forward pass (looped or shared layers), so a head "
+                "is not identified by its layer")
+        if layer not in rec.layers_seen:
+            check_call_sizes(call, z, self.info)
         rec.layers_seen.add(layer)
+        self.forward_seen.add(layer)
         tapped = layer in self.tap_layers
         if tapped and weights is not None:
             if self.taps.pattern:
@@ -238,9 +303,42 @@ class _Session:
             rec._q.setdefault(layer, []).append(self._keep(call.query))
             rec._k[layer] = self._keep(call.key)
             rec._v[layer] = self._keep(call.value)
+        if layer in self.pending:
+            raise UnsupportedArchitectureError(
+                f"layer {layer} called the attention function twice before its output projection read the heads' "
+                "output (e.g. differential attention), so a head's output is not one attention call's")
+        call.attention_output = z
+        self.pending[layer] = call
+        return z
+
+    def out_proj_hook(self, layer: int) -> Callable:
+        """A forward pre-hook for ``layer``'s output projection: there ``z`` is what W_O reads (the attention
+        output, times the output gate of gated-attention architectures), viewed ``[batch, seq, n_heads,
+        d_head]``; the edits apply to it and the z taps read it."""
+        def hook(_module: Any, args: tuple, kwargs: dict):
+            call = self.pending.pop(layer, None)
+            x = args[0] if args else next(iter(kwargs.values()), None)
+            if call is None or not isinstance(x, torch.Tensor):
+                return None   # no registry call before it: check_forward reports the layer after the pass
+            z = x.reshape(*x.shape[:-1], call.query.shape[1], -1)
+            call.projection_input = z
+            if layer not in self.recording.checked_layers:   # once per layer: a compare of one call's output
+                self.recording.checked_layers.add(layer)
+                if call.output_transformed:
+                    self.recording.transformed_layers.add(layer)
+            z = self.edit_and_tap(layer, z, call)
+            if layer not in self.edits and not (self.taps.grad and z.requires_grad):
+                return None   # unchanged (with grad taps, the recorded view must be what W_O reads)
+            z = z.reshape(x.shape)
+            return ((z,) + tuple(args[1:]), kwargs) if args else (args, {**kwargs, next(iter(kwargs)): z})
+        return hook
+
+    def edit_and_tap(self, layer: int, z: torch.Tensor, call: LayerCall) -> torch.Tensor:
+        rec = self.recording
+        tapped = layer in self.tap_layers
         edits = self.edits.get(layer)
         if edits:
-            z = z.clone() if torch.is_grad_enabled() else z.contiguous()
+            z = z.clone() if torch.is_grad_enabled() else z.contiguous()   # in place on W_O's input: it is read next
             for e in edits:
                 z = e.apply(z, call)
         if tapped and self.taps.z_reducer is not None:
@@ -252,6 +350,23 @@ class _Session:
             else:
                 rec._z.setdefault(layer, []).append(self._keep(z))
         return z
+
+
+def check_call_sizes(call: LayerCall, z: torch.Tensor, info: ModelInfo) -> None:
+    """The first call of each layer: its queries, keys, values and output have the sizes ``info`` gives
+    (``[B, n_heads, q, d_head_qk]``, ``[B, n_kv_heads, k, d_head_qk]``, ``[B, n_kv_heads, k, d_head]``,
+    ``[B, q, n_heads, d_head]``); a layer with other sizes would be read with the wrong head mapping."""
+    got = (call.query.shape[1], call.query.shape[-1], call.key.shape[1], call.key.shape[-1], call.value.shape[1],
+           call.value.shape[-1], z.shape[-2], z.shape[-1])
+    want = (info.n_heads, info.d_head_qk, info.n_kv_heads, info.d_head_qk, info.n_kv_heads, info.d_head,
+            info.n_heads, info.d_head)
+    if got != want:
+        names = ("query heads", "query width", "key heads", "key width", "value heads", "value width", "output heads",
+                 "output width")
+        diff = ", ".join(f"{n} {g} (expected {w})" for n, g, w in zip(names, got, want) if g != w)
+        raise UnsupportedArchitectureError(
+            f"layer {call.layer}'s attention does not have the sizes of the model's config: {diff}; headatlas needs "
+            "the same head layout in every attention layer")
 
 
 _ACTIVE: contextvars.ContextVar[dict[int, _Session] | None] = contextvars.ContextVar("headatlas_sessions", default=None)
@@ -301,29 +416,32 @@ def instrumented(target: Any, edits: Sequence[Edit] = (), taps: Taps | None = No
         info = target.info
     elif isinstance(target, nn.Module) and hasattr(target, "config"):
         from ..models.arch import check_supported
-        from ..models.info import info_from_config
+        from ..models.loading import model_info
 
         layout = check_supported(model)
-        info = info_from_config(model.config, name="", dtype="", device="")
+        info = model_info(model, layout, name="", device="")
     else:
         raise InputTypeError(f"instrumented(...) needs a LoadedModel (headatlas.load) or a Hugging Face model, got "
                              f"{type(target).__name__}")
-    n_layers, group = info.n_layers, info.group_size
     install()
-    session = _Session(edits, Taps() if taps is None else taps, n_layers, group, info.n_heads, info.d_head)
+    session = _Session(edits, Taps() if taps is None else taps, info)
     configs = _configs(model)
     previous = [(cfg, cfg._attn_implementation) for cfg in configs]
     base = previous[0][1] if previous else "sdpa"
     new_name = instrumented_name(base)
     for module in layout.attention_modules:
-        module.__dict__["_headatlas_owner_id"] = id(model)  # a plain int: not a registered submodule
+        if module is not None:
+            module.__dict__["_headatlas_owner_id"] = id(model)  # a plain int: not a registered submodule
     sessions = dict(_ACTIVE.get() or {})
     if id(model) in sessions:
         raise InputError("this model already has an active headatlas session; put all edits and taps in one session")
     sessions[id(model)] = session
     token = _ACTIVE.set(sessions)
-    forwards = [0]
-    hook = model.register_forward_pre_hook(lambda *_: forwards.__setitem__(0, forwards[0] + 1))
+    hooks = [model.register_forward_pre_hook(lambda *_: session.start_forward()),
+             model.register_forward_hook(lambda *_: session.check_forward(model))]
+    hooks += [getattr(module, layout.out_proj_name).register_forward_pre_hook(session.out_proj_hook(layer),
+                                                                             with_kwargs=True)
+              for layer, module in enumerate(layout.attention_modules) if module is not None]
     for cfg, _ in previous:
         cfg._attn_implementation_internal = new_name
     try:
@@ -331,12 +449,8 @@ def instrumented(target: Any, edits: Sequence[Edit] = (), taps: Taps | None = No
     finally:
         for cfg, old in previous:
             cfg._attn_implementation_internal = old
-        hook.remove()
+        for hook in hooks:
+            hook.remove()
         _ACTIVE.reset(token)
-    if forwards[0] and not session.recording.layers_seen:
-        raise UnsupportedArchitectureError(
-            f"{type(model).__name__} ran but never called the attention-function registry: "
-            "its attention layers are not supported by headatlas"
-        )
     if session.recording.layers_seen:
-        session.check_positions_reached(forwards[0])
+        session.check_positions_reached(session.forwards)

@@ -47,17 +47,17 @@ def _inputs_require_grad(m: LoadedModel) -> Iterator[None]:
 
 def attribution_deltas(m: LoadedModel, base_ids: torch.Tensor, source_ids: torch.Tensor, metric: Metric) -> Attribution:
     """One no-grad forward on ``source_ids``, one forward + backward on ``base_ids`` (both ``[B, S]``)."""
-    L = m.info.n_layers
+    attn = m.info.attention_layers
     with torch.no_grad(), instrumented(m, taps=Taps(z=True)) as rec:
         src_metric = metric(logits_of(m, source_ids, metric.last_only))
-        z_src = [rec.z(l) for l in range(L)]
+        z_src = [rec.z(l) for l in attn]
     with torch.enable_grad(), _inputs_require_grad(m), instrumented(m, taps=Taps(z=True, grad=True)) as rec:
         per_row = metric(logits_of(m, base_ids, metric.last_only))
-        zs = [rec.z(l) for l in range(L)]
+        zs = [rec.z(l) for l in attn]
         grads = torch.autograd.grad(per_row.mean(), zs, allow_unused=True)
-    delta = torch.stack([
-        torch.zeros(zs[l].shape[2], zs[l].shape[1]) if g is None else
-        ((z_src[l] - zs[l].detach().float()) * g.float()).sum(dim=(0, 3)).T.cpu()
-        for l, g in enumerate(grads)
-    ])  # [L, H, S]
+    H, S = m.info.n_heads, base_ids.shape[1]
+    delta = torch.full((m.info.n_layers, H, S), float("nan"))   # NaN rows: a hybrid's layers without heads
+    for i, (layer, g) in enumerate(zip(attn, grads)):
+        delta[layer] = torch.zeros(H, S) if g is None else \
+            ((z_src[i] - zs[i].detach().float()) * g.float()).sum(dim=(0, 3)).T.cpu()
     return Attribution(delta=delta, base_metric=per_row.detach().float(), source_metric=src_metric.float())

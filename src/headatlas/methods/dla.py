@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from ..errors import UnsupportedArchitectureError
+
 if TYPE_CHECKING:
     from ..models import LoadedModel
 
@@ -249,7 +251,7 @@ def dla_by_source(m: LoadedModel, ids: torch.Tensor, query_pos: torch.Tensor | i
         if torch.as_tensor(t).shape != (B,):
             raise ValueError(f"target {name!r} must be [batch] token ids, got shape {tuple(torch.as_tensor(t).shape)}")
     L, H = m.info.n_layers, m.info.n_heads
-    use = list(range(L)) if layers is None else sorted({int(x) for x in layers})
+    use = list(m.info.attention_layers) if layers is None else sorted({int(x) for x in layers})
     r = readout(m)
     dev_u = r.W_U.device
     kv = torch.tensor([m.info.kv_head(h) for h in range(H)])
@@ -266,6 +268,11 @@ def dla_by_source(m: LoadedModel, ids: torch.Tensor, query_pos: torch.Tensor | i
         with torch.no_grad(), capture_final_residual(m) as resid, \
                 instrumented(m, taps=Taps(qkv=True, reducer=keep_row, layers=use)) as rec:
             m.model(input_ids=ids[s0:s1].to(m.device), use_cache=False, logits_to_keep=1)
+        if rec.transformed_layers:
+            raise UnsupportedArchitectureError(
+                f"layer {min(rec.transformed_layers)} gates or normalises its attention output before the output "
+                "projection, so a head's output is not its attention-weighted values: DLA by source position needs "
+                "that; use the per-head DLA (direct_logit_effect) instead")
         x = resid[0][rows, q_local].to(dev_u)                                   # [b, M] final residual at the query
         post = {layer: r.post_factor(layer, resid.attn_in[layer][0][rows, q_local]) for layer in use
                 if layer in resid.attn_in}                                      # [b, M] sandwich-norm factors

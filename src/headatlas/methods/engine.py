@@ -43,15 +43,16 @@ class BaseRun:
     ``ids [B, S]``; ``hidden[l]`` the residual stream at the input of layer ``l`` ``[B, S, d_model]``
     (None when the model falls back to full passes); ``z[l]`` head outputs ``[B, S, H, d_head]`` (when
     asked for); ``metric [B]``; ``k[l]``/``v[l]`` the keys and values layer ``l``'s attention used
-    ``[B, n_kv_heads, S, d_head]`` (after rotary; when asked for), in float32.
+    ``[B, n_kv_heads, S, d_head_qk / d_head]`` (after rotary; when asked for), in float32. Per-layer lists
+    hold None for a hybrid's layers without heads.
     """
 
     ids: torch.Tensor
     hidden: list[torch.Tensor | None] | None
-    z: list[torch.Tensor] | None
+    z: list[torch.Tensor | None] | None
     metric: torch.Tensor
-    k: list[torch.Tensor] | None = None
-    v: list[torch.Tensor] | None = None
+    k: list[torch.Tensor | None] | None = None
+    v: list[torch.Tensor | None] | None = None
 
 
 def available_memory(device: torch.device) -> int:
@@ -76,7 +77,7 @@ def max_rows(m: LoadedModel, seq: int, *, last_only: bool = True, budget_bytes: 
         free = available_memory(m.device)
         budget_bytes = free // 2 if m.device.type == "cuda" else min(free // 4, CPU_BUDGET_BYTES)
     width = torch.finfo(m.dtype).bits // 8 if m.dtype.is_floating_point else 4
-    kv = 2 * i.n_layers * i.n_kv_heads * i.d_head * seq   # a stacked pass's cached keys and values, all layers
+    kv = len(i.attention_layers) * i.n_kv_heads * (i.d_head_qk + i.d_head) * seq   # cached keys and values, all layers
     per_row = width * (seq * 24 * i.d_model + 2 * i.n_heads * seq * seq + (1 if last_only else seq) * i.vocab_size * 2 + kv)
     return int(max(1, min(MAX_ROWS, budget_bytes // max(per_row, 1))))
 
@@ -101,9 +102,10 @@ def base_run(m: LoadedModel, ids: torch.Tensor, metric: Metric, *, keep_hidden: 
             hidden = list(store)
         else:
             logits = logits_of(m, ids, metric.last_only)
-        z = [rec.z(l) for l in range(m.info.n_layers)] if keep_z else None
-        k = [rec.k(l) for l in range(m.info.n_layers)] if keep_kv else None
-        v = [rec.v(l) for l in range(m.info.n_layers)] if keep_kv else None
+        attn = m.info.attention_layers   # None for a hybrid's layers without heads
+        z = [rec.z(l) if l in attn else None for l in range(m.info.n_layers)] if keep_z else None
+        k = [rec.k(l) if l in attn else None for l in range(m.info.n_layers)] if keep_kv else None
+        v = [rec.v(l) if l in attn else None for l in range(m.info.n_layers)] if keep_kv else None
     return BaseRun(ids=ids, hidden=hidden, z=z, metric=metric(logits), k=k, v=v)
 
 
@@ -139,9 +141,10 @@ def supports_stacked(m: LoadedModel) -> bool:
 
 def prefix_limit(m: LoadedModel) -> int:
     """The longest prefix whose keys and values :func:`prefix_cache` may hand to the model: 0 where the
-    model's forward takes no cache or has no suffix runner; below the smallest sliding window (a sliding
-    layer's cache then still holds the whole prefix, so query positions stay countable); else unbounded."""
-    if not supports_suffix(m) or cache_kwarg(m) is None:
+    model's forward takes no cache or has no suffix runner, or is a hybrid (its other layers' state is not
+    keys and values); below the smallest sliding window (a sliding layer's cache then still holds the whole
+    prefix, so query positions stay countable); else unbounded."""
+    if not supports_suffix(m) or cache_kwarg(m) is None or m.info.is_hybrid:
         return 0
     cfg = m.model.config
     cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg

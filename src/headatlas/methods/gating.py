@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -63,11 +63,14 @@ class GateEdit:
         return z * g[:, None, :, None]
 
 
-def gate_edits(gates: torch.Tensor) -> list[GateEdit]:
-    """Edits for gates ``[n_layers, n_heads]`` or per row ``[batch, n_layers, n_heads]``."""
+def gate_edits(gates: torch.Tensor, layers: Sequence[int] | None = None) -> list[GateEdit]:
+    """Edits for gates ``[n_layers, n_heads]`` or per row ``[batch, n_layers, n_heads]``, on ``layers``
+    (default: all; a hybrid model's ``info.attention_layers``: its other layers have no heads to gate)."""
+    n = gates.shape[0] if gates.dim() == 2 else gates.shape[1]
+    use = range(n) if layers is None else layers
     if gates.dim() == 2:
-        return [GateEdit(layer, gates[layer]) for layer in range(gates.shape[0])]
-    return [GateEdit(layer, gates[:, layer]) for layer in range(gates.shape[1])]
+        return [GateEdit(layer, gates[layer]) for layer in use]
+    return [GateEdit(layer, gates[:, layer]) for layer in use]
 
 
 @dataclass(frozen=True)
@@ -193,7 +196,7 @@ def _fit_losses(m: LoadedModel, ids: torch.Tensor, mask: torch.Tensor, gates: to
     F, B = gates.shape[0], ids.shape[0]
     keep = scored_positions(mask).to(ids.device)
     rows = ids[:, :int(keep[-1]) + 1].repeat(F, 1)          # [F * B, s]: no position after the last scored one
-    with instrumented(m, edits=gate_edits(gates.repeat_interleave(B, dim=0))):
+    with instrumented(m, edits=gate_edits(gates.repeat_interleave(B, dim=0), m.info.attention_layers)):
         logits = m.model(input_ids=rows, use_cache=False, logits_to_keep=keep).logits   # [F * B, n, V]
     lp = torch.log_softmax(logits.float(), -1)
     nll = -lp.gather(-1, ids[:, keep + 1].repeat(F, 1)[..., None])[..., 0]             # [F * B, n]
@@ -326,6 +329,8 @@ def gate(model: Any, prompts: Prompts, *, targets: Any = None, seed: int = 0, n_
     g_minus = torch.sigmoid(theta[:n_seeds]).cpu().double().numpy()
     g_plus = torch.sigmoid(theta[n_seeds:]).cpu().double().numpy()
     loss_minus, loss_plus, trace = losses[:n_seeds], losses[n_seeds:], traces[:n_seeds]
+    for g_arr in (g_minus, g_plus, g_zero):   # a hybrid's layers without heads have no gates
+        g_arr[:, list(m.info.other_layers)] = np.nan
     return GateResult(g_minus=g_minus, g_plus=g_plus, g_zero=g_zero, loss_clean=clean, loss_minus=loss_minus,
                       loss_plus=loss_plus, lam=lam, steps=steps, lr=lr, seed=seed, n_prompts=int(ids.shape[0]),
                       n_targets=int(mask.sum()), trace_minus=trace)
@@ -352,8 +357,8 @@ def closing_effects(model: Any, ids: torch.Tensor, gates: Any, *, targets: Any =
         for s in range(0, ids.shape[0], batch_size):
             rows = ids[s:s + batch_size]
             per_row = G.to(ids.device)[None].repeat(rows.shape[0], 1, 1).requires_grad_(True)
-            with instrumented(m, edits=gate_edits(per_row)):
+            with instrumented(m, edits=gate_edits(per_row, m.info.attention_layers)):
                 logits = m.model(input_ids=rows, use_cache=False, logits_to_keep=rows.shape[1] - first).logits
             per_prompt_loss(logits, rows[:, first:], mask[s:s + batch_size, first:]).sum().backward()
             out.append((-per_row.detach() * per_row.grad).cpu().double().numpy())   # [b, L, H]
-    return np.transpose(np.concatenate(out, 0), (1, 0, 2))
+    return m.info.nan_other_layers(np.transpose(np.concatenate(out, 0), (1, 0, 2)))

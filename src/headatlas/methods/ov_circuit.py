@@ -94,7 +94,8 @@ def _inputs_replaced(layers: nn.ModuleList, hidden: torch.Tensor) -> Iterator[No
 
 def ov_z(m: LoadedModel, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """``x [N, d_model]`` -> ``[L, N, H, d_head]``: every head's value of ``x`` (through layer ``l``'s
-    input norm and value projection), i.e. its ``z`` when it attends only to a residual equal to ``x``."""
+    input norm and value projection), i.e. its ``z`` when it attends only to a residual equal to ``x``
+    (NaN for a hybrid's layers without heads)."""
     from ..instrument import Taps, instrumented
 
     layers = _layers(m)
@@ -105,7 +106,7 @@ def ov_z(m: LoadedModel, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor
         dummy = torch.zeros(xs.shape[0], 1, dtype=torch.long, device=m.device)
         with torch.no_grad(), _inputs_replaced(layers, xs), instrumented(m, taps=Taps(z=True)) as rec:
             m.model(input_ids=dummy, use_cache=False, logits_to_keep=1)
-        parts.append(torch.stack([rec.z(la)[:, 0].float().cpu() for la in range(m.info.n_layers)]))   # [L, b, H, D]
+        parts.append(rec.z_all()[:, :, 0].float().cpu())   # [L, b, H, D]
     return torch.cat(parts, dim=1)
 
 
@@ -126,6 +127,9 @@ def ov_outputs(m: LoadedModel, z: torch.Tensor) -> torch.Tensor:
     the post-attention norm's weight where the architecture has one (see module docstring)."""
     outs = []
     for layer in range(z.shape[0]):
+        if layer not in m.info.attention_layers:   # a hybrid's layer without heads
+            outs.append(torch.full((*z.shape[1:3], m.info.d_model), float("nan")))
+            continue
         W_O = m.W_O(layer).detach().float().cpu()                           # [H, D, M]
         o = torch.einsum("nhd,hdm->nhm", z[layer].float(), W_O)
         w = _post_attention_weight(m, layer, W_O.shape[-1])

@@ -200,7 +200,9 @@ def _exact(m: Any, base: BaseRun, src_z: list[torch.Tensor], met: Metric, pos: l
     B, S = base.ids.shape
     hh, bb, pp = _row_table(H, B, S, pos, per_position)
     n = hh.numel()
-    first = torch.stack([first_change(base.z[layer], src_z[layer], hh, bb, pos, pp) for layer in range(L)])  # [L, n]
+    attn = m.info.attention_layers   # a hybrid's other layers have no heads: never run, NaN in the map
+    first = torch.stack([first_change(base.z[layer], src_z[layer], hh, bb, pos, pp) if layer in attn
+                         else torch.full((n,), S, dtype=torch.long) for layer in range(L)])  # [L, n]
     vals = base.metric.detach().float().cpu()[bb].repeat(L, 1)   # [L, n]: a patch that changes nothing
     run = (first < S) if skip_identical else torch.ones(L, n, dtype=torch.bool)
     layer_of, row_of = (t.numpy() for t in torch.nonzero(run, as_tuple=True))
@@ -224,7 +226,7 @@ def _exact(m: Any, base: BaseRun, src_z: list[torch.Tensor], met: Metric, pos: l
         done += len(idx)
         if progress is not None:
             progress(done, L * n)
-    return _aggregate(vals, hh, bb, pp, H, B, S)
+    return m.info.nan_other_layers(_aggregate(vals, hh, bb, pp, H, B, S))
 
 
 def _aggregate(vals: torch.Tensor, hh: torch.Tensor, bb: torch.Tensor, pp: torch.Tensor | None, H: int, B: int,
@@ -250,8 +252,8 @@ def _exact_by_layer(m: Any, base: BaseRun, src_z: list[torch.Tensor], met: Metri
     dev = m.device
     hh, bb, pp = _row_table(H, B, S, pos, per_position)
     n = hh.numel()
-    vals = torch.empty(L, n)
-    for layer in range(L):
+    vals = torch.full((L, n), float("nan"))
+    for layer in m.info.attention_layers:
         def make(s: int, e: int, layer: int = layer):
             rows = torch.arange(e - s, device=dev)
             if per_position:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..checks import check_count
-from ..errors import InputError, InputTypeError
+from ..errors import InputError, InputTypeError, UnsupportedArchitectureError
 from ..instrument import Edit, HeadEdit, RowHeadPatch, Taps, instrumented
 from ..instrument.session import LayerCall
 from ..models.loading import LoadedModel
@@ -57,6 +57,10 @@ class ReceiverInputPatch:
     source: dict[str, torch.Tensor]
 
     def apply(self, z: torch.Tensor, call: LayerCall) -> torch.Tensor:
+        if call.output_transformed:
+            raise UnsupportedArchitectureError(
+                f"layer {self.layer} changes its attention output before the output projection (an output gate): "
+                "recomputing a receiver's attention would leave out the gate, so path patching is not supported here")
         group = call.query.shape[1] // call.key.shape[1]
         q, k, v = call.query.clone(), call.key.clone(), call.value.clone()
         kv_heads = sorted({h // group for h in self.heads})
@@ -113,17 +117,17 @@ def path_patch(model: Any, clean: Prompts, corrupted: Prompts, receivers: Heads,
     if batch_size is not None:
         batch_size = check_count(batch_size, "batch_size")
     if senders is None:
-        send = [(layer, h) for layer in range(last_recv) for h in range(m.info.n_heads)]
+        send = [(layer, h) for layer in m.info.attention_layers if layer < last_recv for h in range(m.info.n_heads)]
     else:
         send = check_heads(m, senders)
     for layer, h in send:
         if layer >= last_recv:
             raise InputError(f"sender L{layer}H{h} is not before the receivers' last layer {last_recv}")
-    L = m.info.n_layers
+    L, attn = m.info.n_layers, m.info.attention_layers
     with torch.no_grad():
         with instrumented(m, taps=Taps(z=True)) as rec:
             corr_metric = metric(logits_of(m, corr_ids, metric.last_only))
-            z_corr = [rec.z(l) for l in range(L)]
+            z_corr = [rec.z(l) if l in attn else None for l in range(L)]
         suffix = supports_suffix(m)
         with instrumented(m, taps=Taps(z=True)) as rec:
             if suffix:
@@ -133,7 +137,7 @@ def path_patch(model: Any, clean: Prompts, corrupted: Prompts, receivers: Heads,
             else:
                 clean_metric = metric(logits_of(m, clean_ids, metric.last_only))
                 hidden = None
-            z_clean = [rec.z(l) for l in range(L)]
+            z_clean = [rec.z(l) if l in attn else None for l in range(L)]
     out = np.full((L, m.info.n_heads), np.nan)
     chunk = batch_size or max_rows(m, S, last_only=metric.last_only)
     recv_by_layer: dict[int, list[int]] = {}
@@ -173,7 +177,7 @@ def _run_senders(m: LoadedModel, senders: list[tuple[int, int]], recv_by_layer: 
     last_recv = max(recv_by_layer)
     # step 2: sender from the corrupted run, every other head frozen to clean, receivers' q/k/v recorded
     edits: list[Edit] = []
-    for layer in range(first, last_recv):
+    for layer in (la for la in m.info.attention_layers if first <= la < last_recv):
         edits.append(HeadEdit(layer, None, "patch", source=z_clean[layer], source_rows=rows))
         sel = (s_layers == layer).nonzero().reshape(-1)
         if sel.numel():

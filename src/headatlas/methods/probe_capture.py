@@ -93,7 +93,7 @@ def capture_heads(m: LoadedModel, rows: Sequence[Sequence[int]], positions: np.n
         kw: dict[str, Any] = {"logits_to_keep": torch.tensor(keep, device=m.device) if keep else 1}
         with torch.no_grad(), instrumented(m, taps=Taps(z_reducer=reducer)) as rec:
             out = m.model(input_ids=ids.to(m.device), use_cache=False, **kw)
-        for layer in range(L):
+        for layer in m.info.attention_layers:   # a hybrid's other layers keep zero features (masked in probe)
             feats[idx, layer] = torch.cat(rec.z_reduced[layer], 0).numpy()
         if keep:
             where = {q: k for k, q in enumerate(keep)}

@@ -228,7 +228,8 @@ class ProbeResult:
         """The ``k`` heads with the highest probe accuracy (ties: lower p first)."""
         L, H = self.accuracy.shape
         k = check_count(k, "k", maximum=L * H)
-        order = sorted(((float(-self.accuracy[l, h]), float(self.p[l, h]), l, h) for l in range(L) for h in range(H)))
+        order = sorted(((float(-self.accuracy[l, h]), float(self.p[l, h]), l, h) for l in range(L) for h in range(H)
+                        if np.isfinite(self.accuracy[l, h])))
         return [(l, h) for *_, l, h in order[:k]]
 
     def significant(self, fdr: float = 0.05, min_effect: float = 0.0) -> list[tuple[int, int]]:

@@ -13,7 +13,12 @@ result (:mod:`.probe_fit`), and ITI (:mod:`.iti`). :func:`probe` runs them end t
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
+
+import numpy as np
+
+from .. import stats
 
 from ..tasks.labelled import ProbeData, as_probe_data, check_probe_data, load_probe_data, probe_data
 from ..tasks.statements import statement_probe_data
@@ -50,8 +55,24 @@ def probe(model: Any, dataset: Any = None, position: int = -1, *, n_folds: int =
     rows = token_rows(m, data.texts)
     pos = resolve_positions(rows, position)
     cap = capture_heads(m, rows, pos, batch_size=batch_size, progress=progress)
-    return probe_features(cap.features, data.labels, data.groups, n_folds=n_folds, n_perm=n_perm, seed=seed,
-                          method=method, ridge=ridge, C=C, position=position, source=data.source)
+    res = probe_features(cap.features, data.labels, data.groups, n_folds=n_folds, n_perm=n_perm, seed=seed,
+                         method=method, ridge=ridge, C=C, position=position, source=data.source)
+    return _mask_other_layers(res, m.info.other_layers)
+
+
+def _mask_other_layers(res: ProbeResult, other: tuple[int, ...]) -> ProbeResult:
+    """``res`` with NaN for a hybrid's layers without heads (``other``), q-values over the real heads only."""
+    if not other:
+        return res
+    rows = list(other)
+    out = {}
+    for name in ("accuracy", "null_mean", "null_std", "effect", "p", "correct", "direction", "sigma"):
+        a = getattr(res, name).astype(np.float64, copy=True)
+        a[rows] = np.nan
+        out[name] = a
+    null = res.null.astype(np.float64, copy=True)
+    null[:, rows] = np.nan
+    return dataclasses.replace(res, **out, null=null, q=stats.bh_q(out["p"]))
 
 
 __all__ = ["Captured", "ITI", "N_PERM", "N_PERM_LOGISTIC", "ProbeData", "ProbeMethod", "ProbeResult", "as_probe_data",

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError, InputTypeError, ModelNotFoundError, UnsupportedArchitectureError
-from .arch import AttentionLayout, check_supported, final_norm, out_proj_weight
+from .arch import AttentionLayout, check_supported, not_attention_message, out_proj_weight
 from .bundled import BUNDLED, bundled_names
 from .cache import cache_dir
 from .info import ModelInfo, info_from_config
@@ -66,7 +66,7 @@ class LoadedModel:
 
     def W_O(self, layer: int) -> torch.Tensor:
         """Output projection of ``layer`` as ``[n_heads, d_head, d_model]``: head h writes ``z_h @ W_O[h]``."""
-        module = self.layout.attention_modules[layer]
+        module = self.layout.module(layer)
         w = out_proj_weight(module, self.layout.out_proj_name)
         if w.device.type == "meta":  # offloaded (device_map with "cpu"/"disk"): a copy on its execution device
             from accelerate.utils import align_module_device
@@ -85,10 +85,9 @@ class LoadedModel:
         return self.layout.final_norm
 
     def check_head(self, layer: int, head: int) -> None:
-        from ..errors import InputError
-
-        if not 0 <= int(layer) < self.info.n_layers:
-            raise InputError(f"layer {layer} out of range: the model has {self.info.n_layers} layers (0..{self.info.n_layers - 1})")
+        """InputError unless ``(layer, head)`` is a head: a layer with softmax heads and a head index in range."""
+        if int(layer) not in self.info.attention_layers:
+            raise InputError(not_attention_message(int(layer), self.info.attention_layers, self.info.n_layers))
         if not 0 <= int(head) < self.info.n_heads:
             raise InputError(f"head {head} out of range: the model has {self.info.n_heads} heads per layer (0..{self.info.n_heads - 1})")
 
@@ -344,24 +343,41 @@ def load(spec: Any = "smollm2-135m", *, device: str | torch.device | None = None
                              f"({', '.join(bundled_names())}), a Hugging Face id, a folder, a .gguf path or "
                              "(model, tokenizer)")
     layout = check_supported(model)
-    model, dev = _place(model, placement, torch_dtype, dev, device)
+    model, dev = _place(model, placement, torch_dtype, dev, device, layout)
     model.eval()
-    info = info_from_config(model.config, name=name, dtype=str(next(model.parameters()).dtype).removeprefix("torch."), device=str(dev))
-    if len(layout.attention_modules) != info.n_layers:
-        raise UnsupportedArchitectureError(
-            f"config says {info.n_layers} layers but {len(layout.attention_modules)} attention modules were found"
-        )
+    info = model_info(model, layout, name=name, device=str(dev))
     return LoadedModel(model=model, tokenizer=tok, info=info, layout=layout, source=name)
 
 
+def model_info(model: Any, layout: AttentionLayout, *, name: str, device: str) -> ModelInfo:
+    """The :class:`ModelInfo` of a model whose layout was found, checked against its modules: every attention
+    layer's output projection reads ``n_heads * d_head`` features (so a head's slice of it is its output)."""
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    info = info_from_config(model.config, name=name, dtype=dtype, device=device,
+                            attention_layers=layout.attention_layers)
+    for layer in info.attention_layers:
+        proj = getattr(layout.attention_modules[layer], layout.out_proj_name)
+        if not isinstance(getattr(proj, "weight", None), torch.Tensor):
+            raise UnsupportedArchitectureError(
+                f"{type(model).__name__}: the output projection of layer {layer} ({type(proj).__name__}) has no single "
+                "weight matrix, so it cannot be split into heads")
+        width = out_proj_weight(layout.attention_modules[layer], layout.out_proj_name).shape[1]
+        if width != info.n_heads * info.d_head:
+            raise UnsupportedArchitectureError(
+                f"{type(model).__name__}: the output projection of layer {layer} ({type(proj).__name__}) reads {width} "
+                f"features, but the config gives {info.n_heads} heads x d_head {info.d_head}; headatlas cannot split "
+                "it into heads")
+    return info
+
+
 def _place(model: Any, placement: Placement, dtype: torch.dtype, dev: torch.device,
-           device: Any) -> tuple[Any, torch.device]:
+           device: Any, layout: AttentionLayout) -> tuple[Any, torch.device]:
     """Move ``model`` to ``dev``, or dispatch it by ``placement`` (unless from_pretrained already did).
     Returns the model and where its inputs go (the input embedding's execution device)."""
     if placement.active:
         if not getattr(model, "hf_device_map", None):
             model = dispatch(model, placement, dtype)
-        for module in (final_norm(model), model.get_output_embeddings()):  # the readout's weights are read directly
+        for module in (layout.final_norm, layout.unembed):  # the readout's weights are read directly
             if module is not None:
                 pin(module)
     elif not (getattr(model, "hf_device_map", None) and device is None):  # a pair dispatched by its owner stays

@@ -37,7 +37,8 @@ if TYPE_CHECKING:
 
 
 def decoder_layers(loaded: "LoadedModel") -> nn.ModuleList | None:
-    """The ``nn.ModuleList`` whose item ``i`` is decoder layer ``i`` (it contains attention module ``i``)."""
+    """The ``nn.ModuleList`` whose item ``i`` is decoder layer ``i`` (it contains attention module ``i``; a
+    hybrid's layers without heads are matched by position)."""
     cached = loaded._decoder_layers
     if cached is not False:
         return cached
@@ -45,7 +46,7 @@ def decoder_layers(loaded: "LoadedModel") -> nn.ModuleList | None:
     found = None
     for module in loaded.model.modules():
         if isinstance(module, nn.ModuleList) and len(module) == len(attn):
-            if all(any(sub is a for sub in layer.modules()) for layer, a in zip(module, attn)):
+            if all(a is None or any(sub is a for sub in layer.modules()) for layer, a in zip(module, attn)):
                 found = module
                 break
     loaded._decoder_layers = found

@@ -22,7 +22,7 @@ from scipy import stats as sps
 
 from ...atlas.records import CausalCheck
 from ...errors import InputError
-from ...instrument import Taps, instrumented
+from ...instrument import Taps, instrumented, stack_layers
 from ...methods import engine
 from ...methods.dla import capture_final_residual, direct_logit_effect
 from ...tasks.icl import class_batch
@@ -99,9 +99,9 @@ def run_in_context(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
             r = resid[-1][:, -1]
             c, o = b.correct[s:e], b.other[s:e]
             a_in = {l: resid.attn_in[l][-1][:, -1] for l in resid.attn_in}   # sandwich-norm inputs (Gemma 2/3)
-            per.append(torch.stack([(direct_logit_effect(m, l, rec.z(l)[:, -1], r, c.to(r.device), a_in.get(l))
-                                     - direct_logit_effect(m, l, rec.z(l)[:, -1], r, o.to(r.device), a_in.get(l)))
-                                    .float().cpu() for l in range(L)]))
+            per.append(stack_layers({l: (direct_logit_effect(m, l, rec.z(l)[:, -1], r, c.to(r.device), a_in.get(l))
+                                         - direct_logit_effect(m, l, rec.z(l)[:, -1], r, o.to(r.device), a_in.get(l)))
+                                        .float().cpu() for l in m.info.attention_layers}, L))
         lds.append(lg.gather(1, c[:, None])[:, 0] - lg.gather(1, o[:, None])[:, 0])
     ld = torch.cat(lds)
     per_prompt = torch.cat(per, dim=1).double().numpy()

@@ -167,10 +167,12 @@ def capture_nas(m: LoadedModel, batch: YesNoBatch, batch_size: int, seed: int) -
         with torch.no_grad(), instrumented(m, taps=Taps(reducer=keep)) as rec:
             lg = m.model(input_ids=batch.ids[s0:s1].to(m.device), use_cache=False, logits_to_keep=k).logits
         logits.append(lg[torch.arange(s1 - s0), (batch.last[s0:s1] - (S - k)).to(lg.device)].float().cpu())
-        for layer in range(L):
+        for layer in m.info.attention_layers:
             x = rec.reduced[layer][0].double().numpy()
             a_yes[layer, s0:s1] = x[:, 0]
             a_no[layer, s0:s1] = x[:, 1]
+    m.info.nan_other_layers(a_yes)   # a hybrid's layers without heads
+    m.info.nan_other_layers(a_no)
     pos = np.arange(S)
     mask = (pos[None, :] >= batch.q_start.numpy()[:, None]) & (pos[None, :] <= batch.last.numpy()[:, None])  # [B, S]
     m3 = mask[None, :, None, :]

@@ -119,7 +119,7 @@ def _n_pairs(cfg: ScanConfig) -> int:
 def run_content_gatherer(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
     n = _n_pairs(cfg)
     receivers = labelled_receivers(cfg, "correct_letter", "correct-letter heads")
-    senders, sender = senders_before(receivers, m.info.n_layers, m.info.n_heads)
+    senders, sender = senders_before(receivers, m.info.n_layers, m.info.n_heads, m.info.attention_layers)
     L, H, last = m.info.n_layers, m.info.n_heads, max(layer for layer, _ in receivers)
     tok = m.tokenizer
     topic, shots, n_options = mcqa_format(cfg)

@@ -57,7 +57,7 @@ from ... import stats
 from ...atlas.records import CausalCheck
 from ...stats_tasks import evaluate_across_tasks, task_specific
 from ...errors import InputError
-from ...instrument import RowHeadPatch, Taps, instrumented
+from ...instrument import RowHeadPatch, Taps, instrumented, stack_layers
 from ...methods import engine
 from ...methods.metrics import prob
 from ...tasks.icl import icl_batch, icl_tasks
@@ -106,7 +106,7 @@ def mean_last_z(m: LoadedModel, ids: torch.Tensor, batch_size: int) -> tuple[tor
     for s in range(0, ids.shape[0], batch_size):
         with torch.no_grad(), instrumented(m, taps=Taps(z=True)) as rec:
             logits.append(engine.logits_of(m, ids[s:s + batch_size].to(m.device), True)[:, -1].float().cpu())
-            part = torch.stack([rec.z(l)[:, -1].sum(0).float().cpu() for l in range(L)])
+            part = stack_layers({l: rec.z(l)[:, -1].sum(0).float().cpu() for l in m.info.attention_layers}, L)
         total = part if total is None else total + part
     return total / ids.shape[0], torch.cat(logits)
 
@@ -123,17 +123,17 @@ def attribution_effects(m: LoadedModel, ids: torch.Tensor, answer: torch.Tensor,
         with torch.enable_grad(), _inputs_require_grad(m), instrumented(m, taps=Taps(z=True, grad=True)) as rec:
             logits = engine.logits_of(m, ids[s:e].to(m.device), True)[:, -1].float()
             p = logits.softmax(-1).gather(1, answer[s:e].to(logits.device)[:, None])[:, 0]
-            zs = [rec.z(l) for l in range(L)]
+            attn = m.info.attention_layers
+            zs = [rec.z(l) for l in attn]
             grads = torch.autograd.grad(p.sum(), zs, allow_unused=True)
-        rows = []
-        for l in range(L):
-            g = grads[l]
+        rows = {}
+        for i, (l, g) in enumerate(zip(attn, grads)):
             if g is None:
-                rows.append(torch.zeros(e - s, m.info.n_heads))
+                rows[l] = torch.zeros(e - s, m.info.n_heads)
                 continue
-            z_last = zs[l].detach()[:, -1].float().cpu()
-            rows.append(((source[l][None] - z_last) * g[:, -1].float().cpu()).sum(-1))
-        out.append(torch.stack(rows))
+            z_last = zs[i].detach()[:, -1].float().cpu()
+            rows[l] = ((source[l][None] - z_last) * g[:, -1].float().cpu()).sum(-1)
+        out.append(stack_layers(rows, L))   # NaN rows: a hybrid's layers without heads
     return torch.cat(out, dim=1)
 
 
@@ -238,8 +238,9 @@ def compute_fv(m: LoadedModel, cfg: ScanConfig) -> FVStats:
                       for t in kept], dim=1)                                         # [L, B, H]
     t_attr = time.perf_counter() - t0 - t_clean
     aie = attr.mean(1)
-    n_exact = min(N_EXACT, aie.numel()) if not cfg.quick else min(8, aie.numel())
-    top = torch.argsort(aie.flatten(), descending=True, stable=True)[:n_exact]
+    n_heads = int(torch.isfinite(aie).sum())   # NaN rows: a hybrid's layers without heads (never candidates)
+    n_exact = min(N_EXACT, n_heads) if not cfg.quick else min(8, n_heads)
+    top = torch.argsort(torch.nan_to_num(aie, nan=float("-inf")).flatten(), descending=True, stable=True)[:n_exact]
     cand = [(int(i) // m.info.n_heads, int(i) % m.info.n_heads) for i in top]
     exact = torch.full_like(attr, float("nan"))
     parts = [exact_mean_patch(m, batches[t].shuffled, batches[t].answer, means[t], cand, cfg.batch_size)[0]

@@ -100,7 +100,7 @@ def exact_closing(m: LoadedModel, ids: torch.Tensor, mask: torch.Tensor, gates: 
                     g[r, heads[i][0], heads[i][1]] = 0.0
             b_idx = torch.tensor([b for _, b in part])
             x = ids[b_idx]
-            with instrumented(m, edits=gate_edits(g.to(ids.device))):
+            with instrumented(m, edits=gate_edits(g.to(ids.device), m.info.attention_layers)):
                 logits = m.model(input_ids=x, use_cache=False, logits_to_keep=x.shape[1] - first).logits
             losses[s:s + len(part)] = per_prompt_loss(logits, x[:, first:], mask[b_idx][:, first:]).double().cpu().numpy()
     base = losses[:B]

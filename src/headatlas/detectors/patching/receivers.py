@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 from ...errors import InputError
@@ -22,10 +24,12 @@ def labelled_receivers(cfg: ScanConfig, detector: str, heads: str) -> list[tuple
     return receivers
 
 
-def senders_before(receivers: list[tuple[int, int]], n_layers: int, n_heads: int
-                   ) -> tuple[list[tuple[int, int]], np.ndarray]:
-    """Every head in a layer before the last receiver's: the list and a ``[n_layers, n_heads]`` mask."""
+def senders_before(receivers: list[tuple[int, int]], n_layers: int, n_heads: int,
+                   attention_layers: Sequence[int] | None = None) -> tuple[list[tuple[int, int]], np.ndarray]:
+    """Every head in a layer before the last receiver's: the list and a ``[n_layers, n_heads]`` mask
+    (``attention_layers``: a hybrid's layers with heads; default all)."""
     last = max(layer for layer, _ in receivers)
+    layers = [la for la in (range(n_layers) if attention_layers is None else attention_layers) if la < last]
     mask = np.zeros((n_layers, n_heads), dtype=bool)
-    mask[:last] = True
-    return [(la, h) for la in range(last) for h in range(n_heads)], mask
+    mask[layers] = True
+    return [(la, h) for la in layers for h in range(n_heads)], mask

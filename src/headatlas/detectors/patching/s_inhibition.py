@@ -89,7 +89,7 @@ def run_sinh(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
     receivers = labelled_receivers(cfg, "name_mover", "name mover heads")
     last = max(layer for layer, _ in receivers)
     L, H = m.info.n_layers, m.info.n_heads
-    senders, sender = senders_before(receivers, L, H)
+    senders, sender = senders_before(receivers, L, H, m.info.attention_layers)
     n = cfg.n_prompts or (SINH_PROMPTS_QUICK if cfg.quick else SINH_PROMPTS)
     batches = ioi_batches(m, max(n, 12), cfg.seed)
     drops = []

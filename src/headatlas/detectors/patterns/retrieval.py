@@ -137,7 +137,9 @@ def greedy_top1(model, ids: torch.Tensor, n_steps: int, edits: list | None = Non
     if timings is not None:
         timings["prefill"] = timings.get("prefill", 0.0) + t1 - t0
         timings["decode"] = timings.get("decode", 0.0) + time.perf_counter() - t1
-    per_layer = [torch.cat(rec.reduced[layer], dim=-1) for layer in range(L)]      # [B, H, n]
+    per_layer = {layer: torch.cat(rec.reduced[layer], dim=-1) for layer in model.info.attention_layers}  # [B, H, n]
+    none = torch.full_like(next(iter(per_layer.values())), -1)   # a hybrid's layers without heads: no position
+    per_layer = [per_layer.get(layer, none) for layer in range(L)]
     top1 = torch.stack(per_layer).permute(1, 3, 0, 2)                              # [B, n, L, H]
     return torch.cat(gen, dim=1), top1
 

@@ -111,8 +111,10 @@ def collect_masses(model: "LoadedModel", ids: torch.Tensor, span_sets: dict[str,
         sub = {name: select_rows(s, start, stop) for name, s in span_sets.items()}
         with torch.no_grad(), instrumented(model, taps=Taps(reducer=mass_reducer(sub))) as rec:
             model.model(ids[start:stop].to(model.device), logits_to_keep=1)
-        for layer in range(L):
+        for layer in model.info.attention_layers:
             for name, m in rec.reduced[layer][0].items():
                 out[name][:, layer, :] += m.double().numpy()
         config.tick(done + stop, total)
+    for a in out.values():   # a hybrid's layers without heads
+        a[:, list(model.info.other_layers)] = np.nan
     return out

@@ -32,7 +32,7 @@ import torch
 from ... import stats
 from ...atlas.records import DetectorResult, LabelRule
 from ...errors import InputError
-from ...instrument import Taps, instrumented
+from ...instrument import Taps, instrumented, stack_layers
 from ...tasks.repeats import RepeatBatch, fit_block_len, repeated_tokens, token_pool
 from ...tasks.vocab import bos_id
 from ...methods import dla as ov
@@ -172,20 +172,21 @@ def _copying(m: LoadedModel, rec, store: ov.ResidualStore, rep_ids: torch.Tensor
     if pos.numel() > COPY_QUERIES:
         pos = pos[torch.linspace(0, pos.numel() - 1, COPY_QUERIES).round().long()]
     tgt, res = targets[:, pos].to(dev), store[0][:, pos].to(dev)
-    zs, logits = [], []
-    for layer in range(m.info.n_layers):
+    zs, logits = {}, {}
+    for layer in m.info.attention_layers:
         a_in = store.attn_in[layer][0][:, pos] if layer in store.attn_in else None
         out = ov.residual_outputs(m, layer, rec.z(layer)[:, pos], a_in)                   # [B, P, H, M]
         eff = ov.logit_effects(out, res, tgt, r)
-        zs.append(eff["z"].mean(1))
-        logits.append(eff["logit"].sub(eff["mean"]).mean(1))
-    return torch.stack(zs).cpu(), torch.stack(logits).cpu()
+        zs[layer] = eff["z"].mean(1)
+        logits[layer] = eff["logit"].sub(eff["mean"]).mean(1)
+    L = m.info.n_layers
+    return stack_layers(zs, L).cpu(), stack_layers(logits, L).cpu()
 
 
 def _stack(chunks: list[dict[int, dict[str, torch.Tensor]]], name: str, n_layers: int) -> np.ndarray:
     """Concatenate one statistic over batch chunks and stack layers: ``[L, B, ...]``."""
-    per_layer = [torch.cat([c[layer][name] for c in chunks], 0) for layer in range(n_layers)]
-    return torch.stack(per_layer).double().numpy()
+    per_layer = {layer: torch.cat([c[layer][name] for c in chunks], 0) for layer in chunks[0]}
+    return stack_layers(per_layer, n_layers).double().numpy()   # NaN rows: a hybrid's layers without heads
 
 
 def _run_chunk(m: LoadedModel, ids: torch.Tensor, reducer, *, with_z: bool):
