@@ -39,7 +39,7 @@ def check_probe_args(*, dataset: Any, position: Any, n_folds: Any, n_perm: Any, 
     """:func:`headatlas.probe`'s settings (everything but the model)."""
     from pathlib import Path
 
-    from .methods.probing import ProbeData
+    from .tasks.labelled import ProbeData
 
     method = check_choice(method, "method", ("ridge", "logistic"))
     check_count(n_folds, "n_folds", minimum=2, maximum=MAX_FOLDS)
@@ -81,7 +81,7 @@ def check_probe_size(n_perm: int, n_items: int, n_heads: int) -> None:
 def check_iti_args(*, heads: Any, directions: Any, alpha: Any, sigma: Any) -> None:
     """:func:`headatlas.iti`'s settings: ``alpha`` finite; ``directions`` a ProbeResult or real finite numbers;
     ``sigma`` (>= 0, finite) only with array directions; ``heads=k`` a count, only with a ProbeResult."""
-    from .methods.probing import ProbeResult
+    from .methods.probe_fit import ProbeResult
 
     check_finite(alpha, "alpha")
     is_result = isinstance(directions, ProbeResult)
