@@ -5,6 +5,7 @@ is refused; the record round-trips through the atlas JSON; the scan computes and
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import math
 
 import numpy as np
@@ -250,3 +251,31 @@ def test_a_record_refuses_inconsistent_parts():
         Specificity(rows=("a",), families=("g",), heads={"a": ((0, 0),)}, effects=np.zeros((1, 1)),
                     columns={"g": "a"}, references={"a": ref})
     assert math.isnan(Reference("a", "f", "m", "decrease", "zero", 0.0, 0.0, 10).z(1.0))
+
+
+def test_the_cli_computes_and_stores_the_matrix(scanned, tmp_path):
+    from tiny import toy_fast_tokenizer
+    from typer.testing import CliRunner
+
+    from headatlas.cli import app
+
+    folder = tmp_path / "model"
+    scanned_model = planted_model()
+    scanned_model.model.save_pretrained(folder)
+    toy_fast_tokenizer().save_pretrained(folder)
+    a = Atlas.from_dict(scanned.to_dict())
+    a.specificity_matrix = None
+    (tmp_path / "out").mkdir()
+    path = Path(a.save(tmp_path / "out" / "atlas.json"))
+    runner = CliRunner()
+    res = runner.invoke(app, ["specificity", str(path.parent), "--model", str(folder)])
+    assert res.exit_code == 2 and "option" in res.output                  # the scan's options were not passed
+    a.settings.pop("options")                                             # (the behaviours here do not read them)
+    a.save(path)
+    res = runner.invoke(app, ["specificity", str(path.parent), "--model", str(folder)])
+    assert res.exit_code == 0, res.output
+    assert "spec_a (2 heads)" in res.output and (tmp_path / "out" / "atlas.html").is_file()
+    back = Atlas.load(path)
+    assert np.allclose(back.specificity().to_numpy(), scanned.specificity().to_numpy())
+    res = runner.invoke(app, ["specificity", str(path), "--model", str(tmp_path / "nope")])
+    assert res.exit_code == 2 and "error" in res.output
