@@ -279,3 +279,21 @@ def test_the_cli_computes_and_stores_the_matrix(scanned, tmp_path):
     assert np.allclose(back.specificity().to_numpy(), scanned.specificity().to_numpy())
     res = runner.invoke(app, ["specificity", str(path), "--model", str(tmp_path / "nope")])
     assert res.exit_code == 2 and "error" in res.output
+
+
+def test_the_report_draws_the_matrix_with_escaped_names(scanned):
+    html = scanned.to_html()
+    assert 'id="specificity"' in html or "id='specificity'" in html
+    assert "specificity-heatmap" in html
+    doc = scanned.to_dict()
+    evil = "<img src=x onerror=alert(1)>"
+    s = doc["specificity"]
+    s["families"] = [evil if f == FAM_A else f for f in s["families"]]
+    s["columns"] = {(evil if k == FAM_A else k): v for k, v in s["columns"].items()}
+    s["references"]["spec_a"]["family"] = evil
+    page = Atlas.from_dict(doc).to_html()
+    at = page.find(evil)
+    assert at < 0, page[max(0, at - 300):at + 60]
+    # an atlas without the matrix has no such section
+    doc.pop("specificity")
+    assert "specificity-heatmap" not in Atlas.from_dict(doc).to_html()

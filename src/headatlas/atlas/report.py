@@ -54,6 +54,7 @@ from .circuit import circuit_section
 from .htmlsafe import PLOTLY_CONFIG, csp, esc, plain, script_json
 from .records import _INTERVENTIONS, PER_HEAD_FIELDS, STAGES
 from .report_assets import CSS, JS
+from .report_specificity import specificity_section
 from .tokenview import check_token_view
 
 if TYPE_CHECKING:
@@ -552,6 +553,9 @@ def render_html(atlas: "Atlas", *, top: int = 5) -> str:
     skipped = [d for d in dets if d.skipped]
     skipped_html = ("<ul>" + "".join(f"<li><b>{esc(d.name)}</b>: {esc(d.skipped)}</li>" for d in skipped) + "</ul>"
                     if skipped else "<p class='muted'>none</p>")
+    spec_html, spec_figure = specificity_section(atlas)
+    if spec_figure is not None:
+        figures.append(spec_figure)
     sections = "\n".join(_detector_section(atlas, d, figures, views, scale) for d in dets)
     nav = " ".join(f'<a href="#{d.anchor}">{esc(d.name)}</a>' for d in dets)
     plotly_js = get_plotlyjs()
@@ -588,6 +592,7 @@ Click a cell for that head's card.</p>
 {stage_map}
 <h2 id="top-heads">Top heads per type</h2>
 {_top_table(atlas, dets, top)}
+{spec_html}
 <h2 id="skipped">Skipped detectors</h2>
 {skipped_html}
 {circuit_section(atlas)}
