@@ -136,6 +136,8 @@ def test_planted_heads_give_a_diagonal_dominant_matrix(scanned):
     for row, fam in [("spec_a", FAM_A), ("spec_b", FAM_B), ("spec_c", FAM_B)]:
         assert z.loc[row, fam] > 3 * max(abs(x) for f, x in z.loc[row].items() if f != fam)
     assert z.attrs["n_heads"] == {"spec_a": 2, "spec_b": 2, "spec_c": 2}
+    ov = atlas.specificity_matrix.overlap()
+    assert ov.loc["spec_b", "spec_c"] == 2 and ov.loc["spec_a", "spec_b"] == 0 and ov.loc["spec_a", "spec_a"] == 2
     # spec_c's own cell is its own check (scale 0.25, its random sets); the other rows on FAM_B use the reference
     assert z.attrs["reference"]["spec_c"][FAM_B] == "spec_c" and z.attrs["reference"]["spec_a"][FAM_B] == "spec_b"
 

@@ -186,6 +186,15 @@ class Specificity:
                     "n_heads": {r: len(self.heads[r]) for r in self.rows}}
         return df
 
+    def overlap(self) -> "pd.DataFrame":
+        """Rows x rows: how many heads two ablated sets share (the diagonal: each set's size). A large
+        off-diagonal z between two rows that share most heads is the same heads seen through two detectors."""
+        import pandas as pd
+
+        sets = [set(self.heads[r]) for r in self.rows]
+        return pd.DataFrame([[len(a & b) for b in sets] for a in sets], index=pd.Index(list(self.rows), name=ROW_AXIS),
+                            columns=pd.Index(list(self.rows), name=ROW_AXIS))
+
     # ----- JSON ------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         from .schema import encode_array
