@@ -24,6 +24,7 @@ _EXPORTS: dict[str, str] = {
     "gate": ".methods.gating",
     "Atlas": ".atlas", "LabelRule": ".atlas", "CausalCheck": ".atlas",
     "scan": ".scan",
+    "specificity": ".detectors.specificity",
     "compare": ".compare", "Comparison": ".compare",
     "sweep": ".sweep",
 }

@@ -54,6 +54,8 @@ class ScanProgress:
     ``finish(name, seconds, status)`` with status ``"done"``, ``"resumed"`` or ``"skipped: <reason>"``.
     Phase 2 (causal battery, the detectors whose check runs): ``check_start(name, index, total)`` and
     ``check_finish(name, seconds, status)`` with status ``"done"`` or ``"resumed"``.
+    Phase 3 (the specificity matrix, when asked for): ``specificity_update(done, total, what)`` before each run of
+    a behaviour on every confirmed set, and once more when all ``total`` are done.
     """
 
     def start(self, name: str, index: int, total: int) -> None:
@@ -69,6 +71,9 @@ class ScanProgress:
         pass
 
     def check_finish(self, name: str, seconds: float, status: str) -> None:
+        pass
+
+    def specificity_update(self, done: int, total: int, what: str) -> None:
         pass
 
 
@@ -250,7 +255,7 @@ def _shared_note(det: registry.Detector, cache: ScanCache, name: str) -> str:
 def scan(model: Any, detectors: str | Sequence[str] | None = None, *, seed: int = 0, quick: bool = False,
          out: str | os.PathLike | None = None, resume: bool = True,
          progress: ScanProgress | ProgressFn | None = None, batch_size: int = 8, n_prompts: int | None = None,
-         options: dict[str, Any] | None = None, causal: bool = True) -> Atlas:
+         options: dict[str, Any] | None = None, causal: bool = True, specificity: bool | None = None) -> Atlas:
     """Score every head of ``model`` with each detector and return the :class:`Atlas`.
 
     - ``model``: anything :func:`headatlas.load` accepts (a bundled name, an HF id or folder, a
@@ -268,6 +273,9 @@ def scan(model: Any, detectors: str | Sequence[str] | None = None, *, seed: int 
     - ``progress``: a :class:`ScanProgress`, or ``fn(name, done, total)``.
     - ``causal``: run each detector's causal check on its labelled heads (ablation against random head
       sets on the head type's behaviour); False skips them (faster; the atlas then holds none).
+    - ``specificity``: after the checks, ablate every confirmed set and measure every metric family's behaviour
+      (:mod:`headatlas.detectors.specificity`; ``Atlas.specificity()``); default: only with ``detectors="all"``.
+      Resumable (``out/partial/atlas.specificity.json``). Needs ``causal``.
 
     Every argument is checked before the model loads (InputError / InputTypeError). A detector that raises
     :class:`InputError` while it runs (its data does not fit this model) becomes a skipped result carrying the
@@ -277,17 +285,23 @@ def scan(model: Any, detectors: str | Sequence[str] | None = None, *, seed: int 
     seed, batch_size = check_seed(seed), check_count(batch_size, "batch_size")
     n_prompts = None if n_prompts is None else check_count(n_prompts, "n_prompts")
     quick, resume, causal = check_bool(quick, "quick"), check_bool(resume, "resume"), check_bool(causal, "causal")
+    specificity = (isinstance(detectors, str) and detectors.strip() == "all" and causal) if specificity is None else \
+        check_bool(specificity, "specificity")
+    if specificity and not causal:
+        raise InputError("specificity=True needs the causal checks (causal=True): the matrix ablates the sets they "
+                         "confirm")
     options = registry.check_options(options, names)
     check_progress(progress)
     out_dir = prepare_out(out) if out is not None else None   # before the model loads: a bad --out fails at once
     with scan_lock(out_dir) if out_dir is not None else contextlib.nullcontext():
         return _run_scan(model, names, seed=seed, quick=quick, out_dir=out_dir, resume=resume, progress=progress,
-                         batch_size=batch_size, n_prompts=n_prompts, options=options, causal=causal)
+                         batch_size=batch_size, n_prompts=n_prompts, options=options, causal=causal,
+                         specificity=specificity)
 
 
 def _run_scan(model: Any, names: list[str], *, seed: int, quick: bool, out_dir: Path | None, resume: bool,
               progress: ScanProgress | ProgressFn | None, batch_size: int, n_prompts: int | None,
-              options: dict[str, Any] | None, causal: bool) -> Atlas:
+              options: dict[str, Any] | None, causal: bool, specificity: bool = False) -> Atlas:
     """The body of :func:`scan` once its input is checked and ``out_dir`` (if any) is locked."""
     from .models import load
 
@@ -385,10 +399,33 @@ def _run_scan(model: Any, names: list[str], *, seed: int, quick: bool, out_dir: 
     writes = _writes(m, results, digest(common_key), out_dir, resume)
     atlas = Atlas(model_info, results, metas, seed=int(seed), settings=settings, timings=timings,
                   shared_passes=shared_notes, writes=writes)
+    if specificity:   # phase 3: the specificity matrix, on the corrected (BH across checks) atlas
+        key = digest({**common_key, "statistics": keys, "phase": "specificity",
+                      "checks": {n: digest(r.causal.to_dict()) for n, r in results.items() if r.causal is not None}})
+        atlas.set_specificity(_specificity(m, config_for("specificity", dict(results)), atlas, prog, key,
+                                           partial_path(out_dir, "atlas", "specificity") if out_dir else None, resume))
     if out_dir is not None:  # both rendered first; the HTML is never older than the JSON (outdir.write_atlas_pair)
         write_atlas_pair(out_dir / "atlas.json", schema.dumps(atlas.to_dict()) + "\n", out_dir / "atlas.html",
                          atlas.to_html())
     return atlas
+
+
+def _specificity(m: Any, config: ScanConfig, atlas: Atlas, prog: ScanProgress, key: str, path: Path | None,
+                 resume: bool) -> Any:
+    """The matrix (:func:`headatlas.detectors.specificity.compute`), each finished run written to ``path`` (the
+    runs there under ``key`` are reused); a diagonal that does not reproduce its check is noted, not raised."""
+    from .detectors.specificity import compute
+    from .scanfiles import load_runs, write_runs
+
+    done = load_runs(path, key) if (path is not None and resume) else {}
+    runs = dict(done)
+
+    def on_run(run_key: str, effects: dict[str, float]) -> None:
+        runs[run_key] = effects
+        if path is not None:
+            write_runs(path, key, runs)
+
+    return compute(m, config, atlas, done=done, on_run=on_run, progress=prog.specificity_update, verify=False)
 
 
 class _CallableModule(type(os)):

@@ -93,3 +93,24 @@ def write_partial(path: Path, key: str, meta: DetectorMeta, result: DetectorResu
     doc = {"schema": schema.PARTIAL_SCHEMA, "key": key, "detector": meta.to_dict(), "seconds": seconds,
            "shared": shared, "result": schema.result_to_dict(result)}
     schema.atomic_write_text(path, schema.dumps(doc))
+
+
+def load_runs(path: Path, key: str) -> dict[str, dict[str, float]]:
+    """The specificity runs stored at ``path`` under ``key``: run -> row -> effect (``{}`` when absent, stale or
+    unreadable)."""
+    if not path.is_file():
+        return {}
+    try:
+        doc = schema.read_json(path)
+        if not isinstance(doc, dict) or doc.get("schema") != schema.PARTIAL_SCHEMA or doc.get("key") != key:
+            return {}
+        runs = schema.decode(doc["runs"])
+        return {str(k): {str(r): float(x) for r, x in v.items()} for k, v in runs.items()}
+    except (HeadAtlasError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        log.warning("ignoring unreadable partial specificity runs %s (%s); recomputing", path, exc)
+        return {}
+
+
+def write_runs(path: Path, key: str, runs: dict[str, dict[str, float]]) -> None:
+    schema.atomic_write_text(path, schema.dumps({"schema": schema.PARTIAL_SCHEMA, "key": key,
+                                                 "runs": schema.encode(runs)}))

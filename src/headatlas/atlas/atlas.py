@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from .circuit import Circuit
+    from .specificity import Specificity
 
 MIXED = "mixed"
 
@@ -141,7 +142,8 @@ class Atlas:
                  meta: dict[str, DetectorMeta], *, seed: int = 0, settings: dict[str, Any] | None = None,
                  timings: dict[str, float] | None = None, headatlas_version: str | None = None,
                  created: str | None = None, shared_passes: dict[str, str] | None = None,
-                 notes: list[str] | None = None, writes: dict[str, Any] | None = None) -> None:
+                 notes: list[str] | None = None, writes: dict[str, Any] | None = None,
+                 specificity: "Specificity | None" = None) -> None:
         from .. import __version__
 
         if not isinstance(results, dict):
@@ -168,6 +170,9 @@ class Atlas:
         self.headatlas_version = headatlas_version or __version__
         self.created = created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         _correct_causal_checks(self._results)
+        self.specificity_matrix: Specificity | None = None
+        if specificity is not None:
+            self.set_specificity(specificity)
 
     # ----- access -------------------------------------------------------------------------------
     @property
@@ -247,6 +252,27 @@ class Atlas:
         for lh in r.labelled:
             out[self._status(name, r, (int(lh[0]), int(lh[1])))] += 1
         return out
+
+    def specificity(self, values: str = "z") -> "pd.DataFrame":
+        """The stored specificity matrix (:mod:`headatlas.atlas.specificity`): detector (its confirmed set ablated)
+        x metric family, in z units of each metric's random-set spread (``values="effect"``: raw mean changes);
+        ``attrs`` hold the raw effects, the reference check of each cell and the set sizes. InputError when the
+        atlas holds none (compute it with :func:`headatlas.specificity` or ``headatlas specificity``)."""
+        if self.specificity_matrix is None:
+            raise InputError("this atlas holds no specificity matrix; compute it with headatlas.specificity(model, "
+                             "atlas) or `headatlas specificity ATLAS --model MODEL` (scans with --specificity or "
+                             "--detectors all store it)")
+        return self.specificity_matrix.table(values)
+
+    def set_specificity(self, matrix: "Specificity") -> None:
+        """Keep ``matrix`` (its rows and references must be detectors of this atlas, its heads inside the model)."""
+        from .specificity import Specificity
+
+        if not isinstance(matrix, Specificity):
+            raise InputTypeError(f"a specificity matrix must be a Specificity, got {type(matrix).__name__}")
+        Specificity.from_dict(matrix.to_dict(), n_layers=self.n_layers, n_heads=self.n_heads,
+                              detectors=self.detectors)   # the same validation as a file's
+        self.specificity_matrix = matrix
 
     def distributed(self) -> dict[str, dict[str, Any]]:
         """Detectors whose statistic passed for so many heads (more than a quarter) that they report a
@@ -445,6 +471,7 @@ class Atlas:
                            "result": schema.result_to_dict(r)} for n, r in self._results.items()],
             "notes": list(self.notes),
             **({"writes": self.writes} if self.writes else {}),
+            **({} if self.specificity_matrix is None else {"specificity": self.specificity_matrix.to_dict()}),
         }
 
     @classmethod
@@ -462,7 +489,8 @@ class Atlas:
     @classmethod
     def _from_checked_dict(cls, doc: dict[str, Any], source: str, major: int) -> "Atlas":
         top = ("schema", "headatlas_version", "created", "model", "seed", "settings", "detectors")
-        schema._check_keys(doc, top if major == 1 else top + ("notes",) + (("writes",) if "writes" in doc else ()), source)
+        optional = tuple(k for k in ("writes", "specificity") if k in doc)
+        schema._check_keys(doc, top if major == 1 else top + ("notes",) + optional, source)
         if not isinstance(doc["detectors"], list):
             raise AtlasFileError(f"{source}: \"detectors\" must be a list")
         model = schema.decode(doc["model"])
@@ -489,9 +517,15 @@ class Atlas:
             seconds = schema.decode(entry["seconds"])
             if not (isinstance(seconds, float) and math.isnan(seconds)):
                 timings[m.name] = seconds
-        return cls(model, results, meta, seed=doc["seed"], settings=schema.decode(doc["settings"]),
-                   timings=timings, headatlas_version=str(doc["headatlas_version"]), created=str(doc["created"]),
-                   shared_passes=shared, notes=notes, writes=_writes(doc.get("writes"), grid, source))
+        atlas = cls(model, results, meta, seed=doc["seed"], settings=schema.decode(doc["settings"]),
+                    timings=timings, headatlas_version=str(doc["headatlas_version"]), created=str(doc["created"]),
+                    shared_passes=shared, notes=notes, writes=_writes(doc.get("writes"), grid, source))
+        if doc.get("specificity") is not None:
+            from .specificity import Specificity
+
+            atlas.specificity_matrix = Specificity.from_dict(doc["specificity"], n_layers=grid[0], n_heads=grid[1],
+                                                             detectors=results, where=f"{source}: specificity")
+        return atlas
 
     def save(self, path: str | os.PathLike) -> str:
         """Write the atlas as JSON, atomically (temp file + ``os.replace``); returns the path."""

@@ -46,6 +46,7 @@ from .report_data import STAGE_ORDER, DetView, detector_views, rounded, stage_su
 from .report_plots import causal_histogram, detector_map, stage_map_svg
 from .report_sections import (detector_index, detector_section, not_found_html, settings_section, stage_counts,
                               top_heads_html)
+from .report_specificity import specificity_section
 from .tokenview import check_token_view
 from .writes import check_writes
 
@@ -139,6 +140,9 @@ def render_html(atlas: AtlasLike, *, top: int = 5) -> str:
     else:
         findings = "<p class='none'>this atlas holds no detector results.</p>"
     circuit = circuit_section(atlas)
+    spec_html, spec_figure = specificity_section(atlas)
+    if spec_figure is not None:
+        figures.append(spec_figure)
     circuit_link = '<a href="#ioi-circuit">circuit</a> · ' if circuit else ""
     body = f"""<header><h1>{esc(title)}</h1>
 <p class="muted">{atlas.n_layers} layers x {atlas.n_heads} heads, {n_det} detectors, seed {esc(atlas.seed)}. A label is a
@@ -150,6 +154,7 @@ causal check also holds after correction across the atlas. <a href="#detectors">
 {notes_html}
 <section id="findings"><h2 class="sr">Findings</h2>{findings}</section>
 {circuit}
+{spec_html}
 <h2 id="detectors">Detectors</h2>
 <p class="muted">By stage, then by what each found. Open a detector for its rule, causal check, heads, map and token
 view.</p>

@@ -20,6 +20,7 @@ def _register_commands() -> None:
     from . import methods  # noqa: F401
     from . import probe  # noqa: F401
     from . import scan  # noqa: F401
+    from . import specificity  # noqa: F401
     from . import sweep  # noqa: F401
 
 

@@ -62,6 +62,13 @@ class RichScanProgress(ScanProgress):
         self.progress.update(self.tasks[name], description=f"[bold]{name}[/] {self.done.get(name, '')}; causal check "
                                                            f"[{colour}]{status}[/] ({seconds:.1f} s)")
 
+    def specificity_update(self, done: int, total: int, what: str) -> None:
+        if "specificity" not in self.tasks:
+            self.tasks["specificity"] = self.progress.add_task("specificity", total=max(total, 1))
+        label = "done" if done >= total else f"{safe(what)} ..."
+        self.progress.update(self.tasks["specificity"], completed=done, total=max(total, 1),
+                             description=f"[bold]specificity matrix[/] (each confirmed set on every metric): {label}")
+
 
 def default_out(model: str) -> Path:
     """``./atlas-<model>`` where ``<model>`` is the short name, or the last part of a path/id."""
@@ -140,6 +147,9 @@ def scan_cmd(
     option: List[str] = typer.Option(None, "--option", "-O", metavar="NAME=VALUE",
                                      help="a detector option, e.g. -O window=4 (repeatable; `headatlas detectors "
                                           "--options` lists them)"),
+    specificity: bool = typer.Option(None, "--specificity/--no-specificity",
+                                     help="after the causal checks, ablate every confirmed set and measure every "
+                                          "metric family (the specificity matrix; default: on with --detectors all)"),
 ) -> None:
     """Scan every head of MODEL with the registered detectors; write OUT/atlas.json and OUT/atlas.html."""
     from ..checks import check_count, check_seed
@@ -165,12 +175,17 @@ def scan_cmd(
         try:
             with Progress(*columns, console=console, transient=False) as bar:
                 atlas = scan(m, names, seed=seed, quick=quick, out=out_dir, resume=resume, options=options,
-                             progress=RichScanProgress(bar, names), batch_size=batch_size, n_prompts=n_prompts)
+                             progress=RichScanProgress(bar, names), batch_size=batch_size, n_prompts=n_prompts,
+                             specificity=(detectors or "").strip() == "all" if specificity is None else specificity)
         except KeyboardInterrupt:
             console.print(f"[yellow]interrupted[/]: finished detectors are kept in {out_dir / 'partial'}; "
                           "run the same command again to resume")
             raise typer.Exit(code=130) from None
     out_console.print(summary_table(atlas, top))
+    if atlas.specificity_matrix is not None:
+        from .specificity import print_matrix
+
+        print_matrix(atlas.specificity_matrix)
     console.print(f"wrote {out_dir / 'atlas.json'} and {out_dir / 'atlas.html'}")
 
 
