@@ -51,7 +51,7 @@ class Atlas:
                  created: str | None = None, shared_passes: dict[str, str] | None = None,
                  notes: list[str] | None = None, writes: dict[str, Any] | None = None,
                  specificity: "Specificity | None" = None) -> None:
-        from .. import __version__
+        from ..version import __version__
 
         if not isinstance(results, dict):
             results = {r.name: r for r in results}
