@@ -6,17 +6,19 @@ inverse :func:`atlas_from_dict`, which checks everything it reads (an atlas file
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import AtlasFileError
 from . import schema
 from .views import DetectorMeta
 
 if TYPE_CHECKING:
-    from .atlas import Atlas
+    from .protocols import AtlasLike
+
+A = TypeVar("A")   # the atlas class: Atlas.from_dict passes itself (this module does not import it)
 
 
-def atlas_to_dict(atlas: "Atlas") -> dict[str, Any]:
+def atlas_to_dict(atlas: "AtlasLike") -> dict[str, Any]:
     """The atlas as plain JSON (schema ``headatlas.atlas/2``)."""
     return {
         "schema": schema.SCHEMA,
@@ -34,7 +36,7 @@ def atlas_to_dict(atlas: "Atlas") -> dict[str, Any]:
     }
 
 
-def atlas_from_dict(cls: "type[Atlas]", doc: Any, source: str = "atlas") -> "Atlas":
+def atlas_from_dict(cls: type[A], doc: Any, source: str = "atlas") -> A:
     """Inverse of :func:`atlas_to_dict`, an atlas of class ``cls``; :class:`AtlasFileError` on anything malformed."""
     major = schema.check_schema(doc, source)
     try:
@@ -46,7 +48,7 @@ def atlas_from_dict(cls: "type[Atlas]", doc: Any, source: str = "atlas") -> "Atl
         raise AtlasFileError(f"{source}: malformed atlas ({type(exc).__name__}: {exc})") from None
 
 
-def _from_checked_dict(cls: "type[Atlas]", doc: dict[str, Any], source: str, major: int) -> "Atlas":
+def _from_checked_dict(cls: type[A], doc: dict[str, Any], source: str, major: int) -> A:
     top = ("schema", "headatlas_version", "created", "model", "seed", "settings", "detectors")
     optional = tuple(k for k in ("writes", "specificity") if k in doc)
     schema._check_keys(doc, top if major == 1 else top + ("notes",) + optional, source)

@@ -13,10 +13,10 @@ from .views import head_name
 if TYPE_CHECKING:
     import pandas as pd
 
-    from .atlas import Atlas
+    from .protocols import AtlasLike
 
 
-def to_dataframe(atlas: "Atlas") -> "pd.DataFrame":
+def to_dataframe(atlas: "AtlasLike") -> "pd.DataFrame":
     """One row per head x detector: ``layer, head, head_id, detector, stage, score, null_mean, null_std,
     effect, ci_low, ci_high, p_value, q_value, stability, labelled, status`` (status: missing (NaN) where
     unlabelled) plus one column per extra per-head array (NaN where a detector has no such extra; a name that
@@ -30,7 +30,7 @@ def to_dataframe(atlas: "Atlas") -> "pd.DataFrame":
     for r in map(atlas.result, atlas.detectors):
         for k, v in r.extras.items():
             col = f"extra_{k}" if k in base else k
-            if atlas._per_head(v) and col not in extra_names:
+            if _per_head(atlas, v) and col not in extra_names:
                 extra_names.append(col)
     frames = []
     n = atlas.n_layers * atlas.n_heads
@@ -49,19 +49,19 @@ def to_dataframe(atlas: "Atlas") -> "pd.DataFrame":
         cols["labelled"] = lab.ravel()
         status = np.full((atlas.n_layers, atlas.n_heads), None, dtype=object)
         for layer, h in r.labelled:
-            status[layer, h] = atlas._status(name, r, (int(layer), int(h)))
+            status[layer, h] = atlas.label_status(name, int(layer), int(h))
         cols["status"] = status.ravel()
         for col in extra_names:
             key = col[len("extra_"):] if col.startswith("extra_") and col[len("extra_"):] in base else col
             v = r.extras.get(key)
-            cols[col] = np.asarray(v).ravel() if v is not None and atlas._per_head(v) else np.full(n, np.nan)
+            cols[col] = np.asarray(v).ravel() if v is not None and _per_head(atlas, v) else np.full(n, np.nan)
         frames.append(pd.DataFrame(cols))
     if not frames:
         return pd.DataFrame(columns=base + extra_names)
     return pd.concat(frames, ignore_index=True)
 
 
-def summary(atlas: "Atlas", top: int = 5) -> str:
+def summary(atlas: "AtlasLike", top: int = 5) -> str:
     """A plain-text summary: per detector, its top labelled heads (score, null, z), "none found",
     or the reason it was skipped."""
     info = atlas.model
@@ -94,3 +94,8 @@ def summary(atlas: "Atlas", top: int = 5) -> str:
                          f"median {c.random_median:+.3g} over {len(c.random_effects)} sets, p {c.p_value:.2g}, "
                          f"q {c.q_value:.2g} across the atlas's checks")
     return "\n".join(lines)
+
+
+def _per_head(atlas: "AtlasLike", v: Any) -> bool:
+    """An extra with one value per head (``[n_layers, n_heads]``); others live only in the JSON."""
+    return np.shape(v) == (atlas.n_layers, atlas.n_heads)
