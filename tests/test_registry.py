@@ -248,3 +248,25 @@ def test_default_set_and_all():
         assert "_not_default" in resolve_detectors("all")
     finally:
         unregister("_not_default")
+
+
+def test_the_architecture_doc_example_runs():
+    """docs/architecture.md's worked example (its first python block) registers a detector that scans a tiny
+    random model: one finite score per head, a real null (p in (0, 1]), and no label on random weights."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "architecture.md").read_text(encoding="utf-8")
+    block = text.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "register(Detector(" in block
+    try:
+        exec(compile(block, "docs/architecture.md", "exec"), {"__name__": "architecture_example"})
+        det = get("current_token")
+        assert det.evidence == "pattern" and det.metric == "" and det.no_causal
+        atlas = headatlas.scan(tiny_model("llama"), ["current_token"], quick=True)
+        r = atlas.result("current_token")
+        assert r.scores.shape == (3, 4) and np.isfinite(r.scores).all() and np.isfinite(r.effect).all()
+        assert ((r.p_value > 0) & (r.p_value <= 1)).all()
+        assert atlas.labelled("current_token") == []
+        assert "current_token [ICI]: none found (best" in atlas.summary()
+    finally:
+        unregister("current_token")

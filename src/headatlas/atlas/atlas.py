@@ -1,9 +1,15 @@
 """The Atlas: every detector's scores, null baselines and labels for one model, with the
-evidence behind each label, and its JSON / DataFrame / HTML forms.
+evidence behind each label, and the queries over them.
 
 Heads are named ``L{layer}H{head}`` everywhere. An atlas is built by :func:`headatlas.scan`
 (or from results directly) and is self-contained: it keeps each detector's stage and method, so
 it can be read back and rendered without the detectors being installed.
+
+This module is the query API. Its other forms live beside it: the records it hands out
+(:mod:`headatlas.atlas.views`: :class:`DetectorMeta`, :class:`Evidence`, :class:`HeadView`, :func:`head_name`,
+re-exported here), its tables and text (:mod:`headatlas.atlas.tables`), its JSON
+(:mod:`headatlas.atlas.json_io`), its HTML (:mod:`headatlas.atlas.report`) and circuits
+(:mod:`headatlas.atlas.circuit`).
 """
 
 from __future__ import annotations
@@ -11,15 +17,15 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import os
-from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 
+from ..errors import InputError, InputTypeError
+from . import schema
 from .records import (ATTENTION_DEFINED, CONFIRMED, PER_HEAD_FIELDS, STAGED_STATUSES, STAGES, STATUSES, UNCONFIRMED,
                       DetectorResult)
-from ..errors import AtlasFileError, InputError, InputTypeError
-from . import schema
+from .views import MIXED, DetectorMeta, Evidence, HeadView, head_name
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -27,106 +33,7 @@ if TYPE_CHECKING:
     from .circuit import Circuit
     from .specificity import Specificity
 
-MIXED = "mixed"
-
-# Atlases written before detectors declared a metric family (DetectorMeta.metric) name no family; these are the
-# detectors that had no behavioural metric then (their labels are attention-defined).
-_LEGACY_ATTENTION_DEFINED = frozenset({"positional", "syntactic", "subword_merge", "rare_words", "attention_sink"})
-
-
-def head_name(layer: int, head: int) -> str:
-    """``L{layer}H{head}``."""
-    return f"L{int(layer)}H{int(head)}"
-
-
-@dataclass(frozen=True)
-class DetectorMeta:
-    """What an atlas keeps about a detector besides its result (so it renders without the registry)."""
-
-    name: str
-    stage: str
-    method: str = ""
-    summary: str = ""
-    citation: str = ""
-    version: int = 1
-    places_stage: bool = True
-
-    requires: tuple[str, ...] = ()
-    evidence: str = ""          # "pattern", "dla", "patching", "probing" ("" in atlases written before v3)
-    metric: str | None = None   # behavioural metric family; "" = attention-defined; None = not recorded (old atlas)
-
-    @classmethod
-    def from_detector(cls, d: Any) -> "DetectorMeta":
-        """From a registered :class:`~headatlas.detectors.base.Detector`."""
-        return cls(name=d.name, stage=d.stage, method=d.method, summary=d.summary, citation=d.citation,
-                   version=int(d.version), places_stage=bool(d.places_stage), requires=tuple(d.requires),
-                   evidence=str(d.evidence), metric=str(d.metric))
-
-    @property
-    def attention_defined(self) -> bool:
-        """The head type has no behavioural metric: its attention pattern is the claim."""
-        if self.metric is None:
-            return self.name in _LEGACY_ATTENTION_DEFINED
-        return self.metric == ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "requires": list(self.requires)}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DetectorMeta":
-        d = dict(d)
-        d["requires"] = tuple(str(x) for x in d.get("requires", ()))
-        if d.get("metric") is not None:
-            d["metric"] = str(d["metric"])
-        return cls(**d)
-
-
-@dataclass(frozen=True)
-class Evidence:
-    """One detector's numbers for one head: the score, its null (mean, std), the effect with its
-    bootstrap CI, the permutation p, the BH q, the stability under prompt resampling, and whether it
-    is labelled; ``extras`` holds the detector's extra per-head values (e.g. the induction copying score)."""
-
-    detector: str
-    stage: str
-    layer: int
-    head: int
-    score: float
-    null_mean: float
-    null_std: float
-    effect: float
-    ci_low: float
-    ci_high: float
-    p_value: float
-    q_value: float
-    stability: float
-    labelled: bool
-    extras: dict[str, float | str] = field(default_factory=dict)
-    status: str | None = None   # "confirmed", "unconfirmed", "attention-defined"; None when not labelled
-
-    @property
-    def name(self) -> str:
-        return head_name(self.layer, self.head)
-
-
-@dataclass(frozen=True)
-class HeadView:
-    """Everything the atlas knows about one head: ``labels`` (the detectors that labelled it: confirmed first,
-    then attention-defined, then unconfirmed; by q within each) and ``evidence`` (every detector that ran,
-    labelled or not)."""
-
-    layer: int
-    head: int
-    labels: list[Evidence]
-    evidence: dict[str, Evidence]
-
-    @property
-    def name(self) -> str:
-        return head_name(self.layer, self.head)
-
-    @property
-    def stages(self) -> frozenset[str]:
-        return frozenset(e.stage for e in self.labels)
+__all__ = ["MIXED", "Atlas", "DetectorMeta", "Evidence", "HeadView", "head_name"]
 
 
 class Atlas:
@@ -144,7 +51,7 @@ class Atlas:
                  created: str | None = None, shared_passes: dict[str, str] | None = None,
                  notes: list[str] | None = None, writes: dict[str, Any] | None = None,
                  specificity: "Specificity | None" = None) -> None:
-        from .. import __version__
+        from ..version import __version__
 
         if not isinstance(results, dict):
             results = {r.name: r for r in results}
@@ -375,157 +282,37 @@ class Atlas:
                 f"q {b.q_value:.2g})")
 
     # ----- tables -------------------------------------------------------------------------------
+    # ----- tables (headatlas.atlas.tables) -------------------------------------------------------
     def to_dataframe(self) -> "pd.DataFrame":
-        """One row per head x detector: ``layer, head, head_id, detector, stage, score, null_mean, null_std,
-        effect, ci_low, ci_high, p_value, q_value, stability, labelled, status`` (status: missing (NaN) where unlabelled) plus one column per extra per-head
-        array (NaN where a detector has no such extra; a name that clashes with a base column is
-        prefixed ``extra_``)."""
-        import pandas as pd
+        """One row per head x detector: see :func:`headatlas.atlas.tables.to_dataframe`."""
+        from .tables import to_dataframe
 
-        base = ["layer", "head", "head_id", "detector", "stage", *PER_HEAD_FIELDS, "labelled", "status"]
-        base[base.index("scores")] = "score"
-        layers, heads = np.meshgrid(np.arange(self.n_layers), np.arange(self.n_heads), indexing="ij")
-        extra_names: list[str] = []
-        for r in self._results.values():
-            for k, v in r.extras.items():
-                col = f"extra_{k}" if k in base else k
-                if self._per_head(v) and col not in extra_names:
-                    extra_names.append(col)
-        frames = []
-        n = self.n_layers * self.n_heads
-        for name, r in self._results.items():
-            lab = np.zeros((self.n_layers, self.n_heads), dtype=bool)
-            for layer, h in r.labelled:
-                lab[layer, h] = True
-            cols: dict[str, Any] = {
-                "layer": layers.ravel(), "head": heads.ravel(),
-                "head_id": [head_name(la, h) for la, h in zip(layers.ravel(), heads.ravel())],
-                "detector": [name] * n, "stage": [self.meta[name].stage] * n,
-            }
-            for key in PER_HEAD_FIELDS:
-                cols["score" if key == "scores" else key] = np.asarray(getattr(r, key), dtype=float).ravel()
-            cols["labelled"] = lab.ravel()
-            status = np.full((self.n_layers, self.n_heads), None, dtype=object)
-            for layer, h in r.labelled:
-                status[layer, h] = self._status(name, r, (int(layer), int(h)))
-            cols["status"] = status.ravel()
-            for col in extra_names:
-                key = col[len("extra_"):] if col.startswith("extra_") and col[len("extra_"):] in base else col
-                v = r.extras.get(key)
-                cols[col] = np.asarray(v).ravel() if v is not None and self._per_head(v) else np.full(n, np.nan)
-            frames.append(pd.DataFrame(cols))
-        if not frames:
-            return pd.DataFrame(columns=base + extra_names)
-        return pd.concat(frames, ignore_index=True)
+        return to_dataframe(self)
 
     def summary(self, top: int = 5) -> str:
         """A plain-text summary: per detector, its top labelled heads (score, null, z), "none found",
-        or the reason it was skipped."""
-        info = self.model
-        lines = [f"headatlas atlas of {self.model_name} ({info.get('architecture', '?')}, {self.n_layers} layers x "
-                 f"{self.n_heads} heads), seed {self.seed}"]
-        for name in self.detectors:
-            r = self._results[name]
-            m = self.meta[name]
-            if r.skipped:
-                lines.append(f"  {name} [{m.stage}]: skipped: {r.skipped}")
-                continue
-            dist = r.details.get("distributed")
-            if isinstance(dist, dict):
-                lines.append(f"  {name} [{m.stage}]: distributed: {dist.get('n_pass')} of {dist.get('n_heads')} heads pass "
-                             "the statistic (not specific to a few heads; no labels, no set-ablation check)")
-                continue
-            tops = self.top_heads(name, top)
-            if not tops:
-                lines.append(f"  {name} [{m.stage}]: none found{self.best_head_hint(name)}")
-                continue
-            heads = ", ".join(f"{e.name} {e.score:.3g} (null {e.null_mean:.3g}, effect {e.effect:.3g}, q {e.q_value:.2g}, "
-                              f"{e.status})" for e in tops)
-            more = len(r.labelled) - len(tops)
-            counts = ", ".join(f"{v} {k}" for k, v in self.status_counts(name).items() if v)
-            lines.append(f"  {name} [{m.stage}]: {len(r.labelled)} labelled ({counts}): {heads}"
-                         + (f", +{more} more" if more > 0 else ""))
-            c = r.causal
-            if c is not None and c.ran:
-                lines.append(f"    causal ({c.intervention}, {c.metric}, {c.expected} expected): {c.effect:+.3g} vs random "
-                             f"median {c.random_median:+.3g} over {len(c.random_effects)} sets, p {c.p_value:.2g}, "
-                             f"q {c.q_value:.2g} across the atlas's checks")
-        return "\n".join(lines)
+        or the reason it was skipped (:func:`headatlas.atlas.tables.summary`)."""
+        from .tables import summary
+
+        return summary(self, top)
 
     def __repr__(self) -> str:
         return (f"Atlas({self.model_name!r}, {self.n_layers}x{self.n_heads} heads, detectors={self.detectors}, "
                 f"seed={self.seed})")
 
-    # ----- JSON -----------------------------------------------------------------------------------
+    # ----- JSON (headatlas.atlas.json_io) ---------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """The atlas as plain JSON (schema ``headatlas.atlas/2``)."""
-        return {
-            "schema": schema.SCHEMA,
-            "headatlas_version": self.headatlas_version,
-            "created": self.created,
-            "model": schema.encode(self.model),
-            "seed": self.seed,
-            "settings": schema.encode(self.settings),
-            "detectors": [{"meta": self.meta[n].to_dict(), "seconds": schema.encode(self.timings.get(n, math.nan)),
-                           "shared": self.shared_passes.get(n, ""),
-                           "result": schema.result_to_dict(r)} for n, r in self._results.items()],
-            "notes": list(self.notes),
-            **({"writes": self.writes} if self.writes else {}),
-            **({} if self.specificity_matrix is None else {"specificity": self.specificity_matrix.to_dict()}),
-        }
+        from .json_io import atlas_to_dict
+
+        return atlas_to_dict(self)
 
     @classmethod
     def from_dict(cls, doc: Any, source: str = "atlas") -> "Atlas":
         """Inverse of :meth:`to_dict`; :class:`AtlasFileError` on anything malformed."""
-        major = schema.check_schema(doc, source)
-        try:
-            return cls._from_checked_dict(doc, source, major)
-        except AtlasFileError as exc:
-            text = str(exc)
-            raise AtlasFileError(text if text.startswith(source) else f"{source}: {text}") from None
-        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
-            raise AtlasFileError(f"{source}: malformed atlas ({type(exc).__name__}: {exc})") from None
+        from .json_io import atlas_from_dict
 
-    @classmethod
-    def _from_checked_dict(cls, doc: dict[str, Any], source: str, major: int) -> "Atlas":
-        top = ("schema", "headatlas_version", "created", "model", "seed", "settings", "detectors")
-        optional = tuple(k for k in ("writes", "specificity") if k in doc)
-        schema._check_keys(doc, top if major == 1 else top + ("notes",) + optional, source)
-        if not isinstance(doc["detectors"], list):
-            raise AtlasFileError(f"{source}: \"detectors\" must be a list")
-        model = schema.decode(doc["model"])
-        grid = schema.check_model_sizes(model, source)  # (n_layers, n_heads): every per-head array must have it
-        results, meta, timings, shared = {}, {}, {}, {}
-        notes = [schema.V1_NOTE] if major == 1 else [str(n) for n in doc["notes"]]
-        for i, entry in enumerate(doc["detectors"]):
-            where = f"{source}: detectors[{i}]"
-            if not isinstance(entry, dict):
-                raise AtlasFileError(f"{where}: expected an object")
-            schema._check_keys(entry, ("meta", "seconds", "result") + (() if major == 1 else ("shared",)), where)
-            try:
-                m = DetectorMeta.from_dict(entry["meta"])
-            except TypeError as exc:
-                raise AtlasFileError(f"{where}: bad detector meta ({exc})") from None
-            if m.name in results:
-                raise AtlasFileError(f"{where}: detector {m.name!r} is listed twice")
-            r = schema.result_from_dict(entry["result"], where, major=major, expect_shape=grid)
-            if major != 1 and entry["shared"]:
-                shared[m.name] = str(entry["shared"])
-            if r.name != m.name:
-                raise AtlasFileError(f"{where}: result named {r.name!r} under meta {m.name!r}")
-            results[m.name], meta[m.name] = r, m
-            seconds = schema.decode(entry["seconds"])
-            if not (isinstance(seconds, float) and math.isnan(seconds)):
-                timings[m.name] = seconds
-        atlas = cls(model, results, meta, seed=doc["seed"], settings=schema.decode(doc["settings"]),
-                    timings=timings, headatlas_version=str(doc["headatlas_version"]), created=str(doc["created"]),
-                    shared_passes=shared, notes=notes, writes=_writes(doc.get("writes"), grid, source))
-        if doc.get("specificity") is not None:
-            from .specificity import Specificity
-
-            atlas.specificity_matrix = Specificity.from_dict(doc["specificity"], n_layers=grid[0], n_heads=grid[1],
-                                                             detectors=results, where=f"{source}: specificity")
-        return atlas
+        return atlas_from_dict(cls, doc, source)
 
     def save(self, path: str | os.PathLike) -> str:
         """Write the atlas as JSON, atomically (temp file + ``os.replace``); returns the path."""
@@ -581,18 +368,6 @@ def _check_shapes(r: DetectorResult, n_layers: int, n_heads: int) -> None:
             raise InputError(f"detector {r.name!r} labelled {head_name(layer, head)}, outside the model")
     if r.causal is not None:
         schema.check_causal(r.causal, r.name, n_layers, n_heads)
-
-
-def _writes(doc: Any, grid: tuple[int, int], source: str) -> dict[str, Any]:
-    """The optional ``writes`` record (:mod:`headatlas.atlas.writes`), checked and cut to its limits."""
-    if doc is None:
-        return {}
-    from .writes import check_writes
-
-    clean, why = check_writes(doc, *grid)
-    if clean is None:
-        raise AtlasFileError(f"{source}: {why}")
-    return clean
 
 
 def _scalar(x: Any) -> float | str:

@@ -181,7 +181,7 @@ class Comparison:
     # ----- JSON -----------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON (schema ``headatlas.comparison/1``): both atlases in full, the deltas and the changes."""
-        from .. import __version__
+        from ..version import __version__
 
         return {
             "schema": COMPARISON_SCHEMA, "headatlas_version": __version__, "created": self.created,

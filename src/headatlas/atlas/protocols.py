@@ -1,7 +1,8 @@
 """What the renderers read from an atlas and from a comparison, stated as protocols.
 
-The report (:mod:`headatlas.atlas.report`), the circuit builder (:mod:`headatlas.atlas.circuit`) and the compare
-report (:mod:`headatlas.atlas.compare_report`) take these instead of importing :class:`~headatlas.atlas.Atlas` or
+The report (:mod:`headatlas.atlas.report`, :mod:`headatlas.atlas.report_specificity`), the circuit builder
+(:mod:`headatlas.atlas.circuit`), the atlas's tables and JSON (:mod:`headatlas.atlas.tables`,
+:mod:`headatlas.atlas.json_io`) and the compare report (:mod:`headatlas.atlas.compare_report`) take these instead of importing :class:`~headatlas.atlas.Atlas` or
 :class:`~headatlas.atlas.comparison.Comparison`: the records call their renderers (``Atlas.to_html``,
 ``Atlas.circuit``, ``Comparison.to_html``), so a renderer that imported its record back would close an import
 circle. An :class:`~headatlas.atlas.Atlas` satisfies :class:`AtlasLike`; a ``Comparison`` satisfies
@@ -34,6 +35,7 @@ class AtlasLike(Protocol):
     headatlas_version: str
     created: str
     writes: dict[str, Any]           # per head, top OV output tokens (headatlas.atlas.writes); {} when not recorded
+    specificity_matrix: Any          # a headatlas.atlas.specificity.Specificity, or None
 
     @property
     def detectors(self) -> list[str]: ...
@@ -52,6 +54,12 @@ class AtlasLike(Protocol):
     def stage_heads(self, status: str | Collection[str] | None = ...) -> dict[str, list[tuple[int, int]]]: ...
 
     def distributed(self) -> dict[str, dict[str, Any]]: ...
+
+    def status_counts(self, name: str) -> dict[str, int]: ...
+
+    def top_heads(self, name: str, k: int = 5, *, labelled_only: bool = True) -> list[Any]: ...
+
+    def best_head_hint(self, name: str) -> str: ...
 
 
 class ComparisonLike(Protocol):

@@ -15,7 +15,7 @@ import numpy as np
 from .htmlsafe import esc
 
 if TYPE_CHECKING:
-    from .atlas import Atlas
+    from .protocols import AtlasLike
 
 FIGURE_ID = "specificity-heatmap"
 Z_CAP = 10.0   # the colour scale saturates here (a diagonal cell can be 50 sd away; the hover keeps the number)
@@ -40,7 +40,7 @@ def _num(x: float, digits: int = 2) -> str:
     return f"{x:+.{digits}g}" if math.isfinite(float(x)) else "n/a"
 
 
-def specificity_section(atlas: "Atlas") -> tuple[str, dict[str, Any] | None]:
+def specificity_section(atlas: "AtlasLike") -> tuple[str, dict[str, Any] | None]:
     """``(html, figure)``; ``("", None)`` when the atlas holds no matrix."""
     rec = getattr(atlas, "specificity_matrix", None)
     if rec is None:

@@ -33,7 +33,7 @@ def probe_cmd(model: str = typer.Argument(DEFAULT_MODEL, help="bundled name, HF 
     from ..checks import check_choice, check_count, check_seed
     from ..methods.probing import load_probe_data, probe
     from ..outdir import atomic_write_text, prepare_out
-    from ..validate import MAX_FOLDS, MAX_PERM
+    from ..methods.arguments import MAX_FOLDS, MAX_PERM
     from .methods import write_heatmap
 
     with user_errors():

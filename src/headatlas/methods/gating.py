@@ -298,7 +298,7 @@ def gate(model: Any, prompts: Prompts, *, targets: Any = None, seed: int = 0, n_
 
     Returns a :class:`GateResult` (gates ``[n_seeds, L, H]`` of both fits, classes, ``to_dataframe()``).
     """
-    from ..validate import check_gate_args
+    from .arguments import check_gate_args
 
     check_gate_args(prompts=prompts, targets=targets, seed=seed, n_seeds=n_seeds, steps=steps, lam=lam, lr=lr,
                     init_steps=init_steps)

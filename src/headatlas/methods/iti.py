@@ -61,7 +61,7 @@ def iti(model: Any, heads: Heads | int, directions: ProbeResult | torch.Tensor |
     ``directions``: a :class:`ProbeResult` (its mass-mean ``direction`` and ``sigma``), or a tensor/array
     ``[L, H, D]`` (normalised to unit length per head, scaled by ``sigma [L, H]`` when given, else used
     as is). ``heads``: ``[(layer, head), ...]`` or an int ``k`` = the top-``k`` heads of the ProbeResult."""
-    from ..validate import check_iti_args, check_shift
+    from .arguments import check_iti_args, check_shift
 
     check_iti_args(heads=heads, directions=directions, alpha=alpha, sigma=sigma)
     m = as_loaded(model)

@@ -40,9 +40,9 @@ def probe(model: Any, dataset: Any = None, position: int = -1, *, n_folds: int =
     (:mod:`headatlas.tasks.statements`, each true/false pair one group). ``position``: the token whose
     ``z`` is probed (``-1``: each text's last token). Returns a :class:`ProbeResult`
     (``.accuracy``, ``.null_mean``, ``.p``, ``.q``, ``.to_dataframe()``, ``.top(k)``, ``.direction``).
-    The settings are checked before the model loads (:func:`headatlas.validate.check_probe_args`: ``n_perm`` at
+    The settings are checked before the model loads (:func:`headatlas.methods.arguments.check_probe_args`: ``n_perm`` at
     most 100000 ridge / 10000 logistic, and the null's arrays under 2 GiB; ``ridge`` and ``C`` in (0, 1e6])."""
-    from ..validate import check_probe_args, check_probe_size
+    from .arguments import check_probe_args, check_probe_size
 
     check_probe_args(dataset=dataset, position=position, n_folds=n_folds, n_perm=n_perm, method=method, ridge=ridge,
                      C=C, seed=seed, batch_size=batch_size, progress=progress)
