@@ -134,7 +134,7 @@ def _num(x: float) -> str:
 @app.command("scan")
 def scan_cmd(
     model: str = typer.Argument(DEFAULT_MODEL, help="bundled name, HF id, model folder or .gguf file"),
-    detectors: str = typer.Option(None, "--detectors", "-d", help="comma-separated detector names, or 'all' (default: the default set, ~10 min on a 135M model on 2 CPU cores)"),
+    detectors: str = typer.Option(None, "--detectors", "-d", help="comma-separated detector names, or 'all' (default: the default set, ~6 min on a 135M model on 2 CPU cores)"),
     out: Path = typer.Option(None, "--out", "-o", help="output folder (default ./atlas-<model>)"),
     seed: int = typer.Option(0, help="seed of every prompt generator"),
     device: str = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda when available)"),

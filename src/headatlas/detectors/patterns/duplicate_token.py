@@ -34,4 +34,5 @@ def run(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
 
 DETECTOR = repeat_loss_detector(
     name="duplicate_token", stage="ICI", method="attention-pattern score", run=run,
-    summary="attends from a token to earlier copies of the same token", citation="Wang et al. 2022, arXiv 2211.00593")
+    summary="attends from a token to earlier copies of the same token", citation="Wang et al. 2022, arXiv 2211.00593",
+    default=False)   # its repeat-loss check (early-layer heads: full recomputes) is the dearest in the default set

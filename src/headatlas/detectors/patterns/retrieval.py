@@ -385,5 +385,5 @@ DETECTOR = register(Detector(
     name="retrieval", evidence="pattern", metric="needle log-prob", stage="ICI", method="retrieval score (needle in a haystack with distractor facts)",
     summary="during greedy answering, top-1 attention lands on the needle token being copied, more than on distractor facts",
     citation="Wu et al. 2024, arXiv 2404.15574", run=run, requires=("induction",), causal=needle_logprob_check, behaviour=needle_behaviour,
-    options=OPTIONS,
+    options=OPTIONS, default=False,   # its needle check alone costs ~5 min on smollm2: run it by name or with all
 ))
