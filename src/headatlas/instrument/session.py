@@ -96,7 +96,7 @@ class LayerCall:
     @property
     def output_transformed(self) -> bool:
         """Whether the layer changes the attention output before its output projection reads it (an output
-        gate, as in Qwen3-Next): then ``attend`` recomputes the attention output, not ``z``."""
+        gate; see the architecture table in models/arch.py): then ``attend`` recomputes the attention output, not ``z``."""
         a, p = self.attention_output, self.projection_input
         return a is not None and p is not None and not torch.equal(a.reshape(p.shape).to(p.dtype), p)
 

@@ -98,7 +98,7 @@ def run_in_context(m: LoadedModel, cfg: ScanConfig) -> DetectorResult:
             lg = engine.logits_of(m, b.ids[s:e].to(m.device), True)[:, -1].float().cpu()
             r = resid[-1][:, -1]
             c, o = b.correct[s:e], b.other[s:e]
-            a_in = {l: resid.attn_in[l][-1][:, -1] for l in resid.attn_in}   # sandwich-norm inputs (Gemma 2/3)
+            a_in = {l: resid.attn_in[l][-1][:, -1] for l in resid.attn_in}   # sandwich-norm inputs (models/arch.py table)
             per.append(stack_layers({l: (direct_logit_effect(m, l, rec.z(l)[:, -1], r, c.to(r.device), a_in.get(l))
                                          - direct_logit_effect(m, l, rec.z(l)[:, -1], r, o.to(r.device), a_in.get(l)))
                                         .float().cpu() for l in m.info.attention_layers}, L))

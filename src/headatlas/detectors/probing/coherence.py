@@ -25,15 +25,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ...atlas.records import CausalCheck
 from ...errors import InputError
 from ...methods.probing import ProbeResult, capture_heads, completion_logodds, resolve_positions, token_rows
 from ...tasks.text import check_english
-from ..base import NOT_FOUND, Detector, DetectorResult, LabelRule, ScanConfig, SharedPass, register
-from ..behaviours import Behaviour
-from ..causal import set_check
+from ..base import NOT_FOUND, Detector, LabelRule, ScanConfig, SharedPass, register
 from .common import fit_probes, probe_run
-from .truthfulness import ALPHA, K_ITI, completion_behaviour, iti_intervention, steered
+from .truthfulness import iti_behaviour, iti_check
 
 if TYPE_CHECKING:
     from ...models import LoadedModel
@@ -147,20 +144,10 @@ def _describe(cp: CoherencePass, cfg: ScanConfig) -> tuple[str, dict]:
 run = probe_run("coherence", COH_PASS, RULE, _describe)
 
 
-def language_behaviour(m: "LoadedModel", cfg: ScanConfig, result: DetectorResult | None = None) -> Behaviour:
-    """ITI on held-out questions: ``log P(answer in the question's language) - log P(English answer)`` with the set's
-    heads shifted ``ALPHA`` sigmas along their mass-mean directions (``result`` is not read)."""
-    cp = cfg.shared(COH_PASS, m)
-    return completion_behaviour(
-        m, cp.heldout, family="answer language", metric="log P(answer in the question's language) - log P(English answer)",
-        intervention=iti_intervention(cp.features, cp.labels, ALPHA),
-        description=(f"ITI: the steered heads (the top {K_ITI} labelled by probe accuracy) shifted {ALPHA:g} sigma along "
-                     f"their mass-mean direction, on {len(cp.heldout)} held-out questions; random sets: their own "
-                     "directions, from a pool without any other labelled or significant head"))
-
-
-def causal(m: "LoadedModel", cfg: ScanConfig, result: DetectorResult) -> CausalCheck:
-    return set_check(m, cfg, result, language_behaviour(m, cfg, result), heads=steered(result))
+language_behaviour = iti_behaviour(COH_PASS, family="answer language",
+                                   metric="log P(answer in the question's language) - log P(English answer)",
+                                   direction="mass-mean direction", items="questions")
+causal = iti_check(language_behaviour)
 
 
 DETECTOR = register(Detector(

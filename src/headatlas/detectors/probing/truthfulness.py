@@ -31,9 +31,9 @@ from ...methods.probing import (ProbeResult, capture_heads, completion_rows, mas
                                resolve_positions, token_rows)
 from ...tasks.statements import pairs_to_records, statement_pairs
 from ...tasks.text import check_english, pad_id
-from ..base import Detector, DetectorResult, LabelRule, ScanConfig, SharedPass, register
+from ..base import CausalFn, Detector, DetectorResult, LabelRule, ScanConfig, SharedPass, register
 from ..behaviours import Behaviour, HeadOp
-from ..causal import set_check
+from ..causal import BehaviourFn, set_check
 from .common import fit_probes, probe_run
 
 if TYPE_CHECKING:
@@ -134,20 +134,31 @@ def steered(result: DetectorResult, k: int = K_ITI) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in sorted(result.labelled, key=lambda lh: -float(result.scores[lh]))[:k]]
 
 
-def truth_behaviour(m: "LoadedModel", cfg: ScanConfig, result: DetectorResult | None = None) -> Behaviour:
-    """ITI on held-out facts: ``log P(true completion) - log P(false completion)`` with the set's heads shifted
-    ``ALPHA`` sigmas along their mass-mean truth directions (``result`` is not read)."""
-    tp = cfg.shared(TRUTH_PASS, m)
-    return completion_behaviour(
-        m, tp.heldout, family="true vs false completion", metric="log P(true completion) - log P(false completion)",
-        intervention=iti_intervention(tp.features, tp.labels, ALPHA),
-        description=(f"ITI: the steered heads (the top {K_ITI} labelled by probe accuracy) shifted {ALPHA:g} sigma along "
-                     f"their mass-mean truth direction, on {len(tp.heldout)} held-out facts; random sets: their own "
-                     "directions, from a pool without any other labelled or significant head"))
+def iti_behaviour(shared: SharedPass, *, family: str, metric: str, direction: str, items: str) -> BehaviourFn:
+    """The ITI behaviour of a probing detector whose shared pass holds ``features``, ``labels`` and held-out
+    ``(prefix, good, bad)`` triples ``heldout``: ``log P(good) - log P(bad)`` on the held-out triples with the set's
+    heads shifted ``ALPHA`` sigmas along their mass-mean ``direction`` (``result`` is not read)."""
+    def make(m: "LoadedModel", cfg: ScanConfig, result: DetectorResult | None = None) -> Behaviour:
+        p = cfg.shared(shared, m)
+        return completion_behaviour(
+            m, p.heldout, family=family, metric=metric, intervention=iti_intervention(p.features, p.labels, ALPHA),
+            description=(f"ITI: the steered heads (the top {K_ITI} labelled by probe accuracy) shifted {ALPHA:g} sigma "
+                         f"along their {direction}, on {len(p.heldout)} held-out {items}; random sets: their own "
+                         "directions, from a pool without any other labelled or significant head"))
+    return make
 
 
-def causal(m: "LoadedModel", cfg: ScanConfig, result: DetectorResult) -> CausalCheck:
-    return set_check(m, cfg, result, truth_behaviour(m, cfg, result), heads=steered(result))
+def iti_check(make: BehaviourFn) -> CausalFn:
+    """The causal check of an ITI behaviour: :func:`set_check` on the steered heads (:func:`steered`)."""
+    def causal(m: "LoadedModel", cfg: ScanConfig, result: DetectorResult) -> CausalCheck:
+        return set_check(m, cfg, result, make(m, cfg, result), heads=steered(result))
+    return causal
+
+
+truth_behaviour = iti_behaviour(TRUTH_PASS, family="true vs false completion",
+                                metric="log P(true completion) - log P(false completion)",
+                                direction="mass-mean truth direction", items="facts")
+causal = iti_check(truth_behaviour)
 
 
 def example(m: "LoadedModel", cfg: ScanConfig):
